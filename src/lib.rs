@@ -3,3 +3,5 @@
 //! The parts, each in its own module: `state` (the pure state machine), `driver` (trees and
 //! mounts), `layer` (tar streams, digests, export metadata), `engine` (the one thread that
 //! journals and applies), `image` and `cli` (clients of the engine).
+
+pub mod types;
