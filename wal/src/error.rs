@@ -54,7 +54,10 @@ pub enum WalError {
     NotFound { dir: PathBuf },
     #[error("segment {path}: bad header: {reason:?}")]
     BadHeader { path: PathBuf, reason: HeaderError },
-    #[error("segment {path}: unknown format version {version}; this build reads version {}", crate::format::VERSION)]
+    #[error(
+        "segment {path}: unknown format version {version}; this build reads version {}",
+        crate::format::VERSION
+    )]
     UnknownVersion { path: PathBuf, version: u16 },
     #[error("segment {path} belongs to store {found}, not to store {expected}")]
     ForeignSegment {
@@ -63,7 +66,11 @@ pub enum WalError {
         found: StoreId,
     },
     #[error("segment {path}: its name says first LSN {named}, its header says {header}")]
-    MisnamedSegment { path: PathBuf, named: Lsn, header: Lsn },
+    MisnamedSegment {
+        path: PathBuf,
+        named: Lsn,
+        header: Lsn,
+    },
     #[error("missing segment before {path}: the log expects LSN {expected} next, the segment starts at {found}")]
     MissingSegment {
         path: PathBuf,
@@ -90,7 +97,10 @@ pub enum WalError {
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
 
 /// Attach the operation and path to an io::Error.
-pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> WalError {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> WalError {
     let path = path.into();
     move |source| WalError::Io { op, path, source }
 }

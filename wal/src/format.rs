@@ -106,7 +106,10 @@ fn record_crc(store_id: StoreId, after_crc: &[u8]) -> u32 {
 /// `acked` is the highest LSN already durable when this record is written: recovery uses it to
 /// tell damage to an acknowledged record from a torn, never-acknowledged tail.
 pub fn encode_record(out: &mut Vec<u8>, store_id: StoreId, lsn: Lsn, acked: Lsn, payload: &[u8]) {
-    debug_assert!(acked < lsn, "a record cannot be acknowledged before it is written");
+    debug_assert!(
+        acked < lsn,
+        "a record cannot be acknowledged before it is written"
+    );
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
     let start = out.len();
     out.extend_from_slice(&len.to_le_bytes());
@@ -183,7 +186,10 @@ mod tests {
         for i in 0..HEADER_BYTES {
             let mut damaged = bytes;
             damaged[i] ^= 0x10;
-            assert!(SegmentHeader::decode(&damaged).is_err(), "flip at byte {i} accepted");
+            assert!(
+                SegmentHeader::decode(&damaged).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
     }
 
@@ -195,7 +201,10 @@ mod tests {
         assert_eq!(out.len(), record_span(5));
         assert_eq!(out.len() % RECORD_ALIGN, 0);
         let rec = decode_record(&out, store, MAX_PAYLOAD_BYTES).expect("valid");
-        assert_eq!((rec.lsn, rec.acked, rec.payload), (Lsn(5), Lsn(3), &b"hello"[..]));
+        assert_eq!(
+            (rec.lsn, rec.acked, rec.payload),
+            (Lsn(5), Lsn(3), &b"hello"[..])
+        );
         assert!(matches!(
             decode_record(&out, StoreId(8), MAX_PAYLOAD_BYTES),
             Err(RecordError::Checksum { .. })

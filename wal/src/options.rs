@@ -50,7 +50,8 @@ impl WalOptions {
         if self.max_record_bytes > MAX_PAYLOAD_BYTES {
             return Err(WalError::InvalidOptions("max_record_bytes is over 64 MiB"));
         }
-        let largest = (HEADER_BYTES + RECORD_HEADER_BYTES) as u64 + u64::from(self.max_record_bytes);
+        let largest =
+            (HEADER_BYTES + RECORD_HEADER_BYTES) as u64 + u64::from(self.max_record_bytes);
         if largest > self.segment_size_bytes {
             return Err(WalError::InvalidOptions(
                 "a record of max_record_bytes must fit in one segment",

@@ -71,7 +71,11 @@ impl Records {
     fn load_segment(&mut self) -> Result<()> {
         let Some(info) = self.segments.get(self.seg) else {
             // The log said more records exist than its segments hold: a segment vanished.
-            let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+            let path = self
+                .segments
+                .last()
+                .map(|s| s.path.clone())
+                .unwrap_or_default();
             return Err(WalError::MissingSegment {
                 path,
                 expected: self.next,

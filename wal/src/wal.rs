@@ -120,19 +120,26 @@ impl Wal {
             }
             let is_last = i + 1 == named.len();
             if let Tail::Torn { offset, damage, .. } = &scanned.tail {
-                if !is_last {
+                if let Some(&successor) = named.get(i + 1) {
                     // Invariant: a segment is synced whole before its successor is created, so
-                    // damage here cannot be a write the power cut tore.
-                    let damage = match damage {
-                        Damage::Frame(e) => Damage::InSealedSegment(*e),
-                        other => *other,
-                    };
-                    return Err(WalError::Corrupt {
-                        path,
-                        offset: *offset,
-                        lsn: scanned.next_lsn,
-                        damage,
-                    });
+                    // damage here cannot be a torn write. It is harmless only if every record
+                    // up to the successor's first LSN is intact: then it lies in unused space.
+                    if scanned.next_lsn != successor {
+                        let damage = match damage {
+                            Damage::Frame(e) => Damage::InSealedSegment(*e),
+                            other => *other,
+                        };
+                        return Err(WalError::Corrupt {
+                            path,
+                            offset: *offset,
+                            lsn: scanned.next_lsn,
+                            damage,
+                        });
+                    }
+                    tracing::warn!(
+                        segment = %path.display(), offset,
+                        "non-zero bytes after the last record of a sealed segment; ignored"
+                    );
                 }
             }
             expected = Some(scanned.next_lsn);
@@ -153,7 +160,9 @@ impl Wal {
             report.removed_temp_files.push(temp);
         }
         if !report.removed_temp_files.is_empty() {
-            storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+            storage
+                .sync_dir(dir)
+                .map_err(io_err("fsync directory", dir))?;
         }
 
         let (store_id, active) = if let Some(last) = segments.last() {
@@ -275,7 +284,11 @@ impl Wal {
 
     /// Poison the log on an error after which what is on disk is unknown. Never retried: after
     /// a failed fsync the kernel may have dropped the dirty pages and marked them clean.
-    fn poison(&mut self, op: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    fn poison(
+        &mut self,
+        op: &'static str,
+        path: PathBuf,
+    ) -> impl FnOnce(std::io::Error) -> WalError + '_ {
         move |source| {
             self.poisoned = Some((op, path.clone()));
             WalError::Io { op, path, source }
@@ -310,6 +323,11 @@ impl Wal {
         buf.clear();
         let result = self.write_records(&payloads, &mut buf);
         self.buf = buf;
+        if result.is_err() && self.poisoned.is_none() {
+            // Part of the batch may be in a segment (even synced, by a rotation): continuing
+            // would let a later sync acknowledge half of a batch its caller saw fail.
+            self.poisoned = Some(("append", self.dir.clone()));
+        }
         result?;
         Ok(start..self.next_lsn)
     }
@@ -330,18 +348,26 @@ impl Wal {
     }
 
     fn active_info(&self) -> &SegmentInfo {
-        self.segments.last().expect("the log always has an active segment")
+        self.segments
+            .last()
+            .expect("the log always has an active segment")
     }
 
     fn flush(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        let info = self.segments.last().expect("the log always has an active segment");
+        let info = self
+            .segments
+            .last()
+            .expect("the log always has an active segment");
         let (offset, path) = (info.end_offset, info.path.clone());
         let written = self.active.write_all_at(buf, offset);
         written.map_err(self.poison("write segment", path))?;
-        let info = self.segments.last_mut().expect("the log always has an active segment");
+        let info = self
+            .segments
+            .last_mut()
+            .expect("the log always has an active segment");
         info.end_offset += buf.len() as u64;
         buf.clear();
         Ok(())
@@ -376,17 +402,13 @@ impl Wal {
         // until `sync`: `synced_lsn` is not advanced here, so the records written next still
         // carry the last acknowledged LSN.
         let first = self.next_lsn;
-        let created = create_segment(self.storage.as_ref(), &self.dir, self.store_id, first, &self.options);
-        let (info, file) = match created {
-            Ok(created) => created,
-            Err(e) => {
-                // A failed directory sync leaves the new name's durability unknown.
-                if matches!(e, WalError::Io { op: "fsync directory", .. }) {
-                    self.poisoned = Some(("fsync directory", self.dir.clone()));
-                }
-                return Err(e);
-            }
-        };
+        let (info, file) = create_segment(
+            self.storage.as_ref(),
+            &self.dir,
+            self.store_id,
+            first,
+            &self.options,
+        )?;
         self.segments.push(info);
         self.active = file;
         Ok(())
@@ -445,7 +467,9 @@ fn create_segment(
     let temp = dir.join(temp_name(first_lsn));
     let path = dir.join(segment_name(first_lsn));
     let built = (|| {
-        let mut file = storage.create(&temp).map_err(io_err("create segment", &temp))?;
+        let mut file = storage
+            .create(&temp)
+            .map_err(io_err("create segment", &temp))?;
         let header = SegmentHeader {
             store_id,
             first_lsn,
