@@ -203,15 +203,15 @@ fn sweep(preallocate: bool) {
     let orig = build(preallocate);
     let (mut harmless, mut torn, mut errors) = (0, 0, 0);
     for (segment, (_, bytes)) in orig.files.iter().enumerate() {
-        for offset in 0..bytes.len() {
+        for (offset, &byte) in bytes.iter().enumerate() {
             match expectation(&orig, segment, offset) {
                 Expect::Harmless => harmless += 1,
                 Expect::Torn { .. } => torn += 1,
                 Expect::Error => errors += 1,
             }
-            let flipped = bytes[offset] ^ (1 << (offset % 8));
+            let flipped = byte ^ (1 << (offset % 8));
             run_case(&orig, preallocate, segment, offset, flipped);
-            let replaced = bytes[offset].wrapping_add(0x5b);
+            let replaced = byte.wrapping_add(0x5b);
             run_case(&orig, preallocate, segment, offset, replaced);
         }
     }
