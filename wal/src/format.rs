@@ -137,7 +137,8 @@ pub struct DecodedRecord<'a> {
 pub enum RecordError {
     /// Fewer bytes than a record header.
     TruncatedHeader,
-    /// The length field is over the limit or runs past the end of the data.
+    /// The length field is over the limit, or the record with its padding runs past the end
+    /// of the data.
     Length { len: u32 },
     /// The checksum does not match.
     Checksum { stored: u32, computed: u32 },
@@ -154,7 +155,9 @@ pub fn decode_record(
         return Err(RecordError::TruncatedHeader);
     }
     let len = u32::from_le_bytes(arr(&bytes[0..4]));
-    if len > max_payload || bytes.len() - RECORD_HEADER_BYTES < len as usize {
+    // The padding must be there too: it is written with the record, so a record without it
+    // was torn, never synced, and accepting it would leave the next record misaligned.
+    if len > max_payload || bytes.len() < record_span(len as usize) {
         return Err(RecordError::Length { len });
     }
     let end = RECORD_HEADER_BYTES + len as usize;
@@ -216,6 +219,11 @@ mod tests {
         assert_eq!(
             decode_record(&out[..10], store, MAX_PAYLOAD_BYTES),
             Err(RecordError::TruncatedHeader)
+        );
+        // A frame whose padding was torn off is not a record.
+        assert_eq!(
+            decode_record(&out[..out.len() - 1], store, MAX_PAYLOAD_BYTES),
+            Err(RecordError::Length { len: 5 })
         );
     }
 }
