@@ -1,0 +1,48 @@
+//! Why the state machine refuses a command: containerd's error classes.
+
+use crate::types::TxId;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("snapshot {key}: not found")]
+    NotFound { key: String },
+    #[error("snapshot {key}: already exists")]
+    AlreadyExists { key: String },
+    #[error("snapshot {key}: failed precondition: {reason}")]
+    FailedPrecondition { key: String, reason: Precondition },
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: Invalid },
+    /// A completion or abort names a transaction that is not pending: a journal that does not
+    /// follow from the state (a bug, or a record from another history).
+    #[error("transaction {txid} is not pending")]
+    NotPending { txid: TxId },
+}
+
+/// The failed-precondition cases, each a distinct reason a caller can match on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Precondition {
+    #[error("it has children")]
+    HasChildren,
+    #[error("it is not active (only an active snapshot can be committed)")]
+    NotActive,
+    #[error("an operation on it is still in progress")]
+    Busy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("the key is empty")]
+    EmptyKey,
+    #[error("key {key:?} is longer than {max} bytes")]
+    KeyTooLong { key: String, max: usize },
+    #[error("parent {parent:?} is not a committed snapshot")]
+    ParentNotCommitted { parent: String },
+    #[error("only Active or View snapshots can be created, not {kind}")]
+    BadKind { kind: crate::types::Kind },
+    #[error("label {key:?}: key and value together are over {max} bytes")]
+    LabelTooLong { key: String, max: usize },
+    #[error("field {path:?} cannot be updated (only labels and labels.<key>)")]
+    FieldNotUpdatable { path: String },
+    #[error("parent chain of {key:?} is deeper than {max}")]
+    ChainTooDeep { key: String, max: usize },
+}

@@ -1,0 +1,337 @@
+//! The pure state machine: snapshots by key, and the transactions still in flight.
+//!
+//! [`State::apply`] does no IO, reads no clock and iterates only ordered maps, so the same
+//! records applied to the same state always give the same state and the same effects: that is
+//! what makes replay after a crash reach exactly the state that was acknowledged.
+
+mod effect;
+mod error;
+mod record;
+
+pub use effect::Effect;
+pub use error::{Invalid, Precondition, StateError};
+pub use record::{Labels, Op, Record};
+
+use crate::types::{Kind, SnapshotId, TxId, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// containerd's limit on a label's key and value together.
+pub const MAX_LABEL_BYTES: usize = 4096;
+/// Keys are path-like names; bound them so nothing unbounded reaches the journal.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// The deepest parent chain a snapshot may have (overlay's lowerdir limit is about 500; the
+/// layer store limits images to 125).
+pub const MAX_CHAIN_DEPTH: usize = 500;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub kind: Kind,
+    pub parent: Option<String>,
+    pub labels: Labels,
+    pub created_ns: i64,
+    pub updated_ns: i64,
+    /// Recorded at commit; `None` for Active and View (computed on demand).
+    pub usage: Option<Usage>,
+    /// The transaction that last changed this snapshot on disk (its creation, then its commit):
+    /// the driver's marker for the snapshot must name it.
+    pub txid: TxId,
+}
+
+/// A transaction begun and not yet completed or aborted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pending {
+    Create {
+        key: String,
+        snapshot: Snapshot,
+    },
+    Commit {
+        key: String,
+        name: String,
+        labels: Labels,
+        time_ns: i64,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The last transaction applied.
+    pub last_txid: TxId,
+    /// The id the next created snapshot gets.
+    pub next_id: u64,
+    pub snapshots: BTreeMap<String, Snapshot>,
+    pub pending: BTreeMap<TxId, Pending>,
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            next_id: 1,
+            ..State::default()
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Result<&Snapshot, StateError> {
+        self.snapshots.get(key).ok_or_else(|| StateError::NotFound {
+            key: key.to_owned(),
+        })
+    }
+
+    /// The committed ancestors of `key`, nearest first, as snapshot ids.
+    pub fn parent_ids(&self, key: &str) -> Result<Vec<SnapshotId>, StateError> {
+        let mut ids = Vec::new();
+        let mut next = self.get(key)?.parent.clone();
+        while let Some(parent) = next {
+            let snap = self.get(&parent)?;
+            ids.push(snap.id);
+            assert!(
+                ids.len() <= MAX_CHAIN_DEPTH + 1,
+                "parent chain of {key} loops"
+            );
+            next = snap.parent.clone();
+        }
+        Ok(ids)
+    }
+
+    /// Keys whose parent is `key`, including snapshots still being created.
+    pub fn has_children(&self, key: &str) -> bool {
+        self.snapshots
+            .values()
+            .any(|s| s.parent.as_deref() == Some(key))
+            || self.pending.values().any(|p| match p {
+                Pending::Create { snapshot, .. } => snapshot.parent.as_deref() == Some(key),
+                Pending::Commit { .. } => false,
+            })
+    }
+
+    /// Whether `key` is taken: by a snapshot, a snapshot being created, or a commit's name.
+    fn is_taken(&self, key: &str) -> bool {
+        self.snapshots.contains_key(key)
+            || self.pending.values().any(|p| match p {
+                Pending::Create { key: k, .. } => k == key,
+                Pending::Commit { name, .. } => name == key,
+            })
+    }
+
+    fn is_busy(&self, key: &str) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Commit { key: k, .. } if k == key))
+    }
+
+    fn depth(&self, parent: &str) -> Result<usize, StateError> {
+        Ok(self.parent_ids(parent)?.len() + 1)
+    }
+
+    /// Apply one record. On error the state is unchanged; on success the state has moved to
+    /// `record.txid` and the effects say what the engine must do on disk, in order.
+    pub fn apply(&mut self, record: &Record) -> Result<Vec<Effect>, StateError> {
+        let txid = record.txid;
+        assert!(
+            txid > self.last_txid,
+            "transaction ids must increase: {txid} after {}",
+            self.last_txid
+        );
+        let effects = self.check_and_apply(txid, &record.op)?;
+        self.last_txid = txid;
+        Ok(effects)
+    }
+
+    fn check_and_apply(&mut self, txid: TxId, op: &Op) -> Result<Vec<Effect>, StateError> {
+        match op {
+            Op::BeginCreate {
+                key,
+                parent,
+                kind,
+                id,
+                labels,
+                time_ns,
+            } => {
+                validate_key(key)?;
+                validate_labels(labels)?;
+                if !matches!(kind, Kind::Active | Kind::View) {
+                    return Err(invalid(Invalid::BadKind { kind: *kind }));
+                }
+                if self.is_taken(key) {
+                    return Err(StateError::AlreadyExists { key: key.clone() });
+                }
+                let parent_id = match parent {
+                    None => None,
+                    Some(p) => {
+                        let snap = self.get(p)?;
+                        if snap.kind != Kind::Committed {
+                            return Err(invalid(Invalid::ParentNotCommitted { parent: p.clone() }));
+                        }
+                        if self.depth(p)? > MAX_CHAIN_DEPTH {
+                            return Err(invalid(Invalid::ChainTooDeep {
+                                key: key.clone(),
+                                max: MAX_CHAIN_DEPTH,
+                            }));
+                        }
+                        Some(snap.id)
+                    }
+                };
+                assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
+                self.next_id += 1;
+                let snapshot = Snapshot {
+                    id: *id,
+                    kind: *kind,
+                    parent: parent.clone(),
+                    labels: labels.clone(),
+                    created_ns: *time_ns,
+                    updated_ns: *time_ns,
+                    usage: None,
+                    txid,
+                };
+                self.pending.insert(
+                    txid,
+                    Pending::Create {
+                        key: key.clone(),
+                        snapshot,
+                    },
+                );
+                Ok(vec![Effect::Stage {
+                    txid,
+                    kind: *kind,
+                    parent: parent_id,
+                }])
+            }
+            Op::BeginCommit {
+                key,
+                name,
+                labels,
+                time_ns,
+            } => {
+                validate_key(name)?;
+                validate_labels(labels)?;
+                if self.is_taken(name) {
+                    return Err(StateError::AlreadyExists { key: name.clone() });
+                }
+                let snap = self.get(key)?;
+                if snap.kind != Kind::Active {
+                    return Err(precondition(key, Precondition::NotActive));
+                }
+                if self.is_busy(key) {
+                    return Err(precondition(key, Precondition::Busy));
+                }
+                let id = snap.id;
+                self.pending.insert(
+                    txid,
+                    Pending::Commit {
+                        key: key.clone(),
+                        name: name.clone(),
+                        labels: labels.clone(),
+                        time_ns: *time_ns,
+                    },
+                );
+                Ok(vec![Effect::Seal { txid, id }])
+            }
+            Op::Complete { of, usage } => {
+                let pending = self
+                    .pending
+                    .remove(of)
+                    .ok_or(StateError::NotPending { txid: *of })?;
+                match pending {
+                    Pending::Create { key, snapshot } => {
+                        let id = snapshot.id;
+                        self.snapshots.insert(key, snapshot);
+                        Ok(vec![Effect::Install { txid: *of, id }])
+                    }
+                    Pending::Commit {
+                        key,
+                        name,
+                        labels,
+                        time_ns,
+                    } => {
+                        let mut snap = self
+                            .snapshots
+                            .remove(&key)
+                            .expect("a pending commit's snapshot cannot be removed");
+                        snap.kind = Kind::Committed;
+                        snap.labels = labels;
+                        snap.usage = *usage;
+                        snap.updated_ns = time_ns;
+                        snap.txid = *of;
+                        self.snapshots.insert(name, snap);
+                        Ok(Vec::new())
+                    }
+                }
+            }
+            Op::Abort { of } => {
+                let pending = self
+                    .pending
+                    .remove(of)
+                    .ok_or(StateError::NotPending { txid: *of })?;
+                match pending {
+                    Pending::Create { .. } => Ok(vec![Effect::Discard { txid: *of }]),
+                    Pending::Commit { .. } => Ok(Vec::new()),
+                }
+            }
+            Op::Remove { key } => {
+                let id = self.get(key)?.id;
+                if self.has_children(key) {
+                    return Err(precondition(key, Precondition::HasChildren));
+                }
+                if self.is_busy(key) {
+                    return Err(precondition(key, Precondition::Busy));
+                }
+                self.snapshots.remove(key);
+                Ok(vec![Effect::Delete { id }])
+            }
+            Op::Update {
+                key,
+                labels,
+                time_ns,
+            } => {
+                validate_labels(labels)?;
+                let snap = self
+                    .snapshots
+                    .get_mut(key)
+                    .ok_or_else(|| StateError::NotFound { key: key.clone() })?;
+                snap.labels = labels.clone();
+                snap.updated_ns = *time_ns;
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+fn invalid(reason: Invalid) -> StateError {
+    StateError::InvalidArgument { reason }
+}
+
+fn precondition(key: &str, reason: Precondition) -> StateError {
+    StateError::FailedPrecondition {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+pub fn validate_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() {
+        return Err(invalid(Invalid::EmptyKey));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(Invalid::KeyTooLong {
+            key: key.chars().take(64).collect(),
+            max: MAX_KEY_BYTES,
+        }));
+    }
+    Ok(())
+}
+
+pub fn validate_labels(labels: &Labels) -> Result<(), StateError> {
+    for (k, v) in labels {
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(invalid(Invalid::LabelTooLong {
+                key: k.chars().take(64).collect(),
+                max: MAX_LABEL_BYTES,
+            }));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

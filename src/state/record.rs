@@ -1,0 +1,55 @@
+//! What the engine journals: one record per accepted step, each with its transaction id.
+//!
+//! Times and ids are chosen by the engine before journaling and travel in the record, so
+//! applying a record is the same computation at run time and at replay.
+
+use crate::types::{Kind, SnapshotId, TxId, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub txid: TxId,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Begin creating an Active or View snapshot. Its tree is built in staging; the key is
+    /// reserved until `Complete` (the snapshot exists) or `Abort` (it never did).
+    BeginCreate {
+        key: String,
+        parent: Option<String>,
+        kind: Kind,
+        id: SnapshotId,
+        labels: Labels,
+        time_ns: i64,
+    },
+    /// Begin committing Active `key` as `name`: its tree is made durable before `Complete`.
+    BeginCommit {
+        key: String,
+        name: String,
+        labels: Labels,
+        time_ns: i64,
+    },
+    /// The heavy part of transaction `of` is durable on disk. `usage` is the committed tree's.
+    Complete {
+        of: TxId,
+        usage: Option<Usage>,
+    },
+    /// Transaction `of` is abandoned; whatever it staged is discarded.
+    Abort {
+        of: TxId,
+    },
+    Remove {
+        key: String,
+    },
+    /// Replace the labels of `key` (the engine resolves field paths before journaling).
+    Update {
+        key: String,
+        labels: Labels,
+        time_ns: i64,
+    },
+}
