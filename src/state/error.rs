@@ -43,6 +43,8 @@ pub enum Invalid {
     LabelTooLong { key: String, max: usize },
     #[error("field {path:?} cannot be updated (only labels and labels.<key>)")]
     FieldNotUpdatable { path: String },
+    #[error("filter {filter:?} is not understood")]
+    BadFilter { filter: String },
     #[error("parent chain of {key:?} is deeper than {max}")]
     ChainTooDeep { key: String, max: usize },
 }

@@ -34,8 +34,9 @@ pub struct Snapshot {
     pub updated_ns: i64,
     /// Recorded at commit; `None` for Active and View (computed on demand).
     pub usage: Option<Usage>,
-    /// The transaction that last changed this snapshot on disk (its creation, then its commit):
-    /// the driver's marker for the snapshot must name it.
+    /// The transaction that created it: its tree was staged under this id.
+    pub created_txid: TxId,
+    /// The transaction that last changed this snapshot on disk (its creation, then its commit).
     pub txid: TxId,
 }
 
@@ -182,6 +183,7 @@ impl State {
                     created_ns: *time_ns,
                     updated_ns: *time_ns,
                     usage: None,
+                    created_txid: txid,
                     txid,
                 };
                 self.pending.insert(

@@ -1,0 +1,133 @@
+//! The engine: one thread that owns the journal, the state, the index and the driver, driven
+//! by commands over a channel. See docs/engine.md.
+//!
+//! ```text
+//! EngineHandle::prepare ──channel──► engine thread: apply (pure) → journal (one sync per batch)
+//!                                        → effects (renames here, copies on workers) → reply
+//! ```
+
+mod api;
+mod atomic;
+mod checkpoint;
+mod core;
+mod error;
+mod filter;
+pub mod fsck;
+mod handle;
+mod index;
+pub mod journal;
+mod lock;
+pub mod recovery;
+mod rootmeta;
+mod workers;
+
+pub use api::{CleanupReport, Info};
+pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
+pub use fsck::{Finding, FsckReport, Problem};
+pub use handle::EngineHandle;
+pub use recovery::RecoveryReport;
+pub use rootmeta::RootMeta;
+
+use crate::types::DriverKind;
+use cairn_wal::storage::{FsStorage, Storage};
+use cairn_wal::{StoreId, WalOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// The driver for a new root; for an existing root, if set, it must be the recorded one.
+    pub driver: Option<DriverKind>,
+    /// Checkpoint the state and truncate the log after this many records.
+    pub checkpoint_every_records: u64,
+    /// Commands and completions taken into one journal batch (one sync), at most.
+    pub max_batch: usize,
+    /// Threads for heavy work.
+    pub workers: usize,
+    /// Commands waiting for the engine thread, at most; senders block beyond it.
+    pub queue_capacity: usize,
+    pub wal: WalOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            driver: None,
+            checkpoint_every_records: 10_000,
+            max_batch: 256,
+            workers: 8,
+            queue_capacity: 1024,
+            wal: WalOptions::default(),
+        }
+    }
+}
+
+/// Opens roots.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Open (recovering) or create the root and start its engine thread.
+    pub fn open(root: &Path, options: EngineOptions) -> Result<(EngineHandle, RecoveryReport), EngineError> {
+        Engine::open_with_storage(root, options, Arc::new(FsStorage))
+    }
+
+    pub fn open_with_storage(
+        root: &Path,
+        options: EngineOptions,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
+        std::fs::create_dir_all(root).map_err(EngineError::io("create root", root))?;
+        let root: PathBuf = root.canonicalize().map_err(EngineError::io("resolve root", root))?;
+        let lock = lock::RootLock::acquire(&root)?;
+        let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
+            Some(meta) => {
+                if let Some(requested) = options.driver {
+                    if requested != meta.driver {
+                        return Err(EngineError::DriverMismatch {
+                            root,
+                            recorded: meta.driver.name(),
+                            requested: requested.name(),
+                        });
+                    }
+                }
+                (meta, false)
+            }
+            None => {
+                let store_id = StoreId::random().map_err(|e| EngineError::Io {
+                    op: "draw a store id",
+                    path: root.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let meta = rootmeta::RootMeta { driver: options.driver.unwrap_or(DriverKind::Vfs), store_id };
+                (meta, true)
+            }
+        };
+        let driver: Arc<dyn crate::driver::Driver> = Arc::from(crate::driver::open_driver(meta.driver, &root)?);
+        let index = index::Index::open(&root.join("index"))?;
+        // Leftovers of an atomic replace interrupted before its rename.
+        for name in ["checkpoint.tmp", "cairn.meta.tmp"] {
+            let _ = std::fs::remove_file(root.join(name));
+        }
+        let recovered = recovery::recover(&root, Arc::clone(&storage), meta.store_id, creating, driver.as_ref(), &index, options.wal.clone())?;
+        if creating {
+            // Invariant: the meta file names the store only once its log exists, so a root with
+            // a meta file always has a log to recover from.
+            meta.store(storage.as_ref(), &root)?;
+        }
+        let report = recovered.report.clone();
+        let core = core::Core::new(
+            root,
+            storage,
+            meta.store_id,
+            recovered.wal,
+            recovered.state,
+            driver,
+            index,
+            options.clone(),
+            recovered.checkpoint_lsn,
+            lock,
+        );
+        Ok((handle::EngineHandle::start(core, options.queue_capacity), report))
+    }
+}

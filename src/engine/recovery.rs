@@ -1,0 +1,172 @@
+//! Opening a root: the checkpoint, the log replayed through the same pure `apply`, then the
+//! decision table of docs/recovery.md run against the driver and the index. Every step is
+//! idempotent, so a crash during recovery is recovered by running it again.
+
+use super::error::{EngineError, SequenceProblem};
+use super::index::Index;
+use super::{checkpoint, journal};
+use crate::driver::Driver;
+use crate::state::{Op, Record, State};
+use crate::types::{SnapshotId, TxId};
+use cairn_wal::storage::Storage;
+use cairn_wal::{Lsn, Records, StoreId, Wal};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What recovery found and did, row by row of the decision table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    pub checkpoint_lsn: u64,
+    pub replayed_records: u64,
+    pub skipped_records: u64,
+    /// The log's torn tail, if one was cut: (segment, offset, first lost LSN).
+    pub torn_tail: Option<(String, u64, u64)>,
+    /// Transactions begun without a durable completion: dropped (row "pending").
+    pub dropped: Vec<TxId>,
+    /// Completed creations whose tree was still in staging: installed (row "replay").
+    pub installed: Vec<SnapshotId>,
+    /// Trees on disk that no snapshot names: removed.
+    pub orphans_removed: Vec<SnapshotId>,
+    pub staging_removed: Vec<TxId>,
+    pub trash_purged: Vec<SnapshotId>,
+    /// Snapshots whose creation is durable but whose tree is gone: reported, not repaired.
+    pub lost: Vec<SnapshotId>,
+    pub index_rebuilt: bool,
+    /// Names in the driver's directories that nothing creates: reported, left alone.
+    pub unexpected: Vec<String>,
+}
+
+/// Check the sequence invariants `apply` asserts, so a damaged journal is a typed error.
+fn check_sequence(state: &State, lsn: Lsn, record: &Record) -> Result<(), EngineError> {
+    if record.txid <= state.last_txid {
+        return Err(EngineError::Sequence {
+            lsn,
+            reason: SequenceProblem::TxId { last: state.last_txid, found: record.txid },
+        });
+    }
+    if let Op::BeginCreate { id, .. } = &record.op {
+        if id.0 != state.next_id {
+            return Err(EngineError::Sequence {
+                lsn,
+                reason: SequenceProblem::SnapshotId { expected: state.next_id, found: id.0 },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Replay records after `from` onto `state`. Used by recovery, fsck and the fuzz target.
+pub fn replay(state: &mut State, from: Lsn, records: Records, report: &mut RecoveryReport) -> Result<(), EngineError> {
+    for rec in records {
+        let rec = rec?;
+        if rec.lsn <= from {
+            report.skipped_records += 1;
+            continue;
+        }
+        let record = journal::decode(rec.lsn, &rec.payload)?;
+        check_sequence(state, rec.lsn, &record)?;
+        state
+            .apply(&record)
+            .map_err(|source| EngineError::Replay { lsn: rec.lsn, txid: record.txid, source })?;
+        report.replayed_records += 1;
+    }
+    Ok(())
+}
+
+pub(crate) struct Recovered {
+    pub wal: Wal,
+    pub state: State,
+    pub checkpoint_lsn: Lsn,
+    pub report: RecoveryReport,
+}
+
+pub(crate) fn recover(
+    root: &Path,
+    storage: std::sync::Arc<dyn Storage>,
+    store_id: StoreId,
+    creating: bool,
+    driver: &dyn Driver,
+    index: &Index,
+    wal_options: cairn_wal::WalOptions,
+) -> Result<Recovered, EngineError> {
+    let mut report = RecoveryReport::default();
+    let cp = checkpoint::load(storage.as_ref(), root, store_id)?;
+    let (mut state, checkpoint_lsn) = match cp {
+        Some(cp) => (cp.state, cp.lsn),
+        None => (State::new(), Lsn::NONE),
+    };
+    report.checkpoint_lsn = checkpoint_lsn.0;
+    let wal_options = cairn_wal::WalOptions {
+        store_id: Some(store_id),
+        create_if_missing: creating,
+        first_lsn: checkpoint_lsn.next(),
+        ..wal_options
+    };
+    let (mut wal, records, wal_report) = Wal::open(storage, &root.join("wal"), wal_options)?;
+    if let Some(t) = &wal_report.torn_tail {
+        report.torn_tail = Some((t.path.display().to_string(), t.offset, t.lsn.0));
+    }
+    if wal.first_lsn() > checkpoint_lsn.next() {
+        return Err(EngineError::LogGap { checkpoint: checkpoint_lsn, wal_first: wal.first_lsn() });
+    }
+    replay(&mut state, checkpoint_lsn, records, &mut report)?;
+    fail::fail_point!("engine::recovery::after_replay");
+
+    // Row "pending": a begun transaction without a durable completion is dropped. The abort
+    // is journaled first, so a crash from here on finds nothing pending and removes the
+    // staging area as a stray.
+    let pending: Vec<TxId> = state.pending.keys().copied().collect();
+    if !pending.is_empty() {
+        let mut payloads = Vec::new();
+        for of in &pending {
+            let record = Record { txid: state.last_txid.next(), op: Op::Abort { of: *of } };
+            state.apply(&record).expect("aborting a pending transaction always applies");
+            payloads.push(journal::encode(&record));
+        }
+        wal.append_batch(&payloads)?;
+        wal.sync()?;
+        report.dropped = pending;
+    }
+    fail::fail_point!("engine::recovery::after_abort");
+
+    let inv = driver.inventory()?;
+    let mut staging: BTreeSet<TxId> = inv.staging.iter().copied().collect();
+    // Row "replay": a completed creation whose tree is still staged is installed again.
+    for snap in state.snapshots.values() {
+        if inv.installed.contains_key(&snap.id) {
+            continue;
+        }
+        if staging.remove(&snap.created_txid) {
+            driver.install(snap.created_txid, snap.id)?;
+            report.installed.push(snap.id);
+        } else {
+            tracing::error!(id = %snap.id, "snapshot tree lost although its creation is durable");
+            report.lost.push(snap.id);
+        }
+    }
+    fail::fail_point!("engine::recovery::after_install");
+    // Rows "orphan" and "stray staging": what the state does not name is removed.
+    let ids: BTreeSet<SnapshotId> = state.snapshots.values().map(|s| s.id).collect();
+    for id in inv.installed.keys() {
+        if !ids.contains(id) {
+            driver.remove(*id)?;
+            report.orphans_removed.push(*id);
+        }
+    }
+    for txid in staging {
+        driver.discard(txid)?;
+        report.staging_removed.push(txid);
+    }
+    driver.purge_trash()?;
+    report.trash_purged = inv.trash.clone();
+    report.unexpected = inv.unexpected.iter().map(|p| p.display().to_string()).collect();
+    fail::fail_point!("engine::recovery::after_reconcile");
+
+    // Row "index": derived, so rebuilt whenever it does not reflect the journal exactly.
+    if index.applied_txid() != Some(state.last_txid) {
+        index.rebuild(&state)?;
+        report.index_rebuilt = true;
+    }
+    Ok(Recovered { wal, state, checkpoint_lsn, report })
+}
