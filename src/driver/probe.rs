@@ -1,0 +1,80 @@
+//! A one-time check that overlayfs works on a root's filesystem, so a misconfigured host fails
+//! at open with a clear error instead of at the first container start.
+
+use super::remove::remove_tree;
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// Mounts a one-file overlay in `<root>/overlay-probe.<pid>` and reads the file through it.
+pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "mounting overlayfs needs root (CAP_SYS_ADMIN)",
+        ));
+    }
+    let dir = root.join(format!("overlay-probe.{}", std::process::id()));
+    let _ = remove_tree(&dir);
+    let result = probe_in(&dir);
+    let cleanup = remove_tree(&dir);
+    result?;
+    cleanup.map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn probe_in(dir: &Path) -> io::Result<()> {
+    let (lower, upper, work, merged) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("merged"),
+    );
+    for d in [dir, &lower, &upper, &work, &merged] {
+        fs::create_dir(d)?;
+    }
+    fs::write(lower.join("probe"), b"cairn")?;
+    require_d_type(&lower)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )?;
+    let read = fs::read(merged.join("probe"));
+    umount2(&merged, MntFlags::MNT_DETACH)?;
+    if read? != b"cairn" {
+        return Err(io::Error::other(
+            "overlay probe read back the wrong content",
+        ));
+    }
+    Ok(())
+}
+
+/// overlayfs needs d_type in readdir to find whiteouts; xfs with ftype=0 lacks it.
+fn require_d_type(dir: &Path) -> io::Result<()> {
+    let mut d = Dir::open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+    for entry in d.iter() {
+        let entry = entry?;
+        if entry.file_name().to_bytes() == b"probe" {
+            return match entry.file_type() {
+                Some(_) => Ok(()),
+                None => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "filesystem does not report d_type, which overlayfs requires",
+                )),
+            };
+        }
+    }
+    Err(io::Error::other("probe file missing from its directory"))
+}
