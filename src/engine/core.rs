@@ -61,7 +61,8 @@ pub(crate) struct Core {
     pub options: EngineOptions,
     /// LSN the last checkpoint covers.
     pub checkpoint_lsn: Lsn,
-    pub lock: RootLock,
+    /// Held for the engine thread's life: released by the kernel if the process dies.
+    _lock: RootLock,
     workers: Workers,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
@@ -103,7 +104,7 @@ impl Core {
             index,
             options,
             checkpoint_lsn,
-            lock,
+            _lock: lock,
             workers,
             done_tx,
             done_rx,
@@ -413,10 +414,10 @@ impl Core {
         for (txid, waiter) in batch.begun {
             self.waiting.insert(txid, waiter);
         }
-        for (effect, reply) in batch.effects {
+        for (effect, reply) in std::mem::take(&mut batch.effects) {
             self.run_effect(effect, reply);
         }
-        self.update_index(&batch);
+        self.update_index(!batch.records.is_empty(), &batch.touched);
         for (waiter, outcome) in batch.completed {
             let response = outcome.and_then(|()| match &waiter {
                 Waiter::Mounts { key, .. } => self.mounts(key).map(Response::Mounts),
@@ -442,12 +443,12 @@ impl Core {
         }
     }
 
-    fn update_index(&mut self, batch: &Batch) {
-        if batch.records.is_empty() {
+    fn update_index(&mut self, journaled: bool, touched: &[String]) {
+        if !journaled {
             return;
         }
         // Begun transactions change no indexed snapshot; completions and removals name theirs.
-        let mut touched: Vec<String> = batch.touched.clone();
+        let mut touched: Vec<String> = touched.to_vec();
         touched.sort();
         touched.dedup();
         let applied = if self.index_stale {
