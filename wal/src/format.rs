@@ -14,6 +14,9 @@ pub const RECORD_HEADER_BYTES: usize = 24;
 /// Records start on multiples of this, so a scan for valid records after damage only has to try
 /// one offset in eight.
 pub const RECORD_ALIGN: usize = 8;
+/// The highest LSN a segment may start at. Far below `u64::MAX`, so no LSN arithmetic on a
+/// header read from disk can overflow (a segment holds fewer than 2^27 records).
+pub const MAX_FIRST_LSN: u64 = 1 << 62;
 /// The largest payload the format allows; `WalOptions::max_record_bytes` may lower it.
 pub const MAX_PAYLOAD_BYTES: u32 = 64 << 20;
 
@@ -27,11 +30,26 @@ pub struct SegmentHeader {
 /// Why a header failed to decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderError {
-    Short { len: usize },
+    Short {
+        len: usize,
+    },
     BadMagic,
-    UnknownVersion { version: u16 },
-    BadLength { len: u16 },
-    Checksum { stored: u32, computed: u32 },
+    UnknownVersion {
+        version: u16,
+    },
+    BadLength {
+        len: u16,
+    },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
+    /// Reserved bytes are not zero.
+    Reserved,
+    /// First LSN 0 or above [`MAX_FIRST_LSN`].
+    FirstLsn {
+        lsn: u64,
+    },
 }
 
 impl SegmentHeader {
@@ -74,9 +92,16 @@ impl SegmentHeader {
         if usize::from(len) != HEADER_BYTES {
             return Err(HeaderError::BadLength { len });
         }
+        if bytes[12..16].iter().chain(&bytes[40..60]).any(|&b| b != 0) {
+            return Err(HeaderError::Reserved);
+        }
+        let first_lsn = u64::from_le_bytes(arr(&bytes[32..40]));
+        if first_lsn == 0 || first_lsn > MAX_FIRST_LSN {
+            return Err(HeaderError::FirstLsn { lsn: first_lsn });
+        }
         Ok(SegmentHeader {
             store_id: StoreId(u128::from_le_bytes(arr(&bytes[16..32]))),
-            first_lsn: Lsn(u64::from_le_bytes(arr(&bytes[32..40]))),
+            first_lsn: Lsn(first_lsn),
         })
     }
 }
@@ -142,6 +167,9 @@ pub enum RecordError {
     Length { len: u32 },
     /// The checksum does not match.
     Checksum { stored: u32, computed: u32 },
+    /// The acked LSN is not below the record's own LSN: no encoder writes that, and believing
+    /// it would let the frame "prove" later damage durable.
+    AckedNotBelow { lsn: u64, acked: u64 },
 }
 
 /// Decode and check the record at the start of `bytes`. `max_payload` bounds the length field,
@@ -166,9 +194,14 @@ pub fn decode_record(
     if stored != computed {
         return Err(RecordError::Checksum { stored, computed });
     }
+    let lsn = u64::from_le_bytes(arr(&bytes[8..16]));
+    let acked = u64::from_le_bytes(arr(&bytes[16..24]));
+    if acked >= lsn {
+        return Err(RecordError::AckedNotBelow { lsn, acked });
+    }
     Ok(DecodedRecord {
-        lsn: Lsn(u64::from_le_bytes(arr(&bytes[8..16]))),
-        acked: Lsn(u64::from_le_bytes(arr(&bytes[16..24]))),
+        lsn: Lsn(lsn),
+        acked: Lsn(acked),
         payload: &bytes[RECORD_HEADER_BYTES..end],
         span: record_span(len as usize),
     })

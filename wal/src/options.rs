@@ -57,8 +57,10 @@ impl WalOptions {
                 "a record of max_record_bytes must fit in one segment",
             ));
         }
-        if self.first_lsn == Lsn::NONE {
-            return Err(WalError::InvalidOptions("first_lsn must be at least 1"));
+        if self.first_lsn == Lsn::NONE || self.first_lsn.0 > crate::format::MAX_FIRST_LSN {
+            return Err(WalError::InvalidOptions(
+                "first_lsn must be between 1 and 2^62",
+            ));
         }
         Ok(())
     }
