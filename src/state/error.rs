@@ -27,6 +27,12 @@ pub enum Precondition {
     NotActive,
     #[error("an operation on it is still in progress")]
     Busy,
+    #[error(
+        "it is referenced by {children} child layer(s) and {holders} image(s) or container(s)"
+    )]
+    Referenced { children: u64, holders: u64 },
+    #[error("it is the snapshot of layer {chain_id}; remove the layer instead")]
+    OwnedByLayer { chain_id: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +49,8 @@ pub enum Invalid {
     LabelTooLong { key: String, max: usize },
     #[error("field {path:?} cannot be updated (only labels and labels.<key>)")]
     FieldNotUpdatable { path: String },
+    #[error("layer chain deeper than {max}")]
+    LayerChainTooDeep { max: usize },
     #[error("filter {filter:?} is not understood")]
     BadFilter { filter: String },
     #[error("parent chain of {key:?} is deeper than {max}")]

@@ -6,10 +6,12 @@
 
 mod effect;
 mod error;
+mod layers;
 mod record;
 
 pub use effect::Effect;
 pub use error::{Invalid, Precondition, StateError};
+pub use layers::{Image, Layer, MAX_LAYER_DEPTH};
 pub use record::{Labels, Op, Record};
 
 use crate::types::{Kind, SnapshotId, TxId, Usage};
@@ -53,6 +55,12 @@ pub enum Pending {
         labels: Labels,
         time_ns: i64,
     },
+    /// A layer import; its snapshot's key (the ChainID) is known only when it completes.
+    Import {
+        snapshot: Snapshot,
+        parent: Option<String>,
+        pin: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,10 @@ pub struct State {
     pub next_id: u64,
     pub snapshots: BTreeMap<String, Snapshot>,
     pub pending: BTreeMap<TxId, Pending>,
+    /// Layers by ChainID; each has a committed snapshot under the same key.
+    pub layers: BTreeMap<String, Layer>,
+    /// Images by name.
+    pub images: BTreeMap<String, Image>,
 }
 
 impl State {
@@ -101,7 +113,9 @@ impl State {
             .values()
             .any(|s| s.parent.as_deref() == Some(key))
             || self.pending.values().any(|p| match p {
-                Pending::Create { snapshot, .. } => snapshot.parent.as_deref() == Some(key),
+                Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
+                    snapshot.parent.as_deref() == Some(key)
+                }
                 Pending::Commit { .. } => false,
             })
     }
@@ -112,6 +126,7 @@ impl State {
             || self.pending.values().any(|p| match p {
                 Pending::Create { key: k, .. } => k == key,
                 Pending::Commit { name, .. } => name == key,
+                Pending::Import { .. } => false,
             })
     }
 
@@ -230,11 +245,16 @@ impl State {
                 Ok(vec![Effect::Seal { txid, id }])
             }
             Op::Complete { of, usage } => {
+                if matches!(self.pending.get(of), Some(Pending::Import { .. })) {
+                    // An import completes with CompleteImport, which names its layer.
+                    return Err(StateError::NotPending { txid: *of });
+                }
                 let pending = self
                     .pending
                     .remove(of)
                     .ok_or(StateError::NotPending { txid: *of })?;
                 match pending {
+                    Pending::Import { .. } => unreachable!("checked before removal"),
                     Pending::Create { key, snapshot } => {
                         let id = snapshot.id;
                         self.snapshots.insert(key, snapshot);
@@ -266,12 +286,22 @@ impl State {
                     .remove(of)
                     .ok_or(StateError::NotPending { txid: *of })?;
                 match pending {
-                    Pending::Create { .. } => Ok(vec![Effect::Discard { txid: *of }]),
+                    Pending::Create { .. } | Pending::Import { .. } => {
+                        Ok(vec![Effect::Discard { txid: *of }])
+                    }
                     Pending::Commit { .. } => Ok(Vec::new()),
                 }
             }
             Op::Remove { key } => {
                 let id = self.get(key)?.id;
+                if self.layers.contains_key(key) {
+                    return Err(precondition(
+                        key,
+                        Precondition::OwnedByLayer {
+                            chain_id: key.clone(),
+                        },
+                    ));
+                }
                 if self.has_children(key) {
                     return Err(precondition(key, Precondition::HasChildren));
                 }
@@ -281,6 +311,29 @@ impl State {
                 self.snapshots.remove(key);
                 Ok(vec![Effect::Delete { id }])
             }
+            Op::BeginImport {
+                id,
+                parent,
+                pin,
+                time_ns,
+            } => self.begin_import(txid, *id, parent, *pin, *time_ns),
+            Op::CompleteImport {
+                of,
+                diff_id,
+                chain_id,
+                size_bytes,
+                usage,
+            } => self.complete_import(*of, diff_id, chain_id, *size_bytes, *usage),
+            Op::RemoveLayer { chain_id } => self.remove_layer(chain_id),
+            Op::PutImage {
+                name,
+                top,
+                manifest_digest,
+                config_digest,
+                time_ns,
+            } => self.put_image(name, top, manifest_digest, config_digest, *time_ns),
+            Op::RemoveImage { name } => self.remove_image(name),
+            Op::CollectLayers => Ok(self.collect_layers()),
             Op::Update {
                 key,
                 labels,

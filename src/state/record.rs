@@ -52,4 +52,37 @@ pub enum Op {
         labels: Labels,
         time_ns: i64,
     },
+    /// Begin importing a layer tar onto `parent` (a layer's ChainID): extracted in staging,
+    /// completed by `CompleteImport` once its content is durable. `pin`: the user holds it.
+    BeginImport {
+        id: SnapshotId,
+        parent: Option<String>,
+        pin: bool,
+        time_ns: i64,
+    },
+    /// The layer of import `of` is durable in staging. Its snapshot is named by its ChainID.
+    CompleteImport {
+        of: TxId,
+        diff_id: String,
+        chain_id: String,
+        size_bytes: u64,
+        usage: Usage,
+    },
+    /// Release the user's hold on a layer; it and every ancestor left unreferenced are deleted.
+    RemoveLayer {
+        chain_id: String,
+    },
+    /// Record an image: `name` holds its top layer (and through it the whole chain).
+    PutImage {
+        name: String,
+        top: String,
+        manifest_digest: String,
+        config_digest: String,
+        time_ns: i64,
+    },
+    RemoveImage {
+        name: String,
+    },
+    /// Delete every layer nothing holds (left by an image load a crash interrupted).
+    CollectLayers,
 }

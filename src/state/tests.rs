@@ -290,3 +290,199 @@ fn replay_is_deterministic() {
     assert_eq!(replay.state, m.state);
     assert_eq!(m.state.parent_ids("c19").expect("chain").len(), 19);
 }
+
+impl Machine {
+    fn import(
+        &mut self,
+        chain: &str,
+        parent: Option<&str>,
+        pin: bool,
+    ) -> Result<Vec<Effect>, StateError> {
+        let id = SnapshotId(self.state.next_id);
+        let (txid, effects) = self.apply(Op::BeginImport {
+            id,
+            parent: parent.map(Into::into),
+            pin,
+            time_ns: 1,
+        })?;
+        assert!(matches!(effects[..], [Effect::Stage { .. }]));
+        let (_, effects) = self.apply(Op::CompleteImport {
+            of: txid,
+            diff_id: format!("diff-{chain}"),
+            chain_id: chain.into(),
+            size_bytes: 10,
+            usage: Usage {
+                size_bytes: 10,
+                inodes: 1,
+            },
+        })?;
+        Ok(effects)
+    }
+
+    fn refs(&self, chain: &str) -> (bool, u64, u64) {
+        let l = self.state.layer(chain).expect("layer");
+        (l.pinned, l.children, l.holders)
+    }
+}
+
+fn deletes(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Delete { .. }))
+        .count()
+}
+
+#[test]
+fn layers_count_references_and_release_in_cascade() {
+    let mut m = Machine::new();
+    m.import("L0", None, true).expect("base");
+    m.import("L1", Some("L0"), false).expect("middle");
+    m.import("L2", Some("L1"), false).expect("top");
+    assert_eq!(m.refs("L0"), (true, 1, 0));
+    assert_eq!(
+        m.state.layer_chain("L2").expect("chain"),
+        vec!["L2", "L1", "L0"]
+    );
+    assert_eq!(m.state.get("L2").expect("snapshot").kind, Kind::Committed);
+    // The same layer again: discarded, pinned now.
+    let effects = m.import("L2", Some("L1"), true).expect("again");
+    assert!(matches!(effects[..], [Effect::Discard { .. }]));
+    assert_eq!(m.refs("L2"), (true, 0, 0));
+    // A layer's snapshot is not removed behind its back.
+    assert!(matches!(
+        m.apply(Op::Remove { key: "L2".into() }),
+        Err(StateError::FailedPrecondition {
+            reason: Precondition::OwnedByLayer { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        m.apply(Op::RemoveLayer {
+            chain_id: "L1".into()
+        }),
+        Err(StateError::FailedPrecondition {
+            reason: Precondition::Referenced {
+                children: 1,
+                holders: 0
+            },
+            ..
+        })
+    ));
+    m.apply(Op::PutImage {
+        name: "img".into(),
+        top: "L2".into(),
+        manifest_digest: "m".into(),
+        config_digest: "c".into(),
+        time_ns: 2,
+    })
+    .expect("image");
+    assert!(matches!(
+        m.apply(Op::RemoveLayer {
+            chain_id: "L2".into()
+        }),
+        Err(StateError::FailedPrecondition {
+            reason: Precondition::Referenced { holders: 1, .. },
+            ..
+        })
+    ));
+    let (_, effects) = m
+        .apply(Op::RemoveImage { name: "img".into() })
+        .expect("rm image");
+    assert_eq!(deletes(&effects), 0, "L2 is still pinned by the user");
+    // Releasing L2 releases L1 (unpinned, now unreferenced) but not L0 (pinned).
+    let (_, effects) = m
+        .apply(Op::RemoveLayer {
+            chain_id: "L2".into(),
+        })
+        .expect("rm L2");
+    assert_eq!(deletes(&effects), 2);
+    assert!(m.state.layer("L1").is_err() && m.state.get("L1").is_err());
+    assert_eq!(m.refs("L0"), (true, 0, 0));
+    let (_, effects) = m
+        .apply(Op::RemoveLayer {
+            chain_id: "L0".into(),
+        })
+        .expect("rm L0");
+    assert_eq!(deletes(&effects), 1);
+    assert!(m.state.layers.is_empty() && m.state.snapshots.is_empty());
+}
+
+#[test]
+fn unheld_layers_are_collected_and_images_replace() {
+    let mut m = Machine::new();
+    m.import("A", None, false).expect("a");
+    m.import("B", Some("A"), false).expect("b");
+    m.import("P", None, true).expect("pinned");
+    m.apply(Op::PutImage {
+        name: "x".into(),
+        top: "B".into(),
+        manifest_digest: "m".into(),
+        config_digest: "c".into(),
+        time_ns: 1,
+    })
+    .expect("image");
+    let (_, effects) = m.apply(Op::CollectLayers).expect("collect");
+    assert_eq!(deletes(&effects), 0, "everything is held");
+    // Re-pointing the image at another top releases the old chain.
+    m.import("C", None, false).expect("c");
+    let (_, effects) = m
+        .apply(Op::PutImage {
+            name: "x".into(),
+            top: "C".into(),
+            manifest_digest: "m2".into(),
+            config_digest: "c2".into(),
+            time_ns: 2,
+        })
+        .expect("replace");
+    assert_eq!(deletes(&effects), 2);
+    m.import("D", None, false)
+        .expect("an interrupted load's layer");
+    let (_, effects) = m.apply(Op::CollectLayers).expect("collect");
+    assert_eq!(deletes(&effects), 1);
+    assert_eq!(
+        m.state.layers.keys().cloned().collect::<Vec<_>>(),
+        vec!["C", "P"]
+    );
+}
+
+#[test]
+fn imports_block_their_parent_and_pending_imports_abort_cleanly() {
+    let mut m = Machine::new();
+    m.import("A", None, true).expect("a");
+    let (txid, _) = m
+        .apply(Op::BeginImport {
+            id: SnapshotId(m.state.next_id),
+            parent: Some("A".into()),
+            pin: true,
+            time_ns: 1,
+        })
+        .expect("begin");
+    assert!(matches!(
+        m.apply(Op::RemoveLayer {
+            chain_id: "A".into()
+        }),
+        Err(StateError::FailedPrecondition { .. })
+    ));
+    assert!(matches!(
+        m.apply(Op::Complete {
+            of: txid,
+            usage: None
+        }),
+        Err(StateError::NotPending { .. })
+    ));
+    let (_, effects) = m.apply(Op::Abort { of: txid }).expect("abort");
+    assert_eq!(effects, vec![Effect::Discard { txid }]);
+    m.apply(Op::RemoveLayer {
+        chain_id: "A".into(),
+    })
+    .expect("now removable");
+    assert!(matches!(
+        m.apply(Op::BeginImport {
+            id: SnapshotId(m.state.next_id),
+            parent: Some("gone".into()),
+            pin: true,
+            time_ns: 1
+        }),
+        Err(StateError::NotFound { .. })
+    ));
+}

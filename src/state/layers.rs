@@ -1,0 +1,300 @@
+//! Layers and images in the state: reference counting after Docker's layer store.
+//!
+//! A layer is a committed snapshot named by its ChainID. What holds it: the user who imported
+//! it (`pinned`), each child layer (`children`), and each image or container on it (`holders`).
+//! Releasing the last hold deletes it and releases its parent, up the chain, in the same
+//! transaction.
+
+use super::{Effect, Kind, Pending, Precondition, Snapshot, State, StateError};
+use crate::types::{SnapshotId, TxId, Usage};
+use serde::{Deserialize, Serialize};
+
+/// Images may have at most this many layers (Docker's limit, from overlay's lowerdir bound).
+pub const MAX_LAYER_DEPTH: usize = 125;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub diff_id: String,
+    pub parent: Option<String>,
+    /// Uncompressed tar length.
+    pub size_bytes: u64,
+    pub pinned: bool,
+    pub children: u64,
+    pub holders: u64,
+}
+
+impl Layer {
+    pub fn refcount(&self) -> u64 {
+        u64::from(self.pinned) + self.children + self.holders
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub top: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub created_ns: i64,
+}
+
+impl State {
+    pub fn layer(&self, chain_id: &str) -> Result<&Layer, StateError> {
+        self.layers
+            .get(chain_id)
+            .ok_or_else(|| StateError::NotFound {
+                key: chain_id.to_owned(),
+            })
+    }
+
+    /// ChainIDs from `chain_id` down to the base layer.
+    pub fn layer_chain(&self, chain_id: &str) -> Result<Vec<String>, StateError> {
+        let mut chain = vec![chain_id.to_owned()];
+        let mut next = self.layer(chain_id)?.parent.clone();
+        while let Some(p) = next {
+            next = self.layer(&p)?.parent.clone();
+            chain.push(p);
+            assert!(
+                chain.len() <= MAX_LAYER_DEPTH + 1,
+                "layer chain of {chain_id} loops"
+            );
+        }
+        Ok(chain)
+    }
+
+    pub(super) fn begin_import(
+        &mut self,
+        txid: TxId,
+        id: SnapshotId,
+        parent: &Option<String>,
+        pin: bool,
+        time_ns: i64,
+    ) -> Result<Vec<Effect>, StateError> {
+        let parent_id = match parent {
+            None => None,
+            Some(p) => {
+                let depth = self.layer_chain(p)?.len();
+                if depth >= MAX_LAYER_DEPTH {
+                    return Err(StateError::InvalidArgument {
+                        reason: super::Invalid::LayerChainTooDeep {
+                            max: MAX_LAYER_DEPTH,
+                        },
+                    });
+                }
+                Some(self.get(p)?.id)
+            }
+        };
+        assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
+        self.next_id += 1;
+        let snapshot = Snapshot {
+            id,
+            kind: Kind::Committed,
+            parent: parent.clone(),
+            labels: Default::default(),
+            created_ns: time_ns,
+            updated_ns: time_ns,
+            usage: None,
+            created_txid: txid,
+            txid,
+        };
+        self.pending.insert(
+            txid,
+            Pending::Import {
+                snapshot,
+                parent: parent.clone(),
+                pin,
+            },
+        );
+        Ok(vec![Effect::Stage {
+            txid,
+            kind: Kind::Active,
+            parent: parent_id,
+        }])
+    }
+
+    pub(super) fn complete_import(
+        &mut self,
+        of: TxId,
+        diff_id: &str,
+        chain_id: &str,
+        size_bytes: u64,
+        usage: Usage,
+    ) -> Result<Vec<Effect>, StateError> {
+        let Some(Pending::Import { .. }) = self.pending.get(&of) else {
+            return Err(StateError::NotPending { txid: of });
+        };
+        let Some(Pending::Import {
+            mut snapshot,
+            parent,
+            pin,
+        }) = self.pending.remove(&of)
+        else {
+            unreachable!("checked above");
+        };
+        if let Some(layer) = self.layers.get_mut(chain_id) {
+            // The same layer again: keep the one we have, drop the new copy.
+            layer.pinned |= pin;
+            return Ok(vec![Effect::Discard { txid: of }]);
+        }
+        if self.snapshots.contains_key(chain_id) {
+            return Err(StateError::AlreadyExists {
+                key: chain_id.to_owned(),
+            });
+        }
+        if let Some(p) = &parent {
+            let parent_layer = self
+                .layers
+                .get_mut(p)
+                .expect("a parent with a pending child is never removed");
+            parent_layer.children += 1;
+        }
+        snapshot.usage = Some(usage);
+        let id = snapshot.id;
+        self.snapshots.insert(chain_id.to_owned(), snapshot);
+        self.layers.insert(
+            chain_id.to_owned(),
+            Layer {
+                diff_id: diff_id.to_owned(),
+                parent,
+                size_bytes,
+                pinned: pin,
+                children: 0,
+                holders: 0,
+            },
+        );
+        Ok(vec![Effect::Install { txid: of, id }])
+    }
+
+    /// Whether an import onto `chain_id` is in flight.
+    pub(super) fn has_pending_import_on(&self, chain_id: &str) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Import { parent: Some(q), .. } if q == chain_id))
+    }
+
+    fn check_removable_snapshot(&self, key: &str) -> Result<(), StateError> {
+        if self.has_children(key) {
+            return Err(StateError::FailedPrecondition {
+                key: key.to_owned(),
+                reason: Precondition::HasChildren,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_layer(&mut self, chain_id: &str) -> Result<Vec<Effect>, StateError> {
+        let layer = self.layer(chain_id)?;
+        if layer.children > 0 || layer.holders > 0 {
+            return Err(StateError::FailedPrecondition {
+                key: chain_id.to_owned(),
+                reason: Precondition::Referenced {
+                    children: layer.children,
+                    holders: layer.holders,
+                },
+            });
+        }
+        self.check_removable_snapshot(chain_id)?;
+        if self.has_pending_import_on(chain_id) {
+            return Err(StateError::FailedPrecondition {
+                key: chain_id.to_owned(),
+                reason: Precondition::Busy,
+            });
+        }
+        let layer = self.layers.get_mut(chain_id).expect("checked above");
+        layer.pinned = false;
+        Ok(self.release_unreferenced(chain_id.to_owned()))
+    }
+
+    /// Delete `chain_id` if nothing holds it, then walk up releasing each parent.
+    fn release_unreferenced(&mut self, start: String) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut next = Some(start);
+        while let Some(chain_id) = next.take() {
+            let Some(layer) = self.layers.get(&chain_id) else {
+                break;
+            };
+            let blocked = layer.refcount() > 0
+                || self.has_children(&chain_id)
+                || self.has_pending_import_on(&chain_id);
+            if blocked {
+                break;
+            }
+            let layer = self.layers.remove(&chain_id).expect("present");
+            if let Some(snap) = self.snapshots.remove(&chain_id) {
+                effects.push(Effect::Delete { id: snap.id });
+            }
+            if let Some(p) = &layer.parent {
+                let parent = self
+                    .layers
+                    .get_mut(p)
+                    .expect("a layer's parent outlives it");
+                parent.children -= 1;
+            }
+            next = layer.parent;
+        }
+        effects
+    }
+
+    pub(super) fn put_image(
+        &mut self,
+        name: &str,
+        top: &str,
+        manifest_digest: &str,
+        config_digest: &str,
+        time_ns: i64,
+    ) -> Result<Vec<Effect>, StateError> {
+        super::validate_key(name)?;
+        self.layers
+            .get_mut(top)
+            .ok_or_else(|| StateError::NotFound {
+                key: top.to_owned(),
+            })?
+            .holders += 1;
+        let previous = self.images.insert(
+            name.to_owned(),
+            Image {
+                top: top.to_owned(),
+                manifest_digest: manifest_digest.to_owned(),
+                config_digest: config_digest.to_owned(),
+                created_ns: time_ns,
+            },
+        );
+        Ok(match previous {
+            Some(old) => self.release_holder(&old.top),
+            None => Vec::new(),
+        })
+    }
+
+    pub(super) fn remove_image(&mut self, name: &str) -> Result<Vec<Effect>, StateError> {
+        let image = self
+            .images
+            .remove(name)
+            .ok_or_else(|| StateError::NotFound {
+                key: name.to_owned(),
+            })?;
+        Ok(self.release_holder(&image.top))
+    }
+
+    fn release_holder(&mut self, chain_id: &str) -> Vec<Effect> {
+        let layer = self
+            .layers
+            .get_mut(chain_id)
+            .expect("an image's top layer outlives the image");
+        layer.holders -= 1;
+        self.release_unreferenced(chain_id.to_owned())
+    }
+
+    pub(super) fn collect_layers(&mut self) -> Vec<Effect> {
+        // Leaves first: a chain is released from its top, so start from layers without children.
+        let tops: Vec<String> = self
+            .layers
+            .iter()
+            .filter(|(_, l)| l.refcount() == 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut effects = Vec::new();
+        for chain_id in tops {
+            effects.extend(self.release_unreferenced(chain_id));
+        }
+        effects
+    }
+}
