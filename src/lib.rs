@@ -4,4 +4,5 @@
 //! mounts), `layer` (tar streams, digests, export metadata), `engine` (the one thread that
 //! journals and applies), `image` and `cli` (clients of the engine).
 
+pub mod layer;
 pub mod types;
