@@ -39,11 +39,11 @@ pub enum LayerError {
         reason: &'static str,
     },
     /// A header block whose checksum does not match its bytes.
-    #[error("{path}: at tar offset {offset}: header checksum mismatch (stored {stored}, computed {computed})")]
+    #[error("{path}: at tar offset {offset}: header checksum mismatch (stored {stored:?}, computed {computed})")]
     BadChecksum {
         path: String,
         offset: u64,
-        stored: u64,
+        stored: Option<u64>,
         computed: u64,
     },
     /// A header or extended header that cannot be parsed.

@@ -57,6 +57,14 @@ pub fn export(
     while let Some(rec) = reader.next_record()? {
         match rec {
             Record::Raw(b) => out.put(&b, NO_ENTRY.as_bytes())?,
+            Record::Zeros(mut n) => {
+                let zeros = [0u8; 4096];
+                while n > 0 {
+                    let k = n.min(zeros.len() as u64) as usize;
+                    out.put(&zeros[..k], NO_ENTRY.as_bytes())?;
+                    n -= k as u64;
+                }
+            }
             Record::File { path, size, sha256 } => {
                 let f = open(&root, &path, size, out.offset)?;
                 let sha = copy_ranges(&f, &[(0, size)], &path, &mut out)?;

@@ -283,7 +283,9 @@ impl<R: Read> Ex<'_, R> {
                 .path
                 .clone()
                 .or_else(|| long_name.clone())
-                .unwrap_or_else(|| header::parse_header(&block).map(|h| h.name).unwrap_or_default());
+                .or_else(|| header::parse_header(&block).ok().map(|h| h.name))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| NO_ENTRY.as_bytes().to_vec());
             if n < block.len() {
                 return Err(LayerError::Truncated {
                     path: lossy(&shown),
@@ -920,9 +922,19 @@ impl<R: Read> Ex<'_, R> {
                 };
                 if overlay {
                     self.mark_touched(&canonical);
-                    let fd = self.root.open_dir(&canonical).map_err(self.fs(e, "open opaque directory"))?;
-                    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                    return xattr::set(p, whiteout::OVERLAY_OPAQUE_XATTR, b"y").map_err(self.fs(e, "setxattr"));
+                    // A readable descriptor, not O_PATH: fsetxattr refuses O_PATH descriptors.
+                    let dir = self.root.open_dir(&canonical).map_err(self.fs(e, "open opaque directory"))?;
+                    let fd = openat(
+                        Some(dir.as_raw_fd()),
+                        ".",
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|er| self.fs(e, "open opaque directory")(errno_io(er)))?;
+                    // SAFETY: fd was just opened and is owned by nobody else.
+                    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                    return xattr::FileExt::set_xattr(&f, whiteout::OVERLAY_OPAQUE_XATTR, b"y")
+                        .map_err(self.fs(e, "setxattr"));
                 }
                 whiteout::clear_opaque(&self.root, &canonical, &self.touched)
                     .map_err(self.fs(e, "clear opaque directory"))

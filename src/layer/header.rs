@@ -132,13 +132,14 @@ pub fn checksums(b: &[u8; 512]) -> (u64, i64) {
     (u, s)
 }
 
-/// Verifies the checksum; `Err((stored, computed))` on mismatch.
-pub fn verify_checksum(b: &[u8; 512]) -> Result<(), (u64, u64)> {
+/// Verifies the checksum; `Err((stored, computed))` on mismatch, `stored` being `None`
+/// when the field is not even a number.
+pub fn verify_checksum(b: &[u8; 512]) -> Result<(), (Option<u64>, u64)> {
     let (u, s) = checksums(b);
     match parse_numeric(&b[148..156]) {
         Ok(stored) if stored == u || i64::try_from(stored).ok() == Some(s) => Ok(()),
-        Ok(stored) => Err((stored, u)),
-        Err(_) => Err((u64::MAX, u)),
+        Ok(stored) => Err((Some(stored), u)),
+        Err(_) => Err((None, u)),
     }
 }
 

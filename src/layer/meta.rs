@@ -23,6 +23,11 @@ const TAG_RAW: u8 = 1;
 const TAG_FILE: u8 = 2;
 const TAG_SPARSE: u8 = 3;
 const TAG_END: u8 = 4;
+const TAG_ZEROS: u8 = 5;
+/// Zero runs at least this long are written as a `Zeros` record (17 bytes): tar's end-of-archive,
+/// record padding (often 10 KiB) and the empty fields of every header would otherwise
+/// dominate small layers' metadata.
+pub const ZERO_RUN_MIN: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -43,6 +48,8 @@ pub enum Record {
         segments: Vec<(u64, u64)>,
         sha256: [u8; 32],
     },
+    /// `n` zero bytes of the tar, verbatim in meaning, compact on disk.
+    Zeros(u64),
     /// The end: totals of the tar this stream rebuilds.
     End {
         tar_size: u64,
@@ -103,8 +110,28 @@ impl<W: Write> MetaWriter<W> {
         self.put(&crc.finalize().to_le_bytes())
     }
 
-    /// Writes `data` as `Raw` records of at most `RAW_CHUNK` bytes.
+    /// Writes `data` as `Raw` records of at most `RAW_CHUNK` bytes, long zero runs as
+    /// `Zeros` records.
     pub fn write_raw(&mut self, data: &[u8]) -> Result<(), LayerError> {
+        let mut i = 0;
+        let mut lit = 0;
+        while i < data.len() {
+            if data[i] != 0 {
+                i += 1;
+                continue;
+            }
+            let run = data[i..].iter().take_while(|&&b| b == 0).count();
+            if run >= ZERO_RUN_MIN {
+                self.write_literal(&data[lit..i])?;
+                self.write(&Record::Zeros(run as u64))?;
+                lit = i + run;
+            }
+            i += run;
+        }
+        self.write_literal(&data[lit..])
+    }
+
+    fn write_literal(&mut self, data: &[u8]) -> Result<(), LayerError> {
         for chunk in data.chunks(RAW_CHUNK) {
             self.write(&Record::Raw(chunk.to_vec()))?;
         }
@@ -131,6 +158,10 @@ fn encode(rec: &Record) -> (u8, Vec<u8>) {
         Record::Raw(b) => {
             p.extend_from_slice(b);
             (TAG_RAW, p)
+        }
+        Record::Zeros(n) => {
+            p.extend_from_slice(&n.to_le_bytes());
+            (TAG_ZEROS, p)
         }
         Record::File { path, size, sha256 } => {
             p.extend_from_slice(&size.to_le_bytes());
@@ -279,6 +310,12 @@ fn path_from(p: &[u8], at: u64) -> Result<Vec<u8>, LayerError> {
 fn decode(tag: u8, p: Vec<u8>, at: u64) -> Result<Record, LayerError> {
     match tag {
         TAG_RAW => Ok(Record::Raw(p)),
+        TAG_ZEROS => {
+            if p.len() != 8 {
+                return Err(bad(at, "zeros record of the wrong size"));
+            }
+            Ok(Record::Zeros(u64_at(&p, 0)))
+        }
         TAG_FILE => {
             if p.len() < 40 {
                 return Err(bad(at, "file record too short"));
@@ -330,6 +367,7 @@ mod tests {
     fn sample() -> Vec<Record> {
         vec![
             Record::Raw(vec![1, 2, 3]),
+            Record::Zeros(10240),
             Record::File {
                 path: b"a/b".to_vec(),
                 size: 7,
@@ -384,6 +422,37 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode_all(&extra).is_err());
+    }
+
+    #[test]
+    fn zero_runs_are_compact_and_exact() {
+        let mut data = vec![7u8; 100];
+        data.extend(std::iter::repeat(0).take(3000));
+        data.push(1);
+        data.extend(std::iter::repeat(0).take(100));
+        let mut w = MetaWriter::new(Vec::new()).expect("header");
+        w.write_raw(&data).expect("write");
+        let bytes = w.into_inner();
+        assert!(bytes.len() < 400, "{} bytes", bytes.len());
+        let mut back = Vec::new();
+        for rec in decode_all_open(&bytes) {
+            match rec {
+                Record::Raw(b) => back.extend(b),
+                Record::Zeros(n) => back.extend(std::iter::repeat(0).take(n as usize)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(back, data);
+    }
+
+    /// Records of a stream without End (the reader reports the cut after them).
+    fn decode_all_open(b: &[u8]) -> Vec<Record> {
+        let mut r = MetaReader::new(b).expect("header");
+        let mut out = Vec::new();
+        while let Ok(Some(rec)) = r.next_record() {
+            out.push(rec);
+        }
+        out
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -172,15 +172,25 @@ impl Root {
     }
 
     fn mkdir_all(&self, rel: &[u8]) -> io::Result<()> {
+        self.mkdir_all_depth(rel, 0)
+    }
+
+    /// Creates the missing directories of `rel`. A dangling symlink on the way (a parent
+    /// layer's `var/run -> /run` before `/run` exists) gets its target created inside the
+    /// root, as containerd does; `depth` bounds symlink chains and loops.
+    fn mkdir_all_depth(&self, rel: &[u8], depth: u32) -> io::Result<()> {
+        if depth > MAX_SYMLINK_HOPS {
+            return Err(errno_io(Errno::ELOOP));
+        }
         let mut end = 0;
-        let comps: Vec<usize> = rel
+        let stops: Vec<usize> = rel
             .iter()
             .enumerate()
             .filter(|(_, &c)| c == b'/')
             .map(|(i, _)| i)
             .chain(std::iter::once(rel.len()))
             .collect();
-        for stop in comps {
+        for stop in stops {
             let prefix = &rel[..stop];
             let comp = &rel[end..stop];
             end = stop + 1;
@@ -193,14 +203,46 @@ impl Root {
             let pfd = self.open_dir(parent)?;
             match mkdirat(Some(pfd.as_raw_fd()), os(comp), Mode::from_bits_truncate(0o755)) {
                 Ok(()) => {}
-                // A dangling symlink as a parent: following it would create its target,
-                // which we refuse rather than reason about.
-                Err(Errno::EEXIST) => return Err(errno_io(Errno::ENOTDIR)),
+                Err(Errno::EEXIST) => {
+                    let link = readlinkat(Some(pfd.as_raw_fd()), os(comp))
+                        .map_err(|_| errno_io(Errno::ENOTDIR))?
+                        .into_encoded_bytes();
+                    let base = if link.starts_with(b"/") {
+                        Vec::new()
+                    } else {
+                        self.canonical_of(&pfd)?
+                    };
+                    self.mkdir_all_depth(&join_in_root(&base, &link), depth + 1)?;
+                    self.open_dir(prefix)?;
+                }
                 Err(e) => return Err(errno_io(e)),
             }
         }
         Ok(())
     }
+}
+
+/// Symlinks followed while creating one parent chain, as the kernel's own limit.
+pub const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// `base` joined with a symlink's text the way the kernel resolves it under
+/// `RESOLVE_IN_ROOT`: `..` stops at the root, an absolute text starts from the root.
+pub fn join_in_root(base: &[u8], link: &[u8]) -> Vec<u8> {
+    let mut comps: Vec<&[u8]> = if link.starts_with(b"/") {
+        Vec::new()
+    } else {
+        base.split(|&c| c == b'/').filter(|c| !c.is_empty()).collect()
+    };
+    for c in link.split(|&c| c == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
+    }
+    comps.join(&b'/')
 }
 
 /// `lstat` of a leaf; `None` if it does not exist.
@@ -329,6 +371,13 @@ mod tests {
     }
 
     #[test]
+    fn join_clamps_at_root() {
+        assert_eq!(join_in_root(b"a/b", b"../../../x"), b"x".to_vec());
+        assert_eq!(join_in_root(b"a/b", b"/etc/./y"), b"etc/y".to_vec());
+        assert_eq!(join_in_root(b"a", b"c/d"), b"a/c/d".to_vec());
+    }
+
+    #[test]
     fn symlinked_parents_stay_inside() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let target = tmp.path().join("t");
@@ -341,9 +390,17 @@ mod tests {
             let leaf = root.leaf(via, false).expect("leaf");
             assert_eq!(leaf.canonical, b"etc/x".to_vec());
         }
-        // A dangling absolute symlink is not followed to create its target.
-        std::os::unix::fs::symlink("/nowhere", target.join("dangling")).expect("symlink");
-        assert!(root.leaf(b"dangling/x", true).is_err());
-        assert!(!target.join("nowhere").exists());
+        // A dangling symlink as a parent gets its target created inside the root.
+        std::os::unix::fs::symlink("/nowhere/deep", target.join("dangling")).expect("symlink");
+        std::os::unix::fs::symlink("../../../up", target.join("etc/rel")).expect("symlink");
+        let leaf = root.leaf(b"dangling/x", true).expect("leaf");
+        assert_eq!(leaf.canonical, b"nowhere/deep/x".to_vec());
+        let leaf = root.leaf(b"etc/rel/y", true).expect("leaf");
+        assert_eq!(leaf.canonical, b"up/y".to_vec());
+        assert!(!tmp.path().join("up").exists() && !Path::new("/nowhere").exists());
+        // Loops end in an error, not a hang.
+        std::os::unix::fs::symlink("loop2", target.join("loop1")).expect("symlink");
+        std::os::unix::fs::symlink("loop1", target.join("loop2")).expect("symlink");
+        assert!(root.leaf(b"loop1/z", true).is_err());
     }
 }
