@@ -79,7 +79,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
         let line = if ft.is_dir() {
             format!("d {rel}")
         } else if ft.is_symlink() {
-            format!("l {rel} -> {}", fs::read_link(&p).expect("readlink").display())
+            format!(
+                "l {rel} -> {}",
+                fs::read_link(&p).expect("readlink").display()
+            )
         } else if ft.is_file() {
             let data = fs::read(&p).expect("read");
             let text = String::from_utf8_lossy(&data);

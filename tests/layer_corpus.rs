@@ -55,8 +55,15 @@ fn ok_layers_import_and_export_byte_identical() {
         let got = export(&meta[..], &target, &mut out, &want)
             .unwrap_or_else(|e| panic!("{file}: export failed: {e}"));
         assert_eq!(got, want, "{file}");
-        assert!(out == plain, "{file}: exported tar differs from the original");
-        println!("{file}: ok ({} entries, {} bytes of metadata)", ex.entries, meta.len());
+        assert!(
+            out == plain,
+            "{file}: exported tar differs from the original"
+        );
+        println!(
+            "{file}: ok ({} entries, {} bytes of metadata)",
+            ex.entries,
+            meta.len()
+        );
         seen += 1;
     }
     assert!(seen >= 12, "only {seen} ok layers in the manifest");
@@ -70,8 +77,14 @@ fn python_pax_details_reach_the_disk() {
     fs::create_dir(&t).expect("mkdir");
     let tar = fs::read(corpus.join("layers/python-pax.tar")).expect("read");
     extract_bytes(&tar, &t, &opts()).expect("import");
-    assert_eq!(fs::read(t.join("opt/dup.txt")).expect("dup"), b"second wins\n");
-    assert_eq!(fs::read(t.join("opt/café-漢字.txt")).expect("unicode"), b"unicode\n");
+    assert_eq!(
+        fs::read(t.join("opt/dup.txt")).expect("dup"),
+        b"second wins\n"
+    );
+    assert_eq!(
+        fs::read(t.join("opt/café-漢字.txt")).expect("unicode"),
+        b"unicode\n"
+    );
     let md = fs::metadata(t.join("opt/xattr.txt")).expect("stat");
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 123_456_789));
     match xattr::get(t.join("opt/xattr.txt"), "user.cairn") {
@@ -104,9 +117,15 @@ fn sparse_file_is_really_sparse() {
         let md = fs::symlink_metadata(&e).expect("stat");
         if md.is_file() && md.len() == 8 << 20 {
             found = true;
-            assert!(md.blocks() * 512 < 1 << 20, "{}: {} blocks allocated", e.display(), md.blocks());
+            assert!(
+                md.blocks() * 512 < 1 << 20,
+                "{}: {} blocks allocated",
+                e.display(),
+                md.blocks()
+            );
             let data = fs::read(&e).expect("read");
-            assert_eq!(data.iter().filter(|&&b| b != 0).count() > 0, true);
+            let nonzero = data.iter().filter(|&&b| b != 0).count();
+            assert!((1..=8).contains(&nonzero), "{nonzero} non-zero bytes");
         }
     }
     assert!(found, "no 8 MiB file in the sparse layer");
@@ -154,7 +173,11 @@ fn chain_merges_to_expected_tree_and_chain_ids() {
 }
 
 /// Files a hostile layer may try to create outside its target, by absolute path.
-const ESCAPES: &[&str] = &["/tmp/escaped-absolute.txt", "/tmp/escaped.txt", "/escaped.txt"];
+const ESCAPES: &[&str] = &[
+    "/tmp/escaped-absolute.txt",
+    "/tmp/escaped.txt",
+    "/escaped.txt",
+];
 
 #[test]
 fn malicious_layers_are_refused_or_contained() {
@@ -186,7 +209,11 @@ fn malicious_layers_are_refused_or_contained() {
             (Ok(_), "contained") => println!("{file}: imported, contained"),
             (Ok(_), _) => panic!("{file}: expected an error, import succeeded"),
         }
-        assert_eq!(names(tmp.path()), vec!["sentinel", "target"], "{file}: something escaped");
+        assert_eq!(
+            names(tmp.path()),
+            vec!["sentinel", "target"],
+            "{file}: something escaped"
+        );
         assert_eq!(names(&sentinel), vec!["keep"], "{file}: sentinel changed");
         assert_eq!(fs::read(sentinel.join("keep")).expect("read"), b"untouched");
         for (p, before) in ESCAPES.iter().zip(&existed) {
@@ -194,7 +221,11 @@ fn malicious_layers_are_refused_or_contained() {
                 assert!(!Path::new(p).exists(), "{file}: created {p}");
             }
         }
-        assert_eq!(fs::read("/etc/passwd").ok(), passwd_before, "{file}: /etc/passwd changed");
+        assert_eq!(
+            fs::read("/etc/passwd").ok(),
+            passwd_before,
+            "{file}: /etc/passwd changed"
+        );
     }
     assert_eq!(seen, 14);
 }
@@ -223,7 +254,9 @@ fn check_variant(file: &str, e: &LayerError) {
         }
         "malicious/not-a-tar.bin" => matches!(
             e,
-            LayerError::BadChecksum { .. } | LayerError::BadHeader { .. } | LayerError::Truncated { .. }
+            LayerError::BadChecksum { .. }
+                | LayerError::BadHeader { .. }
+                | LayerError::Truncated { .. }
         ),
         _ => true,
     };
@@ -247,8 +280,14 @@ fn chain_layers_import_into_empty_targets_with_overlay_whiteouts() {
     };
     let (ex, meta) = extract_bytes(&tar, &t, &o).expect("import");
     let listing = tree_listing(&t);
-    assert!(listing.contains(&"c app/gone.txt 0:0".to_string()), "{listing:?}");
-    assert!(listing.contains(&"c app/replaced 0:0".to_string()), "{listing:?}");
+    assert!(
+        listing.contains(&"c app/gone.txt 0:0".to_string()),
+        "{listing:?}"
+    );
+    assert!(
+        listing.contains(&"c app/replaced 0:0".to_string()),
+        "{listing:?}"
+    );
     match xattr::get(t.join("app/old"), "trusted.overlay.opaque") {
         Ok(v) => assert_eq!(v.as_deref(), Some(&b"y"[..])),
         Err(e) => println!("skipped: trusted xattrs not supported here: {e}"),

@@ -73,12 +73,18 @@ fn overwritten_and_whited_out_content_is_inlined() {
     let (_, meta) = roundtrip_in(&tar, tmp.path());
     assert_eq!(fs::read(tmp.path().join("a")).expect("a"), b"second");
     assert!(!tmp.path().join("d/x").exists());
-    assert_eq!(fs::read(tmp.path().join("d/sub")).expect("sub"), b"now a file");
+    assert_eq!(
+        fs::read(tmp.path().join("d/sub")).expect("sub"),
+        b"now a file"
+    );
     let find = |needle: &[u8]| meta.windows(needle.len()).any(|w| w == needle);
     assert!(find(b"FIRST-VERSION"));
     assert!(find(b"WHITED-OUT-IN-SAME-LAYER"));
     assert!(find(b"REPLACED-BY-FILE"));
-    assert!(!find(b"KEPT-ON-DISK"), "content on disk must be a reference");
+    assert!(
+        !find(b"KEPT-ON-DISK"),
+        "content on disk must be a reference"
+    );
     let files: Vec<Vec<u8>> = records(&meta)
         .into_iter()
         .filter_map(|r| match r {
@@ -86,7 +92,10 @@ fn overwritten_and_whited_out_content_is_inlined() {
             _ => None,
         })
         .collect();
-    assert_eq!(files, vec![b"a".to_vec(), b"d/sub".to_vec(), b"kept".to_vec()]);
+    assert_eq!(
+        files,
+        vec![b"a".to_vec(), b"d/sub".to_vec(), b"kept".to_vec()]
+    );
 }
 
 #[test]
@@ -125,16 +134,25 @@ fn export_names_the_file_that_changed() {
         e
     };
     fs::write(&hosts, b"127.0.0.1 localhosX\n").expect("write");
-    assert!(matches!(again("same size"), LayerError::ContentChanged { path, .. } if path == "etc/hosts"));
+    assert!(
+        matches!(again("same size"), LayerError::ContentChanged { path, .. } if path == "etc/hosts")
+    );
     fs::write(&hosts, b"longer than it was before\n").expect("write");
-    assert!(matches!(again("longer"), LayerError::SizeChanged { path, expected: 20, .. } if path == "etc/hosts"));
+    assert!(
+        matches!(again("longer"), LayerError::SizeChanged { path, expected: 20, .. } if path == "etc/hosts")
+    );
     fs::write(&hosts, b"short").expect("write");
-    assert!(matches!(again("shorter"), LayerError::SizeChanged { path, actual: 5, .. } if path == "etc/hosts"));
+    assert!(
+        matches!(again("shorter"), LayerError::SizeChanged { path, actual: 5, .. } if path == "etc/hosts")
+    );
     fs::remove_file(&hosts).expect("rm");
     assert!(matches!(again("missing"), LayerError::Fs { path, .. } if path == "etc/hosts"));
     fs::write(&hosts, b"127.0.0.1 localhost\n").expect("write");
     let mut out = Vec::new();
-    assert_eq!(export(&meta[..], tmp.path(), &mut out, &id).expect("restored"), id);
+    assert_eq!(
+        export(&meta[..], tmp.path(), &mut out, &id).expect("restored"),
+        id
+    );
     let other = Digest::of(b"other");
     assert!(matches!(
         export(&meta[..], tmp.path(), &mut Vec::new(), &other),
@@ -199,7 +217,10 @@ fn huge_claims_fail_cleanly() {
     tar.extend_from_slice(&[1u8; 512]);
     let j = Jail::new();
     let e = extract_bytes(&tar, &j.target, &opts()).expect_err("1 TiB claim");
-    assert!(matches!(e, LayerError::Truncated { ref path, .. } if path == "huge"), "{e:?}");
+    assert!(
+        matches!(e, LayerError::Truncated { ref path, .. } if path == "huge"),
+        "{e:?}"
+    );
     j.check("huge");
     // A PAX header of 1 GiB is refused before anything is read or allocated.
     let mut h = header(tar::EntryType::XHeader, 0o644, 1 << 30);
@@ -234,10 +255,15 @@ fn devices_need_root_and_overlay_style_makes_whiteout_devices() {
     }
     let (ex, meta) = r.expect("import as root");
     let listing = tree_listing(&j.target);
-    assert!(listing.contains(&"c dev/null 1:3".to_string()), "{listing:?}");
+    assert!(
+        listing.contains(&"c dev/null 1:3".to_string()),
+        "{listing:?}"
+    );
     assert!(listing.contains(&"c o/gone 0:0".to_string()), "{listing:?}");
     assert_eq!(
-        xattr::get(j.target.join("o"), "trusted.overlay.opaque").expect("xattr").as_deref(),
+        xattr::get(j.target.join("o"), "trusted.overlay.opaque")
+            .expect("xattr")
+            .as_deref(),
         Some(&b"y"[..])
     );
     let mut out = Vec::new();
@@ -259,7 +285,10 @@ fn parent_layer_symlinks_resolve_inside_the_target() {
     file(&mut b, "up/y", b"y");
     let tar = b.into_inner().expect("tar");
     roundtrip_in(&tar, &j.target);
-    assert_eq!(fs::read(j.target.join("usr/lib/libc.so")).expect("libc"), b"libc");
+    assert_eq!(
+        fs::read(j.target.join("usr/lib/libc.so")).expect("libc"),
+        b"libc"
+    );
     assert_eq!(fs::read(j.target.join("etc/x")).expect("x"), b"x");
     assert_eq!(fs::read(j.target.join("y")).expect("y"), b"y");
     j.check("symlinks");
@@ -283,8 +312,14 @@ fn compressed_input_hashes_the_uncompressed_stream() {
     assert!(matches!(e, LayerError::Decompress { .. }), "{e:?}");
 }
 
-const FIXTURE_TAR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/layer/small.tar");
-const FIXTURE_META: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/layer/small.meta");
+const FIXTURE_TAR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/layer/small.tar"
+);
+const FIXTURE_META: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/layer/small.meta"
+);
 
 /// The encoder must reproduce the committed metadata byte for byte: a format change shows
 /// up here first. `CAIRN_BLESS=1` rewrites the fixture after a deliberate change.
@@ -303,7 +338,10 @@ fn metadata_fixture_is_stable() {
     // Import the committed tar itself: that is what the committed metadata describes.
     let tmp2 = tempfile::tempdir().expect("tempdir");
     let (_, meta2) = roundtrip_in(&committed_tar, tmp2.path());
-    assert!(meta2 == committed_meta, "encoder output differs from the committed metadata");
+    assert!(
+        meta2 == committed_meta,
+        "encoder output differs from the committed metadata"
+    );
     assert!(meta == committed_meta);
     let recs = records(&committed_meta);
     assert!(matches!(recs.last(), Some(Record::End { diff_id, entries: 4, .. }) if *diff_id == id));

@@ -46,7 +46,10 @@ fn build_tree(root: &Path, long_component: bool) {
     w("etc/hostname", b"cairn\n");
     w("etc/empty", b"");
     w("usr/lib/libx.so.1", &vec![0xabu8; 70_000]);
-    w("deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t/u/v/w/x/y/z/0/1/2/3/4/5/6/7/8/9/file", b"deep");
+    w(
+        "deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t/u/v/w/x/y/z/0/1/2/3/4/5/6/7/8/9/file",
+        b"deep",
+    );
     w("unicode/café-漢字-ü.txt", b"unicode\n");
     if long_component {
         w(&format!("long/{}", "n".repeat(150)), b"long name\n");
@@ -55,11 +58,17 @@ fn build_tree(root: &Path, long_component: bool) {
     fs::hard_link(root.join("etc/hostname"), root.join("etc/hostname.link")).expect("link");
     std::os::unix::fs::symlink("usr/lib", root.join("lib")).expect("symlink");
     std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).expect("symlink");
-    nix::unistd::mkfifo(&root.join("etc/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640))
-        .expect("mkfifo");
+    nix::unistd::mkfifo(
+        &root.join("etc/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .expect("mkfifo");
     let _ = xattr::set(root.join("etc/hostname"), "user.cairn", b"xv");
-    fs::set_permissions(root.join("etc/empty"), std::os::unix::fs::PermissionsExt::from_mode(0o4755))
-        .expect("chmod");
+    fs::set_permissions(
+        root.join("etc/empty"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .expect("chmod");
     // Nanosecond mtimes, set last so nothing disturbs them.
     let t = nix::sys::time::TimeSpec::new(1_700_000_000, 123_456_789);
     for p in ["etc/hostname", "usr/lib/libx.so.1", "etc/fifo"] {
@@ -94,7 +103,11 @@ fn tool_written_tars_roundtrip() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut made = Vec::new();
     for fmt in ["gnu", "posix", "ustar"] {
-        let tree = if fmt == "ustar" { src_ustar.path() } else { src.path() };
+        let tree = if fmt == "ustar" {
+            src_ustar.path()
+        } else {
+            src.path()
+        };
         let f = out.path().join(format!("{fmt}.tar"));
         let mut c = Command::new("tar");
         c.arg(format!("--format={fmt}")).arg("-C").arg(tree);
@@ -108,7 +121,13 @@ fn tool_written_tars_roundtrip() {
     }
     if Command::new("bsdtar").arg("--version").output().is_ok() {
         let f = out.path().join("bsdtar.tar");
-        if run(Command::new("bsdtar").arg("-C").arg(src.path()).arg("-cf").arg(&f).arg(".")) {
+        if run(Command::new("bsdtar")
+            .arg("-C")
+            .arg(src.path())
+            .arg("-cf")
+            .arg(&f)
+            .arg("."))
+        {
             made.push((f, src.path().to_path_buf(), true));
         }
     } else {
@@ -119,7 +138,12 @@ fn tool_written_tars_roundtrip() {
         let script = format!(
             "import sys, tarfile\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.{fmt})\nt.add(sys.argv[2], arcname='.')\nt.close()\n"
         );
-        if run(Command::new("python3").arg("-c").arg(script).arg(&f).arg(src.path())) {
+        if run(Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&f)
+            .arg(src.path()))
+        {
             // tarfile keeps mtime as a float: sub-microsecond digits are lost.
             made.push((f, src.path().to_path_buf(), fmt == "PAX_FORMAT"));
         }
@@ -129,7 +153,11 @@ fn tool_written_tars_roundtrip() {
         let what = f.file_name().expect("name").to_string_lossy().into_owned();
         let tar = fs::read(&f).expect("read tar");
         let got = roundtrip(&tar, &what);
-        assert_eq!(tree_listing(got.path()), tree_listing(&tree), "{what}: tree");
+        assert_eq!(
+            tree_listing(got.path()),
+            tree_listing(&tree),
+            "{what}: tree"
+        );
         let a = fs::symlink_metadata(got.path().join("usr/lib/libx.so.1")).expect("stat");
         let b = fs::symlink_metadata(tree.join("usr/lib/libx.so.1")).expect("stat");
         assert_eq!(a.mode(), b.mode(), "{what}: mode");
@@ -145,7 +173,10 @@ fn tool_written_tars_roundtrip() {
         let links = fs::symlink_metadata(got.path().join("etc/hostname")).expect("stat");
         assert_eq!(links.nlink(), 2, "{what}: hardlink");
         assert_eq!(
-            fs::symlink_metadata(got.path().join("etc/empty")).expect("stat").mode() & 0o7777,
+            fs::symlink_metadata(got.path().join("etc/empty"))
+                .expect("stat")
+                .mode()
+                & 0o7777,
             0o4755,
             "{what}: setuid"
         );
@@ -265,7 +296,9 @@ fn build_layer(ops: &[Op], m: &mut BTreeMap<String, Node>) -> Vec<u8> {
                 }
                 let data = if let Op::Hardlink(_, t) = op {
                     let target = &names[*t];
-                    let Some(Node::File(d)) = m.get(target).filter(|_| layer_files.contains(target)) else {
+                    let Some(Node::File(d)) =
+                        m.get(target).filter(|_| layer_files.contains(target))
+                    else {
                         continue;
                     };
                     if target == path {
@@ -322,10 +355,15 @@ fn build_layer(ops: &[Op], m: &mut BTreeMap<String, Node>) -> Vec<u8> {
             Op::Whiteout(p) => {
                 let path = &names[*p];
                 // A whiteout under a symlink would follow it (inside the root): not modeled.
-                if ancestors(path).iter().any(|a| matches!(m.get(a), Some(Node::Link(_)))) {
+                if ancestors(path)
+                    .iter()
+                    .any(|a| matches!(m.get(a), Some(Node::Link(_))))
+                {
                     continue;
                 }
-                let (dir, base) = path.rsplit_once('/').map_or(("", path.as_str()), |(d, b)| (d, b));
+                let (dir, base) = path
+                    .rsplit_once('/')
+                    .map_or(("", path.as_str()), |(d, b)| (d, b));
                 let wh = if dir.is_empty() {
                     format!(".wh.{base}")
                 } else {

@@ -59,7 +59,9 @@ pub struct Decoder<R: Read> {
 
 impl<R: Read> std::fmt::Debug for Decoder<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").field("format", &self.format).finish()
+        f.debug_struct("Decoder")
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -134,7 +136,11 @@ mod tests {
             let cut = &blob[..blob.len() * 2 / 3];
             let mut d = Decoder::new(cut).expect("decoder");
             let mut out = Vec::new();
-            assert!(d.read_to_end(&mut out).is_err(), "cut {:?} decoded", d.format());
+            assert!(
+                d.read_to_end(&mut out).is_err(),
+                "cut {:?} decoded",
+                d.format()
+            );
         }
     }
 }

@@ -96,7 +96,11 @@ mod tests {
         assert_eq!(s.parse::<Digest>().ok(), Some(d));
         assert!("sha256:E3B0".parse::<Digest>().is_err());
         assert!(s.replace("sha256:", "md5:").parse::<Digest>().is_err());
-        assert!(s.to_uppercase().replace("SHA256", "sha256").parse::<Digest>().is_err());
+        assert!(s
+            .to_uppercase()
+            .replace("SHA256", "sha256")
+            .parse::<Digest>()
+            .is_err());
         assert!(format!("{s}0").parse::<Digest>().is_err());
     }
 

@@ -124,7 +124,9 @@ pub enum LayerError {
         reason: &'static str,
     },
     /// A file in the tree is shorter or longer than recorded at import.
-    #[error("{path}: at tar offset {offset}: file is {actual} bytes, {expected} recorded at import")]
+    #[error(
+        "{path}: at tar offset {offset}: file is {actual} bytes, {expected} recorded at import"
+    )]
     SizeChanged {
         path: String,
         offset: u64,

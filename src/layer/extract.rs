@@ -95,7 +95,12 @@ impl<R: Read> TarIn<R> {
         Ok(n)
     }
 
-    fn exact(&mut self, buf: &mut [u8], path: &[u8], reason: &'static str) -> Result<(), LayerError> {
+    fn exact(
+        &mut self,
+        buf: &mut [u8],
+        path: &[u8],
+        reason: &'static str,
+    ) -> Result<(), LayerError> {
         let at = self.offset;
         if self.fill(buf, path)? != buf.len() {
             return Err(LayerError::Truncated {
@@ -247,7 +252,13 @@ impl<R: Read> Ex<'_, R> {
     }
 
     /// Reads a bounded extended-header payload and its padding (both recorded raw).
-    fn ext_data(&mut self, size: u64, max: u64, what: &'static str, name: &[u8]) -> Result<Vec<u8>, LayerError> {
+    fn ext_data(
+        &mut self,
+        size: u64,
+        max: u64,
+        what: &'static str,
+        name: &[u8],
+    ) -> Result<Vec<u8>, LayerError> {
         if size > max {
             return Err(LayerError::TooLarge {
                 path: lossy(name),
@@ -258,7 +269,8 @@ impl<R: Read> Ex<'_, R> {
             });
         }
         let mut data = vec![0u8; size as usize];
-        self.tin.exact(&mut data, name, "inside an extended header")?;
+        self.tin
+            .exact(&mut data, name, "inside an extended header")?;
         self.push_raw(&data)?;
         self.raw_data(header::padding(size), name, "inside padding")?;
         Ok(data)
@@ -330,14 +342,16 @@ impl<R: Read> Ex<'_, R> {
                     header::parse_pax(&d, &mut pax).map_err(bad)?;
                 }
                 TypeFlag::PaxGlobal => {
-                    let d = self.ext_data(hdr.size, header::MAX_PAX, "global PAX header", &shown)?;
+                    let d =
+                        self.ext_data(hdr.size, header::MAX_PAX, "global PAX header", &shown)?;
                     header::parse_pax(&d, &mut global).map_err(bad)?;
                     header::parse_pax(&d, &mut pax).map_err(bad)?;
                     // A global header is an entry of its own; nothing follows it for it.
                     group_start = None;
                 }
                 TypeFlag::GnuLongName | TypeFlag::GnuLongLink => {
-                    let d = self.ext_data(hdr.size, header::MAX_LONG_NAME, "GNU long name", &shown)?;
+                    let d =
+                        self.ext_data(hdr.size, header::MAX_LONG_NAME, "GNU long name", &shown)?;
                     let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
                     let v = d[..end].to_vec();
                     if hdr.flag == TypeFlag::GnuLongName {
@@ -380,7 +394,10 @@ impl<R: Read> Ex<'_, R> {
         offset: u64,
     ) -> Result<Entry, LayerError> {
         let mut name = pax.path.or(long_name).unwrap_or_else(|| hdr.name.clone());
-        let link = pax.linkpath.or(long_link).unwrap_or_else(|| hdr.linkname.clone());
+        let link = pax
+            .linkpath
+            .or(long_link)
+            .unwrap_or_else(|| hdr.linkname.clone());
         let unsupported = |name: &[u8], reason| LayerError::Unsupported {
             path: lossy(name),
             offset,
@@ -486,7 +503,11 @@ impl<R: Read> Ex<'_, R> {
             }
             TypeFlag::Dir => {
                 let leaf = self.prepare(&e, true)?;
-                match mkdirat(Some(leaf.dirfd()), os(&leaf.name), Mode::from_bits_truncate(0o700)) {
+                match mkdirat(
+                    Some(leaf.dirfd()),
+                    os(&leaf.name),
+                    Mode::from_bits_truncate(0o700),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(er) => return Err(self.fs(&e, "mkdir")(errno_io(er))),
                 }
@@ -507,8 +528,14 @@ impl<R: Read> Ex<'_, R> {
             TypeFlag::Fifo | TypeFlag::Char | TypeFlag::Block => {
                 let (kind, dev) = match e.hdr.flag {
                     TypeFlag::Fifo => (SFlag::S_IFIFO, 0),
-                    TypeFlag::Char => (SFlag::S_IFCHR, nix::sys::stat::makedev(e.hdr.devmajor, e.hdr.devminor)),
-                    _ => (SFlag::S_IFBLK, nix::sys::stat::makedev(e.hdr.devmajor, e.hdr.devminor)),
+                    TypeFlag::Char => (
+                        SFlag::S_IFCHR,
+                        nix::sys::stat::makedev(e.hdr.devmajor, e.hdr.devminor),
+                    ),
+                    _ => (
+                        SFlag::S_IFBLK,
+                        nix::sys::stat::makedev(e.hdr.devmajor, e.hdr.devminor),
+                    ),
                 };
                 if kind != SFlag::S_IFIFO && !self.is_root {
                     return Err(LayerError::NotPermitted {
@@ -519,9 +546,19 @@ impl<R: Read> Ex<'_, R> {
                 }
                 let leaf = self.prepare(&e, false)?;
                 let r = if kind == SFlag::S_IFIFO {
-                    mkfifoat(Some(leaf.dirfd()), os(&leaf.name), Mode::from_bits_truncate(0o600))
+                    mkfifoat(
+                        Some(leaf.dirfd()),
+                        os(&leaf.name),
+                        Mode::from_bits_truncate(0o600),
+                    )
                 } else {
-                    mknodat(Some(leaf.dirfd()), os(&leaf.name), kind, Mode::from_bits_truncate(0o600), dev)
+                    mknodat(
+                        Some(leaf.dirfd()),
+                        os(&leaf.name),
+                        kind,
+                        Mode::from_bits_truncate(0o600),
+                        dev,
+                    )
                 };
                 r.map_err(|er| self.fs(&e, "mknod")(errno_io(er)))?;
                 self.chown_at(&e, leaf.dirfd(), &leaf.name)?;
@@ -604,7 +641,8 @@ impl<R: Read> Ex<'_, R> {
             let Some((idx, content)) = self.tracked.remove(&k) else {
                 continue;
             };
-            let f = safepath::open_file_in(&self.root, &k).map_err(self.fs(e, "open overwritten file"))?;
+            let f = safepath::open_file_in(&self.root, &k)
+                .map_err(self.fs(e, "open overwritten file"))?;
             let ranges = match content {
                 Content::Plain(n) => vec![(0, n)],
                 Content::Sparse(s) => s,
@@ -644,8 +682,10 @@ impl<R: Read> Ex<'_, R> {
         let record = match &e.sparse {
             None => {
                 self.copy_into(&mut file, &mut sha, e.size, &e)?;
-                self.tracked
-                    .insert(leaf.canonical.clone(), (self.next_file, Content::Plain(e.size)));
+                self.tracked.insert(
+                    leaf.canonical.clone(),
+                    (self.next_file, Content::Plain(e.size)),
+                );
                 Record::File {
                     path: leaf.canonical.clone(),
                     size: e.size,
@@ -655,7 +695,8 @@ impl<R: Read> Ex<'_, R> {
             Some((_, realsize)) => {
                 let segments = self.sparse_map(&e, *realsize)?;
                 for &(off, len) in &segments {
-                    file.seek(SeekFrom::Start(off)).map_err(self.fs(&e, "seek"))?;
+                    file.seek(SeekFrom::Start(off))
+                        .map_err(self.fs(&e, "seek"))?;
                     self.copy_into(&mut file, &mut sha, len, &e)?;
                 }
                 file.set_len(*realsize).map_err(self.fs(&e, "truncate"))?;
@@ -676,7 +717,8 @@ impl<R: Read> Ex<'_, R> {
         self.next_file += 1;
         if self.opts.same_owner && self.is_root {
             let (u, g) = self.ids(&e)?;
-            fchown(file.as_raw_fd(), Some(u), Some(g)).map_err(|er| self.fs(&e, "chown")(errno_io(er)))?;
+            fchown(file.as_raw_fd(), Some(u), Some(g))
+                .map_err(|er| self.fs(&e, "chown")(errno_io(er)))?;
         }
         for (k, v) in &e.xattrs {
             xattr::FileExt::set_xattr(&file, os(k), v).map_err(self.fs(&e, "setxattr"))?;
@@ -688,14 +730,21 @@ impl<R: Read> Ex<'_, R> {
         self.raw_data(header::padding(e.size), &e.name, "inside padding")
     }
 
-    fn copy_into(&mut self, file: &mut File, sha: &mut Sha256, n: u64, e: &Entry) -> Result<(), LayerError> {
+    fn copy_into(
+        &mut self,
+        file: &mut File,
+        sha: &mut Sha256,
+        n: u64,
+        e: &Entry,
+    ) -> Result<(), LayerError> {
         let mut left = n;
         let mut buf = vec![0u8; RAW_CHUNK];
         while left > 0 {
             let k = left.min(RAW_CHUNK as u64) as usize;
             self.tin.exact(&mut buf[..k], &e.name, "inside file data")?;
             sha.update(&buf[..k]);
-            file.write_all(&buf[..k]).map_err(self.fs(e, "write file"))?;
+            file.write_all(&buf[..k])
+                .map_err(self.fs(e, "write file"))?;
             left -= k as u64;
         }
         Ok(())
@@ -719,7 +768,8 @@ impl<R: Read> Ex<'_, R> {
             if blocks >= max_blocks || (blocks + 1) * BLOCK > e.size {
                 return Err(bad("sparse map larger than its bound or its entry"));
             }
-            self.tin.exact(&mut block, &e.name, "inside the sparse map")?;
+            self.tin
+                .exact(&mut block, &e.name, "inside the sparse map")?;
             self.push_raw(&block)?;
             blocks += 1;
             for &c in &block {
@@ -733,7 +783,10 @@ impl<R: Read> Ex<'_, R> {
                         );
                     }
                     b'\n' => {
-                        nums.push(cur.take().ok_or_else(|| bad("empty line in the sparse map"))?);
+                        nums.push(
+                            cur.take()
+                                .ok_or_else(|| bad("empty line in the sparse map"))?,
+                        );
                         if want.is_none() {
                             if nums[0] > header::MAX_SPARSE_SEGMENTS {
                                 return Err(LayerError::TooLarge {
@@ -758,7 +811,9 @@ impl<R: Read> Ex<'_, R> {
         let mut end = 0u64;
         let mut total = 0u64;
         for &(off, len) in &segments {
-            let stop = off.checked_add(len).ok_or_else(|| bad("sparse segment overflows"))?;
+            let stop = off
+                .checked_add(len)
+                .ok_or_else(|| bad("sparse segment overflows"))?;
             if off < end || stop > realsize {
                 return Err(bad("sparse segments overlap or exceed the real size"));
             }
@@ -778,7 +833,8 @@ impl<R: Read> Ex<'_, R> {
             target: lossy(&e.link),
             reason,
         };
-        let target_rel = safepath::normalize(&e.link).map_err(|_| bad("target escapes the layer"))?;
+        let target_rel =
+            safepath::normalize(&e.link).map_err(|_| bad("target escapes the layer"))?;
         if target_rel.is_empty() {
             return Err(bad("empty target"));
         }
@@ -855,8 +911,14 @@ impl<R: Read> Ex<'_, R> {
 
     fn times_at(&self, e: &Entry, leaf: &Leaf) -> Result<(), LayerError> {
         let (a, m) = times(e);
-        utimensat(Some(leaf.dirfd()), os(&leaf.name), &a, &m, UtimensatFlags::NoFollowSymlink)
-            .map_err(|er| self.fs(e, "set times")(errno_io(er)))
+        utimensat(
+            Some(leaf.dirfd()),
+            os(&leaf.name),
+            &a,
+            &m,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|er| self.fs(e, "set times")(errno_io(er)))
     }
 
     fn whiteout(&mut self, e: &Entry, w: Whiteout<'_>) -> Result<(), LayerError> {
@@ -877,9 +939,13 @@ impl<R: Read> Ex<'_, R> {
                 }
                 rel.extend_from_slice(name);
                 if overlay {
-                    let leaf = self.root.leaf(&rel, true).map_err(self.fs(e, "resolve parent directory"))?;
+                    let leaf = self
+                        .root
+                        .leaf(&rel, true)
+                        .map_err(self.fs(e, "resolve parent directory"))?;
                     self.before_remove(&leaf.canonical, e)?;
-                    remove_all_at(leaf.dirfd(), &leaf.name).map_err(self.fs(e, "remove whited-out path"))?;
+                    remove_all_at(leaf.dirfd(), &leaf.name)
+                        .map_err(self.fs(e, "remove whited-out path"))?;
                     self.mark_touched(&leaf.canonical);
                     mknodat(
                         Some(leaf.dirfd()),
@@ -899,21 +965,29 @@ impl<R: Read> Ex<'_, R> {
                     Err(er) => return Err(self.fs(e, "resolve parent directory")(er)),
                 };
                 self.before_remove(&leaf.canonical, e)?;
-                remove_all_at(leaf.dirfd(), &leaf.name).map_err(self.fs(e, "remove whited-out path"))?;
+                remove_all_at(leaf.dirfd(), &leaf.name)
+                    .map_err(self.fs(e, "remove whited-out path"))?;
                 Ok(())
             }
             Whiteout::Opaque { dir } => {
                 let canonical = if dir.is_empty() {
                     Vec::new()
                 } else {
-                    let leaf = self.root.leaf(dir, overlay).map_err(self.fs(e, "resolve opaque directory"));
+                    let leaf = self
+                        .root
+                        .leaf(dir, overlay)
+                        .map_err(self.fs(e, "resolve opaque directory"));
                     let leaf = match leaf {
                         Ok(l) => l,
                         Err(_) if !overlay => return Ok(()),
                         Err(er) => return Err(er),
                     };
                     if overlay {
-                        match mkdirat(Some(leaf.dirfd()), os(&leaf.name), Mode::from_bits_truncate(0o755)) {
+                        match mkdirat(
+                            Some(leaf.dirfd()),
+                            os(&leaf.name),
+                            Mode::from_bits_truncate(0o755),
+                        ) {
                             Ok(()) | Err(Errno::EEXIST) => {}
                             Err(er) => return Err(self.fs(e, "mkdir")(errno_io(er))),
                         }
@@ -923,7 +997,10 @@ impl<R: Read> Ex<'_, R> {
                 if overlay {
                     self.mark_touched(&canonical);
                     // A readable descriptor, not O_PATH: fsetxattr refuses O_PATH descriptors.
-                    let dir = self.root.open_dir(&canonical).map_err(self.fs(e, "open opaque directory"))?;
+                    let dir = self
+                        .root
+                        .open_dir(&canonical)
+                        .map_err(self.fs(e, "open opaque directory"))?;
                     let fd = openat(
                         Some(dir.as_raw_fd()),
                         ".",
@@ -953,7 +1030,12 @@ impl<R: Read> Ex<'_, R> {
                 source,
             };
             let fd = if canonical.is_empty() {
-                openat(Some(self.root.fd()), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                openat(
+                    Some(self.root.fd()),
+                    ".",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
             } else {
                 let leaf = match self.root.leaf(canonical, false) {
                     Ok(l) => l,
@@ -970,7 +1052,8 @@ impl<R: Read> Ex<'_, R> {
             let Ok(fd) = fd else { continue };
             // SAFETY: fd was just opened and is owned by nobody else.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(*mode)).map_err(|e| err("chmod", errno_io(e)))?;
+            fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(*mode))
+                .map_err(|e| err("chmod", errno_io(e)))?;
             let t = TimeSpec::new(mtime.0, i64::from(mtime.1));
             futimens(fd.as_raw_fd(), &t, &t).map_err(|e| err("set times", errno_io(e)))?;
         }
@@ -990,11 +1073,13 @@ impl<R: Read> Ex<'_, R> {
                 what: "metadata scratch",
                 source: e.into_error(),
             })?;
-        spill.seek(SeekFrom::Start(0)).map_err(|source| LayerError::Read {
-            path: NO_ENTRY.to_string(),
-            offset: 0,
-            source,
-        })?;
+        spill
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| LayerError::Read {
+                path: NO_ENTRY.to_string(),
+                offset: 0,
+                source,
+            })?;
         let mut reader = MetaReader::new(BufReader::new(spill))?;
         let mut out = MetaWriter::new(meta)?;
         let mut idx = 0u64;

@@ -270,7 +270,9 @@ pub fn parse_pax(data: &[u8], pax: &mut Pax) -> Result<(), &'static str> {
         }
         let rec = &rest[sp + 1..len];
         rest = &rest[len..];
-        let rec = rec.strip_suffix(b"\n").ok_or("PAX record not ended by a newline")?;
+        let rec = rec
+            .strip_suffix(b"\n")
+            .ok_or("PAX record not ended by a newline")?;
         let eq = rec
             .iter()
             .position(|&c| c == b'=')
@@ -280,9 +282,27 @@ pub fn parse_pax(data: &[u8], pax: &mut Pax) -> Result<(), &'static str> {
         match key {
             b"path" => pax.path = opt(value),
             b"linkpath" => pax.linkpath = opt(value),
-            b"size" => pax.size = if value.is_empty() { None } else { Some(dec(value)?) },
-            b"uid" => pax.uid = if value.is_empty() { None } else { Some(dec(value)?) },
-            b"gid" => pax.gid = if value.is_empty() { None } else { Some(dec(value)?) },
+            b"size" => {
+                pax.size = if value.is_empty() {
+                    None
+                } else {
+                    Some(dec(value)?)
+                }
+            }
+            b"uid" => {
+                pax.uid = if value.is_empty() {
+                    None
+                } else {
+                    Some(dec(value)?)
+                }
+            }
+            b"gid" => {
+                pax.gid = if value.is_empty() {
+                    None
+                } else {
+                    Some(dec(value)?)
+                }
+            }
             b"mtime" => {
                 pax.mtime = if value.is_empty() {
                     None
@@ -295,7 +315,9 @@ pub fn parse_pax(data: &[u8], pax: &mut Pax) -> Result<(), &'static str> {
             b"GNU.sparse.name" => pax.sparse.name = opt(value),
             b"GNU.sparse.realsize" => pax.sparse.realsize = Some(dec(value)?),
             b"GNU.sparse.size" => pax.sparse.realsize = Some(dec(value)?),
-            b"GNU.sparse.numblocks" | b"GNU.sparse.offset" | b"GNU.sparse.numbytes"
+            b"GNU.sparse.numblocks"
+            | b"GNU.sparse.offset"
+            | b"GNU.sparse.numbytes"
             | b"GNU.sparse.map" => pax.old_sparse = true,
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -330,7 +352,10 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(parse_pax_time(b"1700000000.5"), Ok((1_700_000_000, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Ok((1_700_000_000, 500_000_000))
+        );
         assert_eq!(parse_pax_time(b"1.123456789123"), Ok((1, 123_456_789)));
         assert_eq!(parse_pax_time(b"-1.25"), Ok((-2, 750_000_000)));
         assert!(parse_pax_time(b"1.x").is_err());

@@ -140,10 +140,7 @@ impl Root {
         match real.strip_prefix(self.real.as_slice()) {
             Some([b'/', rest @ ..]) => Ok(rest.to_vec()),
             // Only possible if the root was moved while we work; refuse rather than guess.
-            _ => Err(io::Error::new(
-                io::ErrorKind::Other,
-                "resolved directory is not below the root",
-            )),
+            _ => Err(io::Error::other("resolved directory is not below the root")),
         }
     }
 
@@ -201,7 +198,11 @@ impl Root {
             }
             let (parent, _) = split_leaf(prefix);
             let pfd = self.open_dir(parent)?;
-            match mkdirat(Some(pfd.as_raw_fd()), os(comp), Mode::from_bits_truncate(0o755)) {
+            match mkdirat(
+                Some(pfd.as_raw_fd()),
+                os(comp),
+                Mode::from_bits_truncate(0o755),
+            ) {
                 Ok(()) => {}
                 Err(Errno::EEXIST) => {
                     let link = readlinkat(Some(pfd.as_raw_fd()), os(comp))
@@ -231,7 +232,9 @@ pub fn join_in_root(base: &[u8], link: &[u8]) -> Vec<u8> {
     let mut comps: Vec<&[u8]> = if link.starts_with(b"/") {
         Vec::new()
     } else {
-        base.split(|&c| c == b'/').filter(|c| !c.is_empty()).collect()
+        base.split(|&c| c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect()
     };
     for c in link.split(|&c| c == b'/') {
         match c {
@@ -247,7 +250,11 @@ pub fn join_in_root(base: &[u8], link: &[u8]) -> Vec<u8> {
 
 /// `lstat` of a leaf; `None` if it does not exist.
 pub fn lstat_at(dir: RawFd, name: &[u8]) -> io::Result<Option<nix::sys::stat::FileStat>> {
-    match fstatat(Some(dir), os(name), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match fstatat(
+        Some(dir),
+        os(name),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(errno_io(e)),
