@@ -301,7 +301,9 @@ fn build_layer(ops: &[Op], m: &mut BTreeMap<String, Node>) -> Vec<u8> {
                     else {
                         continue;
                     };
-                    if target == path {
+                    // A link replacing a directory that holds its own target: refused
+                    // (the target is gone once the directory is), not modeled.
+                    if target == path || target.starts_with(&format!("{path}/")) {
                         continue;
                     }
                     let d = d.clone();

@@ -22,5 +22,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("read parent")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(beside, vec![std::ffi::OsString::from("target")], "escaped the target");
+    assert_eq!(
+        beside,
+        vec![std::ffi::OsString::from("target")],
+        "escaped the target"
+    );
 });
