@@ -6,5 +6,6 @@
 
 pub mod driver;
 pub mod engine;
+pub mod layer;
 pub mod state;
 pub mod types;

@@ -1,0 +1,26 @@
+//! Layer tars: streaming import into a directory, tar-split-style metadata, and
+//! byte-for-byte export. A pure library over paths and readers/writers: no engine, no WAL.
+//!
+//! - [`extract`] reads a layer (plain, gzip or zstd) once, materializes it under a target
+//!   directory without ever touching anything outside it, and writes metadata.
+//! - [`export`] rebuilds the exact original tar from that metadata and the tree.
+//! - [`Digest`] and [`chain_id`] are the OCI DiffID / ChainID.
+//!
+//! The metadata format is specified in `docs/layer-format.md`.
+
+pub mod decompress;
+pub mod digest;
+pub mod error;
+pub mod export;
+pub mod extract;
+pub mod header;
+pub mod meta;
+pub mod safepath;
+pub mod whiteout;
+
+pub use decompress::Compression;
+pub use digest::{chain_id, Digest};
+pub use error::LayerError;
+pub use export::export;
+pub use extract::{extract, ExtractOptions, Extracted};
+pub use whiteout::WhiteoutStyle;
