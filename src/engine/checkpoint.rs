@@ -78,17 +78,27 @@ pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointP
     id.copy_from_slice(&bytes[16..32]);
     let found = u128::from_le_bytes(id);
     if found != store_id.0 {
-        return Err(CheckpointProblem::Store { expected: store_id.0, found });
+        return Err(CheckpointProblem::Store {
+            expected: store_id.0,
+            found,
+        });
     }
     let state: State = postcard::from_bytes(payload).map_err(CheckpointProblem::Decode)?;
     if state.last_txid != TxId(u64_at(bytes, 40)) {
         return Err(CheckpointProblem::Checksum);
     }
-    Ok(Checkpoint { lsn: Lsn(u64_at(bytes, 32)), state })
+    Ok(Checkpoint {
+        lsn: Lsn(u64_at(bytes, 32)),
+        state,
+    })
 }
 
 /// Load the checkpoint, or `None` if the root has none yet.
-pub fn load(storage: &dyn Storage, root: &Path, store_id: StoreId) -> Result<Option<Checkpoint>, EngineError> {
+pub fn load(
+    storage: &dyn Storage,
+    root: &Path,
+    store_id: StoreId,
+) -> Result<Option<Checkpoint>, EngineError> {
     let path = root.join(CHECKPOINT_FILE);
     let file = match storage.open(&path) {
         Ok(f) => f,
@@ -97,14 +107,30 @@ pub fn load(storage: &dyn Storage, root: &Path, store_id: StoreId) -> Result<Opt
     };
     let len = file.size_bytes().map_err(EngineError::io("stat", &path))?;
     if len > MAX_CHECKPOINT_BYTES {
-        return Err(EngineError::BadCheckpoint { path, reason: CheckpointProblem::Truncated { len: usize::MAX } });
+        return Err(EngineError::BadCheckpoint {
+            path,
+            reason: CheckpointProblem::Truncated { len: usize::MAX },
+        });
     }
     let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(EngineError::io("read", &path))?;
-    decode(store_id, &bytes).map(Some).map_err(|reason| EngineError::BadCheckpoint { path, reason })
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(EngineError::io("read", &path))?;
+    decode(store_id, &bytes)
+        .map(Some)
+        .map_err(|reason| EngineError::BadCheckpoint { path, reason })
 }
 
 /// Replace the checkpoint atomically.
-pub fn store(storage: &dyn Storage, root: &Path, store_id: StoreId, checkpoint: &Checkpoint) -> Result<(), EngineError> {
-    super::atomic::write_file(storage, root, CHECKPOINT_FILE, &encode(store_id, checkpoint))
+pub fn store(
+    storage: &dyn Storage,
+    root: &Path,
+    store_id: StoreId,
+    checkpoint: &Checkpoint,
+) -> Result<(), EngineError> {
+    super::atomic::write_file(
+        storage,
+        root,
+        CHECKPOINT_FILE,
+        &encode(store_id, checkpoint),
+    )
 }

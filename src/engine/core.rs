@@ -20,8 +20,14 @@ use std::sync::Arc;
 /// A worker's result, back to the engine thread.
 #[derive(Debug)]
 pub(crate) enum Done {
-    Staged { txid: TxId, result: Result<(), DriverError> },
-    Sealed { txid: TxId, result: Result<Usage, DriverError> },
+    Staged {
+        txid: TxId,
+        result: Result<(), DriverError>,
+    },
+    Sealed {
+        txid: TxId,
+        result: Result<Usage, DriverError>,
+    },
 }
 
 /// What a client waiting on a two-step transaction gets when it completes.
@@ -190,7 +196,10 @@ impl Core {
 
     /// Apply a new record to the state; on success it joins the batch.
     fn accept(&mut self, op: Op, batch: &mut Batch) -> Result<(TxId, Vec<Effect>), StateError> {
-        let record = Record { txid: self.next_txid(), op };
+        let record = Record {
+            txid: self.next_txid(),
+            op,
+        };
         let effects = self.state.apply(&record)?;
         let txid = record.txid;
         batch.records.push(record);
@@ -199,11 +208,18 @@ impl Core {
 
     fn handle_request(&mut self, req: Request, reply: Reply, batch: &mut Batch) {
         if let Some(cause) = &self.failed {
-            let _ = reply.send(Err(EngineError::Failed { cause: cause.clone() }));
+            let _ = reply.send(Err(EngineError::Failed {
+                cause: cause.clone(),
+            }));
             return;
         }
         match req {
-            Request::Create { key, parent, kind, labels } => {
+            Request::Create {
+                key,
+                parent,
+                kind,
+                labels,
+            } => {
                 let op = Op::BeginCreate {
                     key: key.clone(),
                     parent,
@@ -221,7 +237,12 @@ impl Core {
                 }
             }
             Request::Commit { name, key, labels } => {
-                let op = Op::BeginCommit { key, name, labels, time_ns: now_ns() };
+                let op = Op::BeginCommit {
+                    key,
+                    name,
+                    labels,
+                    time_ns: now_ns(),
+                };
                 match self.accept(op, batch) {
                     Ok((txid, effects)) => {
                         batch.effects.extend(effects.into_iter().map(|e| (e, None)));
@@ -245,20 +266,29 @@ impl Core {
             },
             Request::Update { info, fieldpaths } => {
                 let result = self.update_labels(&info, &fieldpaths).and_then(|labels| {
-                    let op = Op::Update { key: info.key.clone(), labels, time_ns: now_ns() };
+                    let op = Op::Update {
+                        key: info.key.clone(),
+                        labels,
+                        time_ns: now_ns(),
+                    };
                     self.accept(op, batch).map_err(EngineError::from)
                 });
                 match result {
                     Ok(_) => {
                         batch.touched.push(info.key.clone());
                         let snap = self.state.get(&info.key).expect("just updated");
-                        batch.replies.push((reply, Ok(Response::Info(Info::of(&info.key, snap)))));
+                        batch
+                            .replies
+                            .push((reply, Ok(Response::Info(Info::of(&info.key, snap)))));
                     }
                     Err(e) => batch.replies.push((reply, Err(e))),
                 }
             }
             Request::Stat { key } => {
-                let r = self.state.get(&key).map(|s| Response::Info(Info::of(&key, s)));
+                let r = self
+                    .state
+                    .get(&key)
+                    .map(|s| Response::Info(Info::of(&key, s)));
                 batch.replies.push((reply, r.map_err(Into::into)));
             }
             Request::Mounts { key } => {
@@ -267,12 +297,17 @@ impl Core {
             }
             Request::Usage { key } => match self.state.get(&key) {
                 Ok(snap) => match (snap.kind, snap.usage) {
-                    (Kind::Committed, Some(usage)) => batch.replies.push((reply, Ok(Response::Usage(usage)))),
+                    (Kind::Committed, Some(usage)) => {
+                        batch.replies.push((reply, Ok(Response::Usage(usage))))
+                    }
                     _ => {
                         // Active trees change under the caller: measure now, off this thread.
                         let (driver, id) = (Arc::clone(&self.driver), snap.id);
                         self.workers.spawn(move || {
-                            let r = driver.usage(id).map(Response::Usage).map_err(EngineError::from);
+                            let r = driver
+                                .usage(id)
+                                .map(Response::Usage)
+                                .map_err(EngineError::from);
                             let _ = reply.send(r);
                         });
                     }
@@ -357,7 +392,7 @@ impl Core {
                 batch.touched.push(key.clone());
                 batch.touched.push(name.clone());
             }
-            None => {}
+            Some(crate::state::Pending::Import { .. }) | None => {}
         }
         let (op, outcome) = match result {
             Ok(usage) => (Op::Complete { of: txid, usage }, Ok(())),
@@ -391,7 +426,11 @@ impl Core {
             fail::fail_point!("engine::batch::after_sync");
         }
         if let Some(cause) = self.failed.clone() {
-            let failed = || Err(EngineError::Failed { cause: cause.clone() });
+            let failed = || {
+                Err(EngineError::Failed {
+                    cause: cause.clone(),
+                })
+            };
             for (reply, _) in batch.replies {
                 let _ = reply.send(failed());
             }
@@ -428,13 +467,16 @@ impl Core {
         for (reply, response) in batch.replies {
             let _ = reply.send(response);
         }
-        let due = self.wal.next_lsn().0 - 1 - self.checkpoint_lsn.0 >= self.options.checkpoint_every_records;
+        let due = self.wal.next_lsn().0 - 1 - self.checkpoint_lsn.0
+            >= self.options.checkpoint_every_records;
         if due || !batch.checkpoint.is_empty() {
             let r = self.checkpoint();
             for reply in batch.checkpoint {
                 let _ = reply.send(match &r {
                     Ok(()) => Ok(Response::Done),
-                    Err(e) => Err(EngineError::Failed { cause: e.to_string() }),
+                    Err(e) => Err(EngineError::Failed {
+                        cause: e.to_string(),
+                    }),
                 });
             }
             if let Err(e) = r {
@@ -517,7 +559,10 @@ impl Core {
         if lsn == self.checkpoint_lsn {
             return Ok(());
         }
-        let cp = checkpoint::Checkpoint { lsn, state: self.state.clone() };
+        let cp = checkpoint::Checkpoint {
+            lsn,
+            state: self.state.clone(),
+        };
         checkpoint::store(self.storage.as_ref(), &self.root, self.store_id, &cp)?;
         fail::fail_point!("engine::checkpoint::after_store");
         self.checkpoint_lsn = lsn;
@@ -529,7 +574,8 @@ impl Core {
     /// Remove every tree and staging area on disk that the state does not name.
     pub(crate) fn cleanup(&mut self) -> Result<CleanupReport, EngineError> {
         let inv = self.driver.inventory()?;
-        let ids: std::collections::BTreeSet<SnapshotId> = self.state.snapshots.values().map(|s| s.id).collect();
+        let ids: std::collections::BTreeSet<SnapshotId> =
+            self.state.snapshots.values().map(|s| s.id).collect();
         let mut report = CleanupReport::default();
         for (id, _) in &inv.installed {
             if !ids.contains(id) {

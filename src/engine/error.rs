@@ -32,7 +32,10 @@ pub enum EngineError {
     #[error("{path} is not a cairn root: {reason}")]
     NotARoot { path: PathBuf, reason: RootProblem },
     #[error("checkpoint {path} is damaged: {reason}")]
-    BadCheckpoint { path: PathBuf, reason: CheckpointProblem },
+    BadCheckpoint {
+        path: PathBuf,
+        reason: CheckpointProblem,
+    },
     #[error("journal record at LSN {lsn} cannot be decoded: {reason}")]
     BadRecord { lsn: Lsn, reason: RecordProblem },
     #[error("journal record at LSN {lsn} ({txid}) does not follow from the state: {source}")]
@@ -104,7 +107,10 @@ pub enum SequenceProblem {
 }
 
 impl EngineError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
         move |source| EngineError::Io { op, path, source }
     }

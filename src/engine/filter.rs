@@ -27,7 +27,12 @@ enum Cond {
 pub struct Filter(Vec<Cond>);
 
 fn bad(filter: &str) -> EngineError {
-    StateError::InvalidArgument { reason: Invalid::BadFilter { filter: filter.to_owned() } }.into()
+    StateError::InvalidArgument {
+        reason: Invalid::BadFilter {
+            filter: filter.to_owned(),
+        },
+    }
+    .into()
 }
 
 fn field(s: &str, filter: &str) -> Result<Field, EngineError> {
@@ -91,7 +96,10 @@ mod tests {
             key: key.into(),
             parent: None,
             kind,
-            labels: label.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            labels: label
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             created_ns: 0,
             updated_ns: 0,
         }
@@ -99,9 +107,16 @@ mod tests {
 
     #[test]
     fn conditions_and_alternatives() {
-        let f = parse_all(&["kind==committed,labels.\"a\"==1".into(), "name==x".into()]).expect("parse");
-        assert!(matches_any(&f, &info("c", Kind::Committed, Some(("a", "1")))));
-        assert!(!matches_any(&f, &info("c", Kind::Committed, Some(("a", "2")))));
+        let f = parse_all(&["kind==committed,labels.\"a\"==1".into(), "name==x".into()])
+            .expect("parse");
+        assert!(matches_any(
+            &f,
+            &info("c", Kind::Committed, Some(("a", "1")))
+        ));
+        assert!(!matches_any(
+            &f,
+            &info("c", Kind::Committed, Some(("a", "2")))
+        ));
         assert!(!matches_any(&f, &info("c", Kind::Active, Some(("a", "1")))));
         assert!(matches_any(&f, &info("x", Kind::Active, None)));
         let f = parse_all(&["labels.a".into(), "parent!=p".into()]).expect("parse");

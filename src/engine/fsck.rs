@@ -2,10 +2,10 @@
 //! other, report every difference by key, id and path, and with `repair` fix what the recovery
 //! rules allow (never a lost tree: that data is gone).
 
+use super::checkpoint;
 use super::core::Core;
 use super::error::EngineError;
 use super::recovery::{replay, RecoveryReport};
-use super::checkpoint;
 use crate::state::State;
 use crate::types::{SnapshotId, TxId};
 use serde::Serialize;
@@ -14,22 +14,52 @@ use std::collections::BTreeSet;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Problem {
     /// Replaying checkpoint + journal does not give the state in memory.
-    JournalDiverges { detail: String },
+    JournalDiverges {
+        detail: String,
+    },
     /// The index does not hold a snapshot the state has, or holds it differently.
-    IndexMissing { key: String },
-    IndexDiffers { key: String },
+    IndexMissing {
+        key: String,
+    },
+    IndexDiffers {
+        key: String,
+    },
     /// The index holds a key the state does not.
-    IndexExtra { key: String },
-    IndexTxId { index: Option<u64>, journal: u64 },
+    IndexExtra {
+        key: String,
+    },
+    IndexTxId {
+        index: Option<u64>,
+        journal: u64,
+    },
     /// A snapshot's tree is missing.
-    TreeMissing { key: String, id: SnapshotId, path: String },
+    TreeMissing {
+        key: String,
+        id: SnapshotId,
+        path: String,
+    },
     /// A tree no snapshot names.
-    OrphanTree { id: SnapshotId, path: String },
+    OrphanTree {
+        id: SnapshotId,
+        path: String,
+    },
     /// The driver's marker names a transaction outside the snapshot's life.
-    MarkerMismatch { key: String, id: SnapshotId, marker: Option<u64>, created: u64, last: u64 },
-    StrayStaging { txid: TxId },
-    Trash { id: SnapshotId },
-    Unexpected { path: String },
+    MarkerMismatch {
+        key: String,
+        id: SnapshotId,
+        marker: Option<u64>,
+        created: u64,
+        last: u64,
+    },
+    StrayStaging {
+        txid: TxId,
+    },
+    Trash {
+        id: SnapshotId,
+    },
+    Unexpected {
+        path: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,8 +81,12 @@ impl FsckReport {
 }
 
 pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineError> {
-    let mut report = FsckReport { snapshots_checked: core.state.snapshots.len(), ..Default::default() };
-    let mut found = |problem: Problem, repaired: bool| report.findings.push(Finding { problem, repaired });
+    let mut report = FsckReport {
+        snapshots_checked: core.state.snapshots.len(),
+        ..Default::default()
+    };
+    let mut found =
+        |problem: Problem, repaired: bool| report.findings.push(Finding { problem, repaired });
 
     // Journal and checkpoint: replaying them must give exactly the state in memory.
     let cp = checkpoint::load(core.storage.as_ref(), &core.root, core.store_id)?;
@@ -63,7 +97,15 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
     let records = core.wal.read_from(core.wal.first_lsn())?;
     replay(&mut replayed, from, records, &mut RecoveryReport::default())?;
     if replayed != core.state {
-        found(Problem::JournalDiverges { detail: format!("journal gives txid {}, memory has {}", replayed.last_txid, core.state.last_txid) }, false);
+        found(
+            Problem::JournalDiverges {
+                detail: format!(
+                    "journal gives txid {}, memory has {}",
+                    replayed.last_txid, core.state.last_txid
+                ),
+            },
+            false,
+        );
     }
 
     // Index.
@@ -86,13 +128,24 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
     for key in in_index {
         if !core.state.snapshots.contains_key(key) {
             index_bad = true;
-            found(Problem::IndexExtra { key: key.to_owned() }, repair);
+            found(
+                Problem::IndexExtra {
+                    key: key.to_owned(),
+                },
+                repair,
+            );
         }
     }
     let applied = core.index.applied_txid();
     if applied != Some(core.state.last_txid) {
         index_bad = true;
-        found(Problem::IndexTxId { index: applied.map(|t| t.0), journal: core.state.last_txid.0 }, repair);
+        found(
+            Problem::IndexTxId {
+                index: applied.map(|t| t.0),
+                journal: core.state.last_txid.0,
+            },
+            repair,
+        );
     }
     if index_bad && repair {
         core.index.rebuild(&core.state)?;
@@ -104,7 +157,11 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
     for (key, snap) in &core.state.snapshots {
         match inv.installed.get(&snap.id) {
             None => found(
-                Problem::TreeMissing { key: key.clone(), id: snap.id, path: core.driver.tree(snap.id).display().to_string() },
+                Problem::TreeMissing {
+                    key: key.clone(),
+                    id: snap.id,
+                    path: core.driver.tree(snap.id).display().to_string(),
+                },
                 false,
             ),
             Some(marker) => {
@@ -129,7 +186,13 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
             if repair {
                 core.driver.remove(*id)?;
             }
-            found(Problem::OrphanTree { id: *id, path: core.driver.tree(*id).display().to_string() }, repair);
+            found(
+                Problem::OrphanTree {
+                    id: *id,
+                    path: core.driver.tree(*id).display().to_string(),
+                },
+                repair,
+            );
         }
     }
     for txid in &inv.staging {
@@ -147,7 +210,12 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
         core.driver.purge_trash()?;
     }
     for path in &inv.unexpected {
-        found(Problem::Unexpected { path: path.display().to_string() }, false);
+        found(
+            Problem::Unexpected {
+                path: path.display().to_string(),
+            },
+            false,
+        );
     }
     Ok(report)
 }

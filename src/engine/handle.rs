@@ -24,27 +24,53 @@ impl EngineHandle {
             .name("cairn-engine".into())
             .spawn(move || core.run(rx))
             .expect("spawn the engine thread");
-        EngineHandle { tx, thread: Arc::new(Mutex::new(Some(thread))) }
+        EngineHandle {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
     }
 
     fn call(&self, req: Request) -> Result<Response, EngineError> {
         let (reply, rx) = bounded(1);
-        self.tx.send(Msg::Request(req, reply)).map_err(|_| EngineError::ShutDown)?;
+        self.tx
+            .send(Msg::Request(req, reply))
+            .map_err(|_| EngineError::ShutDown)?;
         rx.recv().map_err(|_| EngineError::ShutDown)?
     }
 
     /// Create an Active snapshot on `parent` (a committed snapshot) and return its mounts.
-    pub fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>, EngineError> {
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, EngineError> {
         self.create(key, parent, Kind::Active, labels)
     }
 
     /// Create a read-only View of `parent` and return its mounts.
-    pub fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>, EngineError> {
+    pub fn view(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, EngineError> {
         self.create(key, parent, Kind::View, labels)
     }
 
-    fn create(&self, key: &str, parent: Option<&str>, kind: Kind, labels: Labels) -> Result<Vec<Mount>, EngineError> {
-        let req = Request::Create { key: key.to_owned(), parent: parent.map(str::to_owned), kind, labels };
+    fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, EngineError> {
+        let req = Request::Create {
+            key: key.to_owned(),
+            parent: parent.map(str::to_owned),
+            kind,
+            labels,
+        };
         match self.call(req)? {
             Response::Mounts(m) => Ok(m),
             other => unreachable!("create answered {other:?}"),
@@ -53,11 +79,17 @@ impl EngineHandle {
 
     /// Commit Active `key` as `name`; `key` is gone afterwards.
     pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), EngineError> {
-        self.done(Request::Commit { name: name.to_owned(), key: key.to_owned(), labels })
+        self.done(Request::Commit {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            labels,
+        })
     }
 
     pub fn remove(&self, key: &str) -> Result<(), EngineError> {
-        self.done(Request::Remove { key: key.to_owned() })
+        self.done(Request::Remove {
+            key: key.to_owned(),
+        })
     }
 
     fn done(&self, req: Request) -> Result<(), EngineError> {
@@ -68,7 +100,9 @@ impl EngineHandle {
     }
 
     pub fn stat(&self, key: &str) -> Result<Info, EngineError> {
-        match self.call(Request::Stat { key: key.to_owned() })? {
+        match self.call(Request::Stat {
+            key: key.to_owned(),
+        })? {
             Response::Info(i) => Ok(i),
             other => unreachable!("stat answered {other:?}"),
         }
@@ -84,14 +118,18 @@ impl EngineHandle {
     }
 
     pub fn usage(&self, key: &str) -> Result<Usage, EngineError> {
-        match self.call(Request::Usage { key: key.to_owned() })? {
+        match self.call(Request::Usage {
+            key: key.to_owned(),
+        })? {
             Response::Usage(u) => Ok(u),
             other => unreachable!("usage answered {other:?}"),
         }
     }
 
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, EngineError> {
-        match self.call(Request::Mounts { key: key.to_owned() })? {
+        match self.call(Request::Mounts {
+            key: key.to_owned(),
+        })? {
             Response::Mounts(m) => Ok(m),
             other => unreachable!("mounts answered {other:?}"),
         }

@@ -29,12 +29,21 @@ impl Index {
             .mode(sled::Mode::LowSpace)
             .cache_capacity(16 << 20)
             .open()
-            .map_err(|source| EngineError::Index { path: path.to_path_buf(), source })?;
-        Ok(Index { db, path: path.to_path_buf() })
+            .map_err(|source| EngineError::Index {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Index {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> EngineError + '_ {
-        |source| EngineError::Index { path: self.path.clone(), source }
+        |source| EngineError::Index {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The transaction the index reflects; `None` if it has never been written or is unreadable.

@@ -19,13 +19,18 @@ pub fn encode(record: &Record) -> Vec<u8> {
 /// the log bounds by `max_record_bytes`.
 pub fn decode(lsn: Lsn, payload: &[u8]) -> Result<Record, EngineError> {
     let bad = |reason| EngineError::BadRecord { lsn, reason };
-    let (&version, body) = payload.split_first().ok_or_else(|| bad(RecordProblem::Empty))?;
+    let (&version, body) = payload
+        .split_first()
+        .ok_or_else(|| bad(RecordProblem::Empty))?;
     if version != RECORD_VERSION {
         return Err(bad(RecordProblem::Version(version)));
     }
-    let (record, rest) = postcard::take_from_bytes::<Record>(body).map_err(|e| bad(RecordProblem::Decode(e)))?;
+    let (record, rest) =
+        postcard::take_from_bytes::<Record>(body).map_err(|e| bad(RecordProblem::Decode(e)))?;
     if !rest.is_empty() {
-        return Err(bad(RecordProblem::Decode(postcard::Error::DeserializeBadEncoding)));
+        return Err(bad(RecordProblem::Decode(
+            postcard::Error::DeserializeBadEncoding,
+        )));
     }
     Ok(record)
 }

@@ -32,14 +32,21 @@ impl RootLock {
                 let pid = pid.trim().to_owned();
                 return Err(EngineError::Locked {
                     root: root.to_path_buf(),
-                    pid: if pid.is_empty() { "unknown".into() } else { pid },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
                 });
             }
         };
         let pid = std::process::id().to_string();
-        file.set_len(0).map_err(EngineError::io("truncate lock file", &path))?;
-        file.seek(SeekFrom::Start(0)).map_err(EngineError::io("seek lock file", &path))?;
-        file.write_all(pid.as_bytes()).map_err(EngineError::io("write lock file", &path))?;
+        file.set_len(0)
+            .map_err(EngineError::io("truncate lock file", &path))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(EngineError::io("seek lock file", &path))?;
+        file.write_all(pid.as_bytes())
+            .map_err(EngineError::io("write lock file", &path))?;
         Ok(RootLock { _file: file })
     }
 }

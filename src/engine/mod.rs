@@ -68,7 +68,10 @@ pub struct Engine;
 
 impl Engine {
     /// Open (recovering) or create the root and start its engine thread.
-    pub fn open(root: &Path, options: EngineOptions) -> Result<(EngineHandle, RecoveryReport), EngineError> {
+    pub fn open(
+        root: &Path,
+        options: EngineOptions,
+    ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
         Engine::open_with_storage(root, options, Arc::new(FsStorage))
     }
 
@@ -78,7 +81,9 @@ impl Engine {
         storage: Arc<dyn Storage>,
     ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
         std::fs::create_dir_all(root).map_err(EngineError::io("create root", root))?;
-        let root: PathBuf = root.canonicalize().map_err(EngineError::io("resolve root", root))?;
+        let root: PathBuf = root
+            .canonicalize()
+            .map_err(EngineError::io("resolve root", root))?;
         let lock = lock::RootLock::acquire(&root)?;
         let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
             Some(meta) => {
@@ -99,17 +104,29 @@ impl Engine {
                     path: root.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-                let meta = rootmeta::RootMeta { driver: options.driver.unwrap_or(DriverKind::Vfs), store_id };
+                let meta = rootmeta::RootMeta {
+                    driver: options.driver.unwrap_or(DriverKind::Vfs),
+                    store_id,
+                };
                 (meta, true)
             }
         };
-        let driver: Arc<dyn crate::driver::Driver> = Arc::from(crate::driver::open_driver(meta.driver, &root)?);
+        let driver: Arc<dyn crate::driver::Driver> =
+            Arc::from(crate::driver::open_driver(meta.driver, &root)?);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
         for name in ["checkpoint.tmp", "cairn.meta.tmp"] {
             let _ = std::fs::remove_file(root.join(name));
         }
-        let recovered = recovery::recover(&root, Arc::clone(&storage), meta.store_id, creating, driver.as_ref(), &index, options.wal.clone())?;
+        let recovered = recovery::recover(
+            &root,
+            Arc::clone(&storage),
+            meta.store_id,
+            creating,
+            driver.as_ref(),
+            &index,
+            options.wal.clone(),
+        )?;
         if creating {
             // Invariant: the meta file names the store only once its log exists, so a root with
             // a meta file always has a log to recover from.
@@ -128,6 +145,9 @@ impl Engine {
             recovered.checkpoint_lsn,
             lock,
         );
-        Ok((handle::EngineHandle::start(core, options.queue_capacity), report))
+        Ok((
+            handle::EngineHandle::start(core, options.queue_capacity),
+            report,
+        ))
     }
 }

@@ -42,14 +42,20 @@ fn check_sequence(state: &State, lsn: Lsn, record: &Record) -> Result<(), Engine
     if record.txid <= state.last_txid {
         return Err(EngineError::Sequence {
             lsn,
-            reason: SequenceProblem::TxId { last: state.last_txid, found: record.txid },
+            reason: SequenceProblem::TxId {
+                last: state.last_txid,
+                found: record.txid,
+            },
         });
     }
     if let Op::BeginCreate { id, .. } = &record.op {
         if id.0 != state.next_id {
             return Err(EngineError::Sequence {
                 lsn,
-                reason: SequenceProblem::SnapshotId { expected: state.next_id, found: id.0 },
+                reason: SequenceProblem::SnapshotId {
+                    expected: state.next_id,
+                    found: id.0,
+                },
             });
         }
     }
@@ -57,7 +63,12 @@ fn check_sequence(state: &State, lsn: Lsn, record: &Record) -> Result<(), Engine
 }
 
 /// Replay records after `from` onto `state`. Used by recovery, fsck and the fuzz target.
-pub fn replay(state: &mut State, from: Lsn, records: Records, report: &mut RecoveryReport) -> Result<(), EngineError> {
+pub fn replay(
+    state: &mut State,
+    from: Lsn,
+    records: Records,
+    report: &mut RecoveryReport,
+) -> Result<(), EngineError> {
     for rec in records {
         let rec = rec?;
         if rec.lsn <= from {
@@ -66,9 +77,11 @@ pub fn replay(state: &mut State, from: Lsn, records: Records, report: &mut Recov
         }
         let record = journal::decode(rec.lsn, &rec.payload)?;
         check_sequence(state, rec.lsn, &record)?;
-        state
-            .apply(&record)
-            .map_err(|source| EngineError::Replay { lsn: rec.lsn, txid: record.txid, source })?;
+        state.apply(&record).map_err(|source| EngineError::Replay {
+            lsn: rec.lsn,
+            txid: record.txid,
+            source,
+        })?;
         report.replayed_records += 1;
     }
     Ok(())
@@ -108,7 +121,10 @@ pub(crate) fn recover(
         report.torn_tail = Some((t.path.display().to_string(), t.offset, t.lsn.0));
     }
     if wal.first_lsn() > checkpoint_lsn.next() {
-        return Err(EngineError::LogGap { checkpoint: checkpoint_lsn, wal_first: wal.first_lsn() });
+        return Err(EngineError::LogGap {
+            checkpoint: checkpoint_lsn,
+            wal_first: wal.first_lsn(),
+        });
     }
     replay(&mut state, checkpoint_lsn, records, &mut report)?;
     fail::fail_point!("engine::recovery::after_replay");
@@ -120,8 +136,13 @@ pub(crate) fn recover(
     if !pending.is_empty() {
         let mut payloads = Vec::new();
         for of in &pending {
-            let record = Record { txid: state.last_txid.next(), op: Op::Abort { of: *of } };
-            state.apply(&record).expect("aborting a pending transaction always applies");
+            let record = Record {
+                txid: state.last_txid.next(),
+                op: Op::Abort { of: *of },
+            };
+            state
+                .apply(&record)
+                .expect("aborting a pending transaction always applies");
             payloads.push(journal::encode(&record));
         }
         wal.append_batch(&payloads)?;
@@ -160,7 +181,11 @@ pub(crate) fn recover(
     }
     driver.purge_trash()?;
     report.trash_purged = inv.trash.clone();
-    report.unexpected = inv.unexpected.iter().map(|p| p.display().to_string()).collect();
+    report.unexpected = inv
+        .unexpected
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     fail::fail_point!("engine::recovery::after_reconcile");
 
     // Row "index": derived, so rebuilt whenever it does not reflect the journal exactly.
@@ -168,5 +193,10 @@ pub(crate) fn recover(
         index.rebuild(&state)?;
         report.index_rebuilt = true;
     }
-    Ok(Recovered { wal, state, checkpoint_lsn, report })
+    Ok(Recovered {
+        wal,
+        state,
+        checkpoint_lsn,
+        report,
+    })
 }

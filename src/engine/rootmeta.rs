@@ -71,13 +71,20 @@ impl RootMeta {
         };
         let len = file.size_bytes().map_err(EngineError::io("stat", &path))?;
         if len != META_BYTES as u64 {
-            return Err(EngineError::NotARoot { path: root.to_path_buf(), reason: RootProblem::BadMeta });
+            return Err(EngineError::NotARoot {
+                path: root.to_path_buf(),
+                reason: RootProblem::BadMeta,
+            });
         }
         let mut buf = [0u8; META_BYTES];
-        file.read_exact_at(&mut buf, 0).map_err(EngineError::io("read", &path))?;
+        file.read_exact_at(&mut buf, 0)
+            .map_err(EngineError::io("read", &path))?;
         RootMeta::decode(&buf)
             .map(Some)
-            .map_err(|reason| EngineError::NotARoot { path: root.to_path_buf(), reason })
+            .map_err(|reason| EngineError::NotARoot {
+                path: root.to_path_buf(),
+                reason,
+            })
     }
 
     /// Write the meta file of a new root atomically.

@@ -32,13 +32,17 @@ impl Workers {
                     .expect("spawn a worker thread")
             })
             .collect();
-        Workers { tx: Some(tx), threads }
+        Workers {
+            tx: Some(tx),
+            threads,
+        }
     }
 
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         if let Some(tx) = &self.tx {
             // The workers only stop when `tx` is dropped, so the channel is open.
-            tx.send(Box::new(job)).expect("workers run until the engine stops");
+            tx.send(Box::new(job))
+                .expect("workers run until the engine stops");
         }
     }
 
