@@ -30,6 +30,79 @@ impl Info {
     }
 }
 
+/// A layer as `layer ls` / `layer inspect` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub chain_id: String,
+    pub diff_id: String,
+    pub parent: Option<String>,
+    pub size_bytes: u64,
+    pub refcount: u64,
+    pub pinned: bool,
+    pub children: u64,
+    pub holders: u64,
+    pub snapshot_id: SnapshotId,
+}
+
+/// An image: its name, its top layer and the chain below it (base first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub top: String,
+    pub layers: Vec<String>,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub created_ns: i64,
+}
+
+/// How to import a layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// ChainID of the layer it goes on.
+    pub parent: Option<String>,
+    /// The user holds the layer until `layer rm` (image loads do not pin: the image holds).
+    pub pin: bool,
+    /// The DiffID the tar must have (from an image config): checked, and if that layer
+    /// exists already, nothing is read at all.
+    pub expected_diff_id: Option<crate::layer::Digest>,
+}
+
+/// The result of an import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    pub chain_id: String,
+    pub diff_id: String,
+    pub size_bytes: u64,
+    /// The layer was there already; the import changed nothing on disk.
+    pub existed: bool,
+}
+
+/// One layer re-hashed by `verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub chain_id: String,
+    /// `None`: the layer re-exports to its DiffID. Otherwise what differs.
+    pub problem: Option<String>,
+}
+
+/// A layer tar being imported; read on a worker thread.
+pub(crate) struct Input(pub Box<dyn std::io::Read + Send>);
+
+/// Where an export is written, on a worker thread.
+pub(crate) struct Output(pub Box<dyn std::io::Write + Send>);
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Input")
+    }
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Output")
+    }
+}
+
 /// What `cleanup` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
@@ -74,6 +147,31 @@ pub(crate) enum Request {
         repair: bool,
     },
     Checkpoint,
+    ImportLayer {
+        input: Input,
+        options: ImportOptions,
+    },
+    ExportLayer {
+        chain_id: String,
+        out: Output,
+    },
+    Layers,
+    RemoveLayer {
+        chain_id: String,
+    },
+    PutImage {
+        name: String,
+        top: String,
+        manifest_digest: String,
+        config_digest: String,
+    },
+    Images,
+    RemoveImage {
+        name: String,
+    },
+    Verify {
+        chain_id: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -84,6 +182,11 @@ pub(crate) enum Response {
     Usage(Usage),
     Cleanup(CleanupReport),
     Fsck(super::fsck::FsckReport),
+    Layers(Vec<LayerInfo>),
+    Imported(Imported),
+    Digest(String),
+    Images(Vec<ImageInfo>),
+    Verified(Vec<Verified>),
     Done,
 }
 

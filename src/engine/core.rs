@@ -1,7 +1,7 @@
 //! The engine thread: drain commands, apply them to the state, journal them with one sync,
 //! run their effects, reply. Nothing else mutates the log, the state, the index or the driver.
 
-use super::api::{CleanupReport, Info, Msg, Reply, Request, Response};
+use super::api::{CleanupReport, ImportOptions, Imported, Info, Msg, Reply, Request, Response};
 use super::error::EngineError;
 use super::index::Index;
 use super::lock::RootLock;
@@ -28,6 +28,10 @@ pub(crate) enum Done {
         txid: TxId,
         result: Result<Usage, DriverError>,
     },
+    Imported {
+        txid: TxId,
+        result: Result<super::layers::LayerDone, EngineError>,
+    },
 }
 
 /// What a client waiting on a two-step transaction gets when it completes.
@@ -35,12 +39,15 @@ pub(crate) enum Done {
 enum Waiter {
     Mounts { key: String, reply: Reply },
     Done { reply: Reply },
+    Layer { reply: Reply },
 }
 
 impl Waiter {
     fn reply(self) -> Reply {
         match self {
-            Waiter::Mounts { reply, .. } | Waiter::Done { reply } => reply,
+            Waiter::Mounts { reply, .. } | Waiter::Done { reply } | Waiter::Layer { reply } => {
+                reply
+            }
         }
     }
 }
@@ -52,7 +59,8 @@ struct Batch {
     touched: Vec<String>,
     replies: Vec<(Reply, Result<Response, EngineError>)>,
     begun: Vec<(TxId, Waiter)>,
-    completed: Vec<(Waiter, Result<(), EngineError>)>,
+    /// Completed transactions' waiters, with the response if it is known before the effects.
+    completed: Vec<(Waiter, Result<Option<Response>, EngineError>)>,
     checkpoint: Vec<Reply>,
 }
 
@@ -73,6 +81,8 @@ pub(crate) struct Core {
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     waiting: BTreeMap<TxId, Waiter>,
+    /// Layer imports begun in the current batch, waiting for their staging effect.
+    imports: BTreeMap<TxId, super::layers::ImportJob>,
     failed: Option<String>,
     index_stale: bool,
 }
@@ -115,6 +125,7 @@ impl Core {
             done_tx,
             done_rx,
             waiting: BTreeMap::new(),
+            imports: BTreeMap::new(),
             failed: None,
             index_stale: false,
         }
@@ -336,6 +347,182 @@ impl Core {
                 batch.replies.push((reply, r));
             }
             Request::Checkpoint => batch.checkpoint.push(reply),
+            Request::ImportLayer { input, options } => {
+                self.begin_import(input, options, reply, batch)
+            }
+            Request::ExportLayer { chain_id, mut out } => {
+                let found = self.layer_target(&chain_id);
+                match found {
+                    Ok((id, diff)) => {
+                        let driver = Arc::clone(&self.driver);
+                        self.workers.spawn(move || {
+                            let r = super::layers::export(driver.as_ref(), id, &diff, &mut out.0);
+                            let _ = reply.send(r.map(|d| Response::Digest(d.to_string())));
+                        });
+                    }
+                    Err(e) => batch.replies.push((reply, Err(e))),
+                }
+            }
+            Request::Layers => {
+                let r = self
+                    .state
+                    .layers
+                    .keys()
+                    .map(|c| super::layers::layer_info(&self.state, c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Response::Layers);
+                batch.replies.push((reply, r));
+            }
+            Request::RemoveLayer { chain_id } => {
+                self.remove_op(Op::RemoveLayer { chain_id }, reply, batch)
+            }
+            Request::PutImage {
+                name,
+                top,
+                manifest_digest,
+                config_digest,
+            } => {
+                let op = Op::PutImage {
+                    name,
+                    top,
+                    manifest_digest,
+                    config_digest,
+                    time_ns: now_ns(),
+                };
+                self.remove_op(op, reply, batch);
+            }
+            Request::Images => {
+                let r = super::layers::image_infos(&self.state).map(Response::Images);
+                batch.replies.push((reply, r));
+            }
+            Request::RemoveImage { name } => self.remove_op(Op::RemoveImage { name }, reply, batch),
+            Request::Verify { chain_id } => {
+                let chains: Vec<String> = match chain_id {
+                    Some(c) => vec![c],
+                    None => self.state.layers.keys().cloned().collect(),
+                };
+                let targets = chains
+                    .into_iter()
+                    .map(|c| self.layer_target(&c).map(|(id, diff)| (c, id, diff)))
+                    .collect::<Result<Vec<_>, EngineError>>();
+                match targets {
+                    Ok(targets) => {
+                        let driver = Arc::clone(&self.driver);
+                        self.workers.spawn(move || {
+                            let results = targets
+                                .iter()
+                                .map(|(c, id, diff)| {
+                                    super::layers::verify(driver.as_ref(), c, *id, diff)
+                                })
+                                .collect();
+                            let _ = reply.send(Ok(Response::Verified(results)));
+                        });
+                    }
+                    Err(e) => batch.replies.push((reply, Err(e))),
+                }
+            }
+        }
+    }
+
+    /// A layer's snapshot id and DiffID.
+    fn layer_target(
+        &self,
+        chain_id: &str,
+    ) -> Result<(SnapshotId, crate::layer::Digest), EngineError> {
+        let layer = self.state.layer(chain_id)?;
+        let diff = super::layers::parse_digest(&layer.diff_id)?;
+        Ok((self.state.get(chain_id)?.id, diff))
+    }
+
+    /// A one-record command whose effects may delete trees: journal it, then reply once the
+    /// deletions are done (the last `Delete` effect carries the reply).
+    fn remove_op(&mut self, op: Op, reply: Reply, batch: &mut Batch) {
+        let before: Vec<String> = self.state.snapshots.keys().cloned().collect();
+        let layer_key = match &op {
+            Op::RemoveLayer { chain_id } => Some(chain_id.clone()),
+            _ => None,
+        };
+        match self.accept(op, batch) {
+            Ok((_, effects)) => {
+                batch.touched.extend(layer_key);
+                // Cascades remove snapshots: index every key that disappeared.
+                let gone = before
+                    .into_iter()
+                    .filter(|k| !self.state.snapshots.contains_key(k));
+                batch.touched.extend(gone);
+                let mut reply = Some(reply);
+                let last_delete = effects
+                    .iter()
+                    .rposition(|e| matches!(e, Effect::Delete { .. }));
+                for (i, e) in effects.into_iter().enumerate() {
+                    let r = if Some(i) == last_delete {
+                        reply.take()
+                    } else {
+                        None
+                    };
+                    batch.effects.push((e, r));
+                }
+                if let Some(reply) = reply {
+                    batch.replies.push((reply, Ok(Response::Done)));
+                }
+            }
+            Err(e) => batch.replies.push((reply, Err(e.into()))),
+        }
+    }
+
+    fn begin_import(
+        &mut self,
+        input: super::api::Input,
+        options: ImportOptions,
+        reply: Reply,
+        batch: &mut Batch,
+    ) {
+        let parent = match &options.parent {
+            None => Ok(None),
+            Some(p) => self
+                .layer_target(p)
+                .and_then(|(id, _)| Ok(Some((id, super::layers::parse_digest(p)?)))),
+        };
+        let parent = match parent {
+            Ok(p) => p,
+            Err(e) => return batch.replies.push((reply, Err(e))),
+        };
+        // A known DiffID whose layer exists: nothing to read, nothing to write.
+        if let Some(expected) = &options.expected_diff_id {
+            let chain =
+                crate::layer::chain_id(parent.as_ref().map(|(_, d)| d), expected).to_string();
+            if let Ok(layer) = self.state.layer(&chain) {
+                if layer.pinned || !options.pin {
+                    let imported = Imported {
+                        chain_id: chain.clone(),
+                        diff_id: layer.diff_id.clone(),
+                        size_bytes: layer.size_bytes,
+                        existed: true,
+                    };
+                    return batch
+                        .replies
+                        .push((reply, Ok(Response::Imported(imported))));
+                }
+            }
+        }
+        let op = Op::BeginImport {
+            id: SnapshotId(self.state.next_id),
+            parent: options.parent.clone(),
+            pin: options.pin,
+            time_ns: now_ns(),
+        };
+        match self.accept(op, batch) {
+            Ok((txid, effects)) => {
+                let job = super::layers::ImportJob {
+                    input,
+                    expected: options.expected_diff_id,
+                    parent,
+                };
+                self.imports.insert(txid, job);
+                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                batch.begun.push((txid, Waiter::Layer { reply }));
+            }
+            Err(e) => batch.replies.push((reply, Err(e.into()))),
         }
     }
 
@@ -373,8 +560,11 @@ impl Core {
 
     fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
-            Done::Staged { txid, result } => (txid, result.map(|()| None)),
-            Done::Sealed { txid, result } => (txid, result.map(Some)),
+            Done::Staged { txid, result } => {
+                (txid, result.map(|()| None).map_err(EngineError::from))
+            }
+            Done::Sealed { txid, result } => (txid, result.map(Some).map_err(EngineError::from)),
+            Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
         };
         let waiter = self.waiting.remove(&txid);
         if self.failed.is_some() {
@@ -395,8 +585,8 @@ impl Core {
             Some(crate::state::Pending::Import { .. }) | None => {}
         }
         let (op, outcome) = match result {
-            Ok(usage) => (Op::Complete { of: txid, usage }, Ok(())),
-            Err(e) => (Op::Abort { of: txid }, Err(EngineError::from(e))),
+            Ok(usage) => (Op::Complete { of: txid, usage }, Ok(None)),
+            Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
         let (_, effects) = self
             .accept(op, batch)
@@ -404,6 +594,59 @@ impl Core {
         batch.effects.extend(effects.into_iter().map(|e| (e, None)));
         if let Some(w) = waiter {
             batch.completed.push((w, outcome));
+        }
+    }
+
+    fn handle_imported(
+        &mut self,
+        txid: TxId,
+        result: Result<super::layers::LayerDone, EngineError>,
+        batch: &mut Batch,
+    ) {
+        let waiter = self.waiting.remove(&txid);
+        if let Some(cause) = self.failed.clone() {
+            if let Some(w) = waiter {
+                let _ = w.reply().send(Err(EngineError::Failed { cause }));
+            }
+            return;
+        }
+        let (op, outcome) = match result {
+            Ok(done) => {
+                let imported = Imported {
+                    chain_id: done.chain_id.to_string(),
+                    diff_id: done.diff_id.to_string(),
+                    size_bytes: done.size_bytes,
+                    existed: self.state.layers.contains_key(&done.chain_id.to_string()),
+                };
+                let op = Op::CompleteImport {
+                    of: txid,
+                    diff_id: imported.diff_id.clone(),
+                    chain_id: imported.chain_id.clone(),
+                    size_bytes: done.size_bytes,
+                    usage: done.usage,
+                };
+                batch.touched.push(imported.chain_id.clone());
+                (op, Ok(Some(Response::Imported(imported))))
+            }
+            Err(e) => (Op::Abort { of: txid }, Err(e)),
+        };
+        match self.accept(op, batch) {
+            Ok((_, effects)) => {
+                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                if let Some(w) = waiter {
+                    batch.completed.push((w, outcome));
+                }
+            }
+            Err(e) => {
+                // A user snapshot already has the layer's key: drop the import.
+                let (_, effects) = self
+                    .accept(Op::Abort { of: txid }, batch)
+                    .expect("aborting a pending import always applies");
+                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                if let Some(w) = waiter {
+                    batch.completed.push((w, Err(e.into())));
+                }
+            }
         }
     }
 
@@ -458,9 +701,10 @@ impl Core {
         }
         self.update_index(!batch.records.is_empty(), &batch.touched);
         for (waiter, outcome) in batch.completed {
-            let response = outcome.and_then(|()| match &waiter {
-                Waiter::Mounts { key, .. } => self.mounts(key).map(Response::Mounts),
-                Waiter::Done { .. } => Ok(Response::Done),
+            let response = outcome.and_then(|known| match (known, &waiter) {
+                (Some(response), _) => Ok(response),
+                (None, Waiter::Mounts { key, .. }) => self.mounts(key).map(Response::Mounts),
+                (None, _) => Ok(Response::Done),
             });
             let _ = waiter.reply().send(response);
         }
@@ -511,6 +755,14 @@ impl Core {
 
     fn run_effect(&mut self, effect: Effect, reply: Option<Reply>) {
         match effect {
+            Effect::Stage { txid, .. } if self.imports.contains_key(&txid) => {
+                let job = self.imports.remove(&txid).expect("checked");
+                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
+                self.workers.spawn(move || {
+                    let result = super::layers::import(driver.as_ref(), txid, job);
+                    let _ = done.send(Done::Imported { txid, result });
+                });
+            }
             Effect::Stage { txid, kind, parent } => {
                 let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
                 self.workers.spawn(move || {

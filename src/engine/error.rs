@@ -14,6 +14,10 @@ pub enum EngineError {
     Wal(#[from] WalError),
     #[error("driver: {0}")]
     Driver(#[from] crate::driver::DriverError),
+    #[error("layer: {0}")]
+    Layer(#[from] crate::layer::LayerError),
+    #[error("layer has DiffID {found}, the image says {expected}")]
+    DiffIdMismatch { expected: String, found: String },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

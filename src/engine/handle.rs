@@ -1,7 +1,10 @@
 //! The client side: a cloneable, `Send` handle whose methods send a command to the engine
 //! thread and wait for its reply.
 
-use super::api::{CleanupReport, Info, Msg, Request, Response};
+use super::api::{
+    CleanupReport, ImageInfo, ImportOptions, Imported, Info, Input, LayerInfo, Msg, Output,
+    Request, Response, Verified,
+};
 use super::core::Core;
 use super::error::EngineError;
 use super::fsck::FsckReport;
@@ -162,6 +165,105 @@ impl EngineHandle {
     /// Write a checkpoint now and truncate the log behind it.
     pub fn checkpoint(&self) -> Result<(), EngineError> {
         self.done(Request::Checkpoint)
+    }
+
+    /// Import a layer tar (plain, gzip or zstd), streamed: extracted off the engine thread into
+    /// staging, made durable, then journaled. Returns its ChainID.
+    pub fn import_layer(
+        &self,
+        input: Box<dyn std::io::Read + Send>,
+        options: ImportOptions,
+    ) -> Result<Imported, EngineError> {
+        match self.call(Request::ImportLayer {
+            input: Input(input),
+            options,
+        })? {
+            Response::Imported(i) => Ok(i),
+            other => unreachable!("import answered {other:?}"),
+        }
+    }
+
+    /// Write the original tar of a layer, byte for byte; returns its DiffID (checked).
+    pub fn export_layer(
+        &self,
+        chain_id: &str,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> Result<String, EngineError> {
+        let req = Request::ExportLayer {
+            chain_id: chain_id.to_owned(),
+            out: Output(out),
+        };
+        match self.call(req)? {
+            Response::Digest(d) => Ok(d),
+            other => unreachable!("export answered {other:?}"),
+        }
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerInfo>, EngineError> {
+        match self.call(Request::Layers)? {
+            Response::Layers(l) => Ok(l),
+            other => unreachable!("layers answered {other:?}"),
+        }
+    }
+
+    pub fn layer(&self, chain_id: &str) -> Result<LayerInfo, EngineError> {
+        let layers = self.layers()?;
+        layers
+            .into_iter()
+            .find(|l| l.chain_id == chain_id)
+            .ok_or_else(|| {
+                crate::state::StateError::NotFound {
+                    key: chain_id.to_owned(),
+                }
+                .into()
+            })
+    }
+
+    /// Release the user's hold on a layer (refused while images, containers or child layers
+    /// hold it); it and every ancestor nothing holds any more are deleted in one transaction.
+    pub fn remove_layer(&self, chain_id: &str) -> Result<(), EngineError> {
+        self.done(Request::RemoveLayer {
+            chain_id: chain_id.to_owned(),
+        })
+    }
+
+    /// Record image `name` on layer `top` (replacing an image of that name).
+    pub fn put_image(
+        &self,
+        name: &str,
+        top: &str,
+        manifest_digest: &str,
+        config_digest: &str,
+    ) -> Result<(), EngineError> {
+        self.done(Request::PutImage {
+            name: name.to_owned(),
+            top: top.to_owned(),
+            manifest_digest: manifest_digest.to_owned(),
+            config_digest: config_digest.to_owned(),
+        })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
+        match self.call(Request::Images)? {
+            Response::Images(i) => Ok(i),
+            other => unreachable!("images answered {other:?}"),
+        }
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<(), EngineError> {
+        self.done(Request::RemoveImage {
+            name: name.to_owned(),
+        })
+    }
+
+    /// Re-hash stored layers (one, or all) against their DiffIDs.
+    pub fn verify(&self, chain_id: Option<&str>) -> Result<Vec<Verified>, EngineError> {
+        match self.call(Request::Verify {
+            chain_id: chain_id.map(str::to_owned),
+        })? {
+            Response::Verified(v) => Ok(v),
+            other => unreachable!("verify answered {other:?}"),
+        }
     }
 
     /// Finish the work in flight, checkpoint, and stop the engine thread. Other clones of the

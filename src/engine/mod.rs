@@ -16,12 +16,13 @@ pub mod fsck;
 mod handle;
 mod index;
 pub mod journal;
+mod layers;
 mod lock;
 pub mod recovery;
 mod rootmeta;
 mod workers;
 
-pub use api::{CleanupReport, Info};
+pub use api::{CleanupReport, ImageInfo, ImportOptions, Imported, Info, LayerInfo, Verified};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;

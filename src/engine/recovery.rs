@@ -33,6 +33,8 @@ pub struct RecoveryReport {
     /// Snapshots whose creation is durable but whose tree is gone: reported, not repaired.
     pub lost: Vec<SnapshotId>,
     pub index_rebuilt: bool,
+    /// Layers nothing held were released.
+    pub layers_collected: bool,
     /// Names in the driver's directories that nothing creates: reported, left alone.
     pub unexpected: Vec<String>,
 }
@@ -148,6 +150,21 @@ pub(crate) fn recover(
         wal.append_batch(&payloads)?;
         wal.sync()?;
         report.dropped = pending;
+    }
+    // Row "unheld layers": layers nothing holds (an image load a crash interrupted before it
+    // recorded the image) are released in one journaled transaction; their trees become
+    // orphans and are removed below.
+    if state.layers.values().any(|l| l.refcount() == 0) {
+        let record = Record {
+            txid: state.last_txid.next(),
+            op: Op::CollectLayers,
+        };
+        state
+            .apply(&record)
+            .expect("collecting layers always applies");
+        wal.append_batch([journal::encode(&record)])?;
+        wal.sync()?;
+        report.layers_collected = true;
     }
     fail::fail_point!("engine::recovery::after_abort");
 

@@ -49,6 +49,8 @@ pub enum Invalid {
     LabelTooLong { key: String, max: usize },
     #[error("field {path:?} cannot be updated (only labels and labels.<key>)")]
     FieldNotUpdatable { path: String },
+    #[error("{digest:?} is not a sha256 digest")]
+    BadDigest { digest: String },
     #[error("layer chain deeper than {max}")]
     LayerChainTooDeep { max: usize },
     #[error("filter {filter:?} is not understood")]
