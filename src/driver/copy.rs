@@ -5,10 +5,13 @@
 //! device numbers, empty directories, and holes in sparse files. Symlinks are never followed.
 //! ctime and inode numbers cannot be preserved by any copy.
 //!
-//! The copy is NOT made durable here; callers sync the result (see `sync::sync_tree`), which
-//! lets them pick one syncfs instead of thousands of fsyncs.
+//! Durability is part of the copy rather than a walk afterwards: a second walk would read every
+//! copied directory and, under relatime, bump the atimes just restored. `SyncMode::Auto` fsyncs
+//! file by file while the tree is small and switches to one syncfs(2) at the end once it has
+//! copied more than `SYNCFS_THRESHOLD` inodes (files already fsynced stay durable either way).
 
 use super::error::DriverError;
+use super::sync::{fsync_file, syncfs, SyncMode, SYNCFS_THRESHOLD};
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashMap;
@@ -38,8 +41,35 @@ struct Identity {
     gid: u32,
 }
 
-/// Copies the directory `src` to `dst`, which must not exist yet.
-pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
+/// Decides, as the copy goes, whether each inode is fsynced or a syncfs ends the copy.
+#[derive(Debug)]
+struct Durability {
+    mode: SyncMode,
+    inodes: u64,
+}
+
+impl Durability {
+    fn per_file(&self) -> bool {
+        match self.mode {
+            SyncMode::PerFile => true,
+            SyncMode::Syncfs => false,
+            SyncMode::Auto => self.inodes <= SYNCFS_THRESHOLD,
+        }
+    }
+
+    /// Called after an inode's data and metadata are final.
+    fn settle(&self, path: &Path, meta: &Metadata) -> Result<(), DriverError> {
+        // Other types carry no data; the fsync of the directory naming them persists them.
+        if self.per_file() && (meta.is_dir() || meta.file_type().is_file()) {
+            fsync_file(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the directory `src` to `dst` (which must not exist yet) and makes the copy durable
+/// as `mode` says: when this returns, every copied inode survives a crash.
+pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, DriverError> {
     let me = Identity {
         root: nix::unistd::geteuid().is_root(),
         uid: nix::unistd::geteuid().as_raw(),
@@ -54,6 +84,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
         ));
     }
     let mut stats = CopyStats::default();
+    let mut durability = Durability { mode, inodes: 0 };
     // Directory metadata is applied after everything below it exists: creating entries would
     // bump the mtime again, and a read-only mode would stop an unprivileged copy from filling it.
     let mut dirs: Vec<(PathBuf, PathBuf, Metadata)> = Vec::new();
@@ -89,16 +120,28 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
         if meta.nlink() > 1 {
             if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
                 // linkat without AT_SYMLINK_FOLLOW: a hardlinked symlink stays a symlink.
+                // The new name is persisted by its directory's fsync.
                 fs::hard_link(first, &to).map_err(|e| DriverError::io("link", &to, e))?;
                 continue;
             }
             links.insert((meta.dev(), meta.ino()), to.clone());
         }
         stats.inodes += 1;
+        durability.inodes = stats.inodes;
         copy_entry(&me, &from, &to, &meta, &mut stats)?;
+        // Invariant: a copied file is on disk before the directories naming it are synced.
+        durability.settle(&to, &meta)?;
     }
+    // Reverse pre-order: children before parents, so each directory's fsync comes after
+    // every entry in it exists.
     for (from, to, meta) in dirs.iter().rev() {
         apply_metadata(&me, from, to, meta)?;
+        // Invariant: the directory's entries and metadata are durable (PerFile regime).
+        durability.settle(to, meta)?;
+    }
+    if !durability.per_file() {
+        // Invariant: everything copied (and not fsynced above) is durable when copy returns.
+        syncfs(dst)?;
     }
     Ok(stats)
 }
@@ -221,11 +264,19 @@ fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError>
 }
 
 fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError> {
-    let src = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(from)
-        .map_err(|e| DriverError::io("open", from, e))?;
+    let open = |extra: libc::c_int| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .open(from)
+    };
+    // O_NOATIME: copying a committed parent must not change it, atimes included. Only the
+    // owner (or CAP_FOWNER) may ask for it; anyone else reads the ordinary way.
+    let src = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| DriverError::io("open", from, e))?;
     let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

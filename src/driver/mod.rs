@@ -25,7 +25,7 @@ pub use copy::{copy_tree, CopyStats};
 pub use error::{DriverError, MarkerFault};
 pub use layout::{Inventory, Layout};
 pub use overlay::OverlayDriver;
-pub use sync::SyncMode;
+pub use sync::{sync_tree, SyncMode};
 pub use vfs::VfsDriver;
 
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};

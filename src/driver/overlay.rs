@@ -4,7 +4,7 @@
 use super::error::DriverError;
 use super::layout::{Inventory, Layout, TREE, WORK};
 use super::probe::probe_overlay;
-use super::sync::{sync_tree, SyncMode};
+use super::sync::fsync_dir;
 use super::vfs::bind;
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
@@ -95,8 +95,9 @@ impl Driver for OverlayDriver {
             let work = dir.join(WORK);
             fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
         }
-        // Invariant: the (empty) tree is on disk before the marker and staging entry are.
-        sync_tree(&tree, SyncMode::PerFile)?;
+        // Invariant: the (empty) tree is on disk before the marker and staging entry are;
+        // finish_stage syncs staging/<txid>, which names fs/ and work/.
+        fsync_dir(&tree)?;
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
     }

@@ -3,7 +3,7 @@
 use super::copy::copy_tree;
 use super::error::DriverError;
 use super::layout::{Inventory, Layout, TREE};
-use super::sync::{sync_tree, SyncMode};
+use super::sync::{fsync_dir, SyncMode};
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use std::fs;
@@ -49,16 +49,18 @@ impl Driver for VfsDriver {
             (Kind::Active, Some(parent)) => {
                 let parent_dir = self.layout.require_installed(parent)?;
                 fail::fail_point!("driver::stage::before_copy");
-                copy_tree(&parent_dir.join(TREE), &tree)?;
+                // Invariant: the copied tree is on disk before the marker and the staging
+                // entry say the stage is complete (copy_tree syncs what it copies).
+                copy_tree(&parent_dir.join(TREE), &tree, SyncMode::Auto)?;
                 fail::fail_point!("driver::stage::after_copy");
             }
             _ => {
                 fs::create_dir(&tree).map_err(|e| DriverError::io("mkdir", &tree, e))?;
+                // Invariant: the empty tree exists after a crash once stage returns (its
+                // entry in staging/<txid> is synced by finish_stage).
+                fsync_dir(&tree)?;
             }
         }
-        // Invariant: the copied tree is on disk before the marker and the staging entry say
-        // the stage is complete.
-        sync_tree(&tree, SyncMode::Auto)?;
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
     }
