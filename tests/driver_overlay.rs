@@ -17,7 +17,13 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 /// Stages snapshot `id` (staged and installed under txid = id) with the given files.
-fn add(d: &dyn Driver, id: u64, kind: Kind, parent: Option<u64>, files: &[(&str, &str)]) -> TestResult {
+fn add(
+    d: &dyn Driver,
+    id: u64,
+    kind: Kind,
+    parent: Option<u64>,
+    files: &[(&str, &str)],
+) -> TestResult {
     d.stage(TxId(id), kind, parent.map(SnapshotId))?;
     let tree = d.staged_tree(TxId(id));
     for (name, content) in files {
@@ -58,9 +64,21 @@ fn chain_mounts_with_whiteouts_in_the_upper() -> TestResult {
     let d = open_driver(DriverKind::Overlay, &tmp.path().join("root"))?;
     assert_eq!(d.kind(), DriverKind::Overlay);
     assert_eq!(d.whiteout_style(), WhiteoutStyle::OverlayCharDevice);
-    add(&*d, 1, Kind::Active, None, &[("a.txt", "a from 1"), ("dir/b.txt", "b from 1")])?;
+    add(
+        &*d,
+        1,
+        Kind::Active,
+        None,
+        &[("a.txt", "a from 1"), ("dir/b.txt", "b from 1")],
+    )?;
     d.seal(SnapshotId(1), TxId(101))?;
-    add(&*d, 2, Kind::Active, Some(1), &[("c.txt", "c from 2"), ("a.txt", "a from 2")])?;
+    add(
+        &*d,
+        2,
+        Kind::Active,
+        Some(1),
+        &[("c.txt", "c from 2"), ("a.txt", "a from 2")],
+    )?;
     d.seal(SnapshotId(2), TxId(102))?;
     // Overlay stages nothing of the parent: the child's own tree is empty.
     add(&*d, 3, Kind::Active, Some(2), &[])?;
@@ -77,10 +95,18 @@ fn chain_mounts_with_whiteouts_in_the_upper() -> TestResult {
         d.tree(SnapshotId(2)).display(),
         d.tree(SnapshotId(1)).display()
     );
-    assert!(mounts[0].options.contains(&lower), "{:?}", mounts[0].options);
+    assert!(
+        mounts[0].options.contains(&lower),
+        "{:?}",
+        mounts[0].options
+    );
 
     with_mounted(&*d, 3, Kind::Active, &[2, 1], &target, || {
-        assert_eq!(fs::read(target.join("a.txt"))?, b"a from 2", "nearest parent wins");
+        assert_eq!(
+            fs::read(target.join("a.txt"))?,
+            b"a from 2",
+            "nearest parent wins"
+        );
         assert_eq!(fs::read(target.join("dir/b.txt"))?, b"b from 1");
         assert_eq!(fs::read(target.join("c.txt"))?, b"c from 2");
         fs::write(target.join("new.txt"), b"written in 3")?;
@@ -95,20 +121,29 @@ fn chain_mounts_with_whiteouts_in_the_upper() -> TestResult {
     let mut whiteout_inodes = std::collections::HashSet::new();
     for whiteout in ["c.txt", "dir/b.txt"] {
         let m = fs::symlink_metadata(upper.join(whiteout))?;
-        assert!(m.file_type().is_char_device(), "{whiteout} is not a whiteout");
+        assert!(
+            m.file_type().is_char_device(),
+            "{whiteout} is not a whiteout"
+        );
         assert_eq!(m.rdev(), 0, "{whiteout} whiteout must be device 0:0");
         whiteout_inodes.insert(m.ino());
     }
     // Lowers untouched.
     assert_eq!(fs::read(d.tree(SnapshotId(2)).join("c.txt"))?, b"c from 2");
-    assert_eq!(fs::read(d.tree(SnapshotId(1)).join("dir/b.txt"))?, b"b from 1");
+    assert_eq!(
+        fs::read(d.tree(SnapshotId(1)).join("dir/b.txt"))?,
+        b"b from 1"
+    );
 
     // seal counts the upper only: root, dir, new.txt and the whiteouts, which recent kernels
     // create as hardlinks of one shared inode (counted once).
     let usage = d.seal(SnapshotId(3), TxId(103))?;
     assert_eq!(usage.inodes, 3 + whiteout_inodes.len() as u64);
     assert_eq!(usage.size_bytes, 12);
-    assert_eq!(d.inventory()?.installed.get(&SnapshotId(3)), Some(&Some(TxId(103))));
+    assert_eq!(
+        d.inventory()?.installed.get(&SnapshotId(3)),
+        Some(&Some(TxId(103)))
+    );
 
     // The mount is gone: the target is an empty directory again.
     assert_eq!(fs::read_dir(&target)?.count(), 0);
@@ -148,7 +183,9 @@ fn views_are_read_only() -> TestResult {
     }
     // Committed snapshots bind read-only too.
     with_mounted(&*d, 1, Kind::Committed, &[], &target, || {
-        let err = fs::remove_file(target.join("one")).err().ok_or("committed was writable")?;
+        let err = fs::remove_file(target.join("one"))
+            .err()
+            .ok_or("committed was writable")?;
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         Ok(())
     })?;
@@ -174,21 +211,39 @@ fn chain_of_130_layers_mounts() -> TestResult {
         .path()
         .join("a-deliberately-long-root-directory-name-for-cairn-layer-chains");
     let d = OverlayDriver::open(&root)?;
-    add(&d, 1, Kind::Active, None, &[("bottom.txt", "from the bottom layer")])?;
+    add(
+        &d,
+        1,
+        Kind::Active,
+        None,
+        &[("bottom.txt", "from the bottom layer")],
+    )?;
     for id in 2..=LAYERS {
-        add(&d, id, Kind::Active, Some(id - 1), &[(&format!("layer{id}"), "x")])?;
+        add(
+            &d,
+            id,
+            Kind::Active,
+            Some(id - 1),
+            &[(&format!("layer{id}"), "x")],
+        )?;
     }
     add(&d, LAYERS + 1, Kind::Active, Some(LAYERS), &[])?;
     let parents: Vec<u64> = (1..=LAYERS).rev().collect();
     let ids: Vec<SnapshotId> = parents.iter().copied().map(SnapshotId).collect();
     let mounts = d.mounts(SnapshotId(LAYERS + 1), Kind::Active, &ids)?;
     let data_len = mounts[0].options.join(",").len();
-    assert!(data_len > 4096, "test does not exercise shortening: {data_len} bytes");
+    assert!(
+        data_len > 4096,
+        "test does not exercise shortening: {data_len} bytes"
+    );
 
     let target = tmp.path().join("mnt");
     fs::create_dir(&target)?;
     with_mounted(&d, LAYERS + 1, Kind::Active, &parents, &target, || {
-        assert_eq!(fs::read(target.join("bottom.txt"))?, b"from the bottom layer");
+        assert_eq!(
+            fs::read(target.join("bottom.txt"))?,
+            b"from the bottom layer"
+        );
         assert_eq!(fs::read(target.join("layer65"))?, b"x");
         assert_eq!(fs::read(target.join(format!("layer{LAYERS}")))?, b"x");
         fs::write(target.join("top"), b"t")?;
@@ -198,7 +253,10 @@ fn chain_of_130_layers_mounts() -> TestResult {
     // The read-only view of the whole chain takes the same path.
     add(&d, LAYERS + 2, Kind::View, Some(LAYERS), &[])?;
     with_mounted(&d, LAYERS + 2, Kind::View, &parents, &target, || {
-        assert_eq!(fs::read(target.join("bottom.txt"))?, b"from the bottom layer");
+        assert_eq!(
+            fs::read(target.join("bottom.txt"))?,
+            b"from the bottom layer"
+        );
         Ok(())
     })?;
     Ok(())

@@ -117,7 +117,12 @@ fn build_rich_tree(root: &Path) -> TestResult {
     fs::hard_link(root.join("hl1"), root.join("d/hl2"))?;
     symlink("../nonexistent/target", root.join("dangling"))?;
     symlink("/etc/passwd", root.join("abs"))?;
-    mknod(&root.join("pipe"), SFlag::S_IFIFO, Mode::from_bits_truncate(0o640), 0)?;
+    mknod(
+        &root.join("pipe"),
+        SFlag::S_IFIFO,
+        Mode::from_bits_truncate(0o640),
+        0,
+    )?;
     let _sock = std::os::unix::net::UnixListener::bind(root.join("sock"))?;
     fs::create_dir(root.join("empty"))?;
     fs::create_dir(root.join("sticky"))?;
@@ -165,7 +170,11 @@ fn build_rich_tree(root: &Path) -> TestResult {
     let mut n = 0i64;
     let mut stamp = |p: &Path| -> TestResult {
         n += 1;
-        set_times(p, (1_400_000_000 + n, 987_654_321 - n), (1_500_000_000 + n, 123_456_789 + n))
+        set_times(
+            p,
+            (1_400_000_000 + n, 987_654_321 - n),
+            (1_500_000_000 + n, 123_456_789 + n),
+        )
     };
     for p in [
         "d/f", "hl1", "dangling", "abs", "pipe", "sock", "sparse", "ro/inner",
@@ -221,7 +230,12 @@ fn copy_preserves_every_attribute() -> TestResult {
             want_here.atime = parent_after[rel].atime;
         } else {
             // The copy reads files with O_NOATIME: the parent is left exactly as it was.
-            assert_eq!(parent_after[rel].atime, want.atime, "copy changed the parent's atime of {}", rel.display());
+            assert_eq!(
+                parent_after[rel].atime,
+                want.atime,
+                "copy changed the parent's atime of {}",
+                rel.display()
+            );
         }
         assert_eq!(got, &want_here, "attributes of {} differ", rel.display());
     }
@@ -230,8 +244,15 @@ fn copy_preserves_every_attribute() -> TestResult {
     assert_eq!(f.mode & 0o7777, 0o4755);
     assert_eq!(after[Path::new("d")].mode & 0o7777, 0o2775);
     assert_eq!(after[Path::new("sticky")].mode & 0o7777, 0o1777);
-    assert_eq!(f.mtime.1 % 1000, (123_456_789 + 1) % 1000, "nanoseconds lost");
-    assert_eq!(f.xattrs.get("user.cairn.note").map(Vec::as_slice), Some(&b"hello"[..]));
+    assert_eq!(
+        f.mtime.1 % 1000,
+        (123_456_789 + 1) % 1000,
+        "nanoseconds lost"
+    );
+    assert_eq!(
+        f.xattrs.get("user.cairn.note").map(Vec::as_slice),
+        Some(&b"hello"[..])
+    );
     assert_eq!(
         after[Path::new("dangling")].link.as_deref(),
         Some(Path::new("../nonexistent/target"))
@@ -242,7 +263,9 @@ fn copy_preserves_every_attribute() -> TestResult {
         assert_eq!(after[Path::new("null")].rdev, nix::sys::stat::makedev(1, 3));
         assert_eq!(after[Path::new("loop")].kind, "block");
         assert_eq!(after[Path::new("dangling")].uid, 1234);
-        assert!(after[Path::new("dangling")].xattrs.contains_key("trusted.cairn.link"));
+        assert!(after[Path::new("dangling")]
+            .xattrs
+            .contains_key("trusted.cairn.link"));
         assert_eq!(after[Path::new("d")].gid, 1001);
     } else {
         println!("skipped: device, chown and trusted.* checks need root");
@@ -260,10 +283,15 @@ fn copy_preserves_every_attribute() -> TestResult {
     assert_eq!(fs::read(child.join("hl1"))?, b"shared inode");
     let sparse = fs::read(child.join("sparse"))?;
     assert_eq!(sparse.len(), 16 << 20);
-    assert!(sparse[(8 << 20)..(8 << 20) + 4096].iter().all(|&b| b == 0xab));
+    assert!(sparse[(8 << 20)..(8 << 20) + 4096]
+        .iter()
+        .all(|&b| b == 0xab));
     assert!(sparse[..(8 << 20)].iter().all(|&b| b == 0));
     let blocks = fs::symlink_metadata(child.join("sparse"))?.blocks() * 512;
-    assert!(blocks < 1 << 20, "sparse file copied densely: {blocks} bytes");
+    assert!(
+        blocks < 1 << 20,
+        "sparse file copied densely: {blocks} bytes"
+    );
     let mut leaf = child.join("deep");
     for _ in 0..DEEP {
         leaf.push("n");
@@ -292,7 +320,10 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
 
     // stage removes a leftover staging dir first.
     d.stage(TxId(1), Kind::Active, None)?;
-    fs::write(d.staged_tree(TxId(1)).join("junk"), b"from a crashed attempt")?;
+    fs::write(
+        d.staged_tree(TxId(1)).join("junk"),
+        b"from a crashed attempt",
+    )?;
     d.stage(TxId(1), Kind::Active, None)?;
     assert!(!d.staged_tree(TxId(1)).join("junk").exists());
     let inv = d.inventory()?;
@@ -312,7 +343,11 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
     // Neither side exists.
     assert!(matches!(
         d.install(TxId(99), SnapshotId(11)),
-        Err(DriverError::InstallSourceMissing { txid: TxId(99), id: SnapshotId(11), .. })
+        Err(DriverError::InstallSourceMissing {
+            txid: TxId(99),
+            id: SnapshotId(11),
+            ..
+        })
     ));
     // Both sides exist: refuse to clobber an installed snapshot.
     d.stage(TxId(2), Kind::Active, None)?;
@@ -327,12 +362,19 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
         d.inventory()?.installed.keys().copied().collect::<Vec<_>>(),
         vec![SnapshotId(10), SnapshotId(12)]
     );
-    assert!(matches!(d.sync_staged(TxId(2)), Err(DriverError::StagingMissing { .. })));
+    assert!(matches!(
+        d.sync_staged(TxId(2)),
+        Err(DriverError::StagingMissing { .. })
+    ));
 
     // discard twice, and of something never staged.
     d.stage(TxId(4), Kind::View, Some(SnapshotId(10)))?;
     assert_eq!(d.inventory()?.staging, vec![TxId(4)]);
-    assert_eq!(fs::read_dir(d.staged_tree(TxId(4)))?.count(), 0, "a vfs View copies nothing");
+    assert_eq!(
+        fs::read_dir(d.staged_tree(TxId(4)))?.count(),
+        0,
+        "a vfs View copies nothing"
+    );
     d.discard(TxId(4))?;
     d.discard(TxId(4))?;
     d.discard(TxId(5))?;
@@ -340,11 +382,23 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
 
     // seal rewrites the marker.
     let usage = d.seal(SnapshotId(10), TxId(6))?;
-    assert_eq!(usage, Usage { size_bytes: 1, inodes: 2 });
-    assert_eq!(d.inventory()?.installed.get(&SnapshotId(10)), Some(&Some(TxId(6))));
+    assert_eq!(
+        usage,
+        Usage {
+            size_bytes: 1,
+            inodes: 2
+        }
+    );
+    assert_eq!(
+        d.inventory()?.installed.get(&SnapshotId(10)),
+        Some(&Some(TxId(6)))
+    );
     assert!(matches!(
         d.seal(SnapshotId(77), TxId(7)),
-        Err(DriverError::SnapshotMissing { id: SnapshotId(77), .. })
+        Err(DriverError::SnapshotMissing {
+            id: SnapshotId(77),
+            ..
+        })
     ));
 
     // remove twice.
@@ -362,7 +416,10 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
     // purge_trash removes whatever is there, read-only dirs included.
     fs::create_dir_all(root.join("trash/30/fs/locked"))?;
     fs::write(root.join("trash/30/fs/locked/x"), b"x")?;
-    fs::set_permissions(root.join("trash/30/fs/locked"), Permissions::from_mode(0o555))?;
+    fs::set_permissions(
+        root.join("trash/30/fs/locked"),
+        Permissions::from_mode(0o555),
+    )?;
     fs::create_dir_all(root.join("trash/31"))?;
     assert_eq!(d.inventory()?.trash, vec![SnapshotId(30), SnapshotId(31)]);
     d.purge_trash()?;
@@ -420,14 +477,20 @@ fn usage_counts_hardlinks_once() -> TestResult {
     symlink("big", t.join("link"))?;
     d.install(TxId(1), SnapshotId(1))?;
     // root dir, sub, big (3 names), small, link.
-    let want = Usage { size_bytes: 1024, inodes: 5 };
+    let want = Usage {
+        size_bytes: 1024,
+        inodes: 5,
+    };
     assert_eq!(d.usage(SnapshotId(1))?, want);
     assert_eq!(d.seal(SnapshotId(1), TxId(2))?, want);
     // A child copy has the same usage: the hardlinks stayed hardlinks.
     d.stage(TxId(3), Kind::Active, Some(SnapshotId(1)))?;
     d.install(TxId(3), SnapshotId(2))?;
     assert_eq!(d.usage(SnapshotId(2))?, want);
-    assert!(matches!(d.usage(SnapshotId(9)), Err(DriverError::SnapshotMissing { .. })));
+    assert!(matches!(
+        d.usage(SnapshotId(9)),
+        Err(DriverError::SnapshotMissing { .. })
+    ));
     Ok(())
 }
 
@@ -453,9 +516,18 @@ fn mounts_data_for_each_kind() -> TestResult {
         d.install(TxId(tx), SnapshotId(id))?;
     }
     let (s1, s2, s3, s4) = (SnapshotId(1), SnapshotId(2), SnapshotId(3), SnapshotId(4));
-    assert_eq!(d.mounts(s1, Kind::Committed, &[])?, vec![bind(d.tree(s1), true)]);
-    assert_eq!(d.mounts(s2, Kind::Active, &[s1])?, vec![bind(d.tree(s2), false)]);
-    assert_eq!(d.mounts(s3, Kind::View, &[s1])?, vec![bind(d.tree(s1), true)]);
+    assert_eq!(
+        d.mounts(s1, Kind::Committed, &[])?,
+        vec![bind(d.tree(s1), true)]
+    );
+    assert_eq!(
+        d.mounts(s2, Kind::Active, &[s1])?,
+        vec![bind(d.tree(s2), false)]
+    );
+    assert_eq!(
+        d.mounts(s3, Kind::View, &[s1])?,
+        vec![bind(d.tree(s1), true)]
+    );
     assert_eq!(d.mounts(s4, Kind::View, &[])?, vec![bind(d.tree(s4), true)]);
     assert!(matches!(
         d.mounts(SnapshotId(50), Kind::Active, &[]),
@@ -481,7 +553,10 @@ fn mounts_data_for_each_kind() -> TestResult {
     mount::unmount(&target)?;
     write?;
     assert_eq!(fs::read(d.tree(s2).join("new"))?, b"x");
-    assert!(mount::unmount(&target).is_err(), "unmounting a non-mount point succeeded");
+    assert!(
+        mount::unmount(&target).is_err(),
+        "unmounting a non-mount point succeeded"
+    );
     Ok(())
 }
 

@@ -112,6 +112,7 @@ pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, Dr
         if meta.is_dir() {
             make_dir(&to)?;
             stats.inodes += 1;
+            durability.inodes = stats.inodes;
             let iter = fs::read_dir(&from).map_err(|e| DriverError::io("readdir", &from, e))?;
             dirs.push((from, to.clone(), meta));
             stack.push((to, iter));

@@ -9,8 +9,9 @@ use nix::sys::stat::Mode;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Mounts a one-file overlay in `<root>/overlay-probe.<pid>` and reads the file through it.
+/// Mounts a one-file overlay in `<root>/overlay-probe.<pid>.<n>` and reads the file through it.
 pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(io::Error::new(
@@ -18,7 +19,10 @@ pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
             "mounting overlayfs needs root (CAP_SYS_ADMIN)",
         ));
     }
-    let dir = root.join(format!("overlay-probe.{}", std::process::id()));
+    // pid + a per-process sequence: two drivers opened at once on one root must not share it.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("overlay-probe.{}.{seq}", std::process::id()));
     let _ = remove_tree(&dir);
     let result = probe_in(&dir);
     let cleanup = remove_tree(&dir);
