@@ -12,6 +12,7 @@
 
 use super::error::DriverError;
 use super::sync::{fsync_file, syncfs, SyncMode, SYNCFS_THRESHOLD};
+use super::walk::list_dir;
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashMap;
@@ -94,28 +95,24 @@ pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, Dr
     make_dir(dst)?;
     stats.inodes += 1;
     dirs.push((src.to_path_buf(), dst.to_path_buf(), root_meta));
-    let mut stack: Vec<(PathBuf, fs::ReadDir)> = vec![(
-        dst.to_path_buf(),
-        fs::read_dir(src).map_err(|e| DriverError::io("readdir", src, e))?,
-    )];
-    while let Some((dst_dir, iter)) = stack.last_mut() {
-        let Some(entry) = iter.next() else {
+    // (source dir, copy of it, names not yet copied): iterative, and no directory stays open
+    // while its subdirectories are copied.
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf(), list_dir(src)?)];
+    while let Some((src_dir, dst_dir, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
             stack.pop();
             continue;
         };
-        let entry = entry.map_err(|e| DriverError::io("readdir", dst_dir.as_path(), e))?;
-        let from = entry.path();
-        let to = dst_dir.join(entry.file_name());
-        let meta = entry
-            .metadata()
-            .map_err(|e| DriverError::io("lstat", &from, e))?;
+        let from = src_dir.join(&name);
+        let to = dst_dir.join(&name);
+        let meta = fs::symlink_metadata(&from).map_err(|e| DriverError::io("lstat", &from, e))?;
         if meta.is_dir() {
             make_dir(&to)?;
             stats.inodes += 1;
             durability.inodes = stats.inodes;
-            let iter = fs::read_dir(&from).map_err(|e| DriverError::io("readdir", &from, e))?;
-            dirs.push((from, to.clone(), meta));
-            stack.push((to, iter));
+            let names = list_dir(&from)?;
+            dirs.push((from.clone(), to.clone(), meta));
+            stack.push((from, to, names));
             continue;
         }
         if meta.nlink() > 1 {
