@@ -105,8 +105,8 @@ fn snapshot_attrs(root: &Path) -> Result<BTreeMap<PathBuf, Attrs>, Box<dyn std::
     Ok(out)
 }
 
-/// Deep enough that holding one open directory per level would be a problem for a default
-/// 1024-descriptor limit (source and copy both), short enough to stay under PATH_MAX.
+/// Deep enough to matter for recursion and for per-level descriptors (run the suite under
+/// `ulimit -n 512` to see the descriptor bound), short enough to stay under PATH_MAX.
 const DEEP: usize = 600;
 
 /// Builds one of every kind of entry under `root` (which exists). Times are set last.
