@@ -583,3 +583,117 @@ fn measure_sync_2000_files() -> TestResult {
     }
     Ok(())
 }
+
+/// Runs `f` on a new thread whose credentials (and only its: the raw syscalls are per thread,
+/// unlike glibc's setuid wrappers) are dropped to `uid`:`uid`.
+fn as_user<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let handle = std::thread::spawn(move || {
+        // SAFETY: plain syscalls with integer arguments; they affect the calling thread only.
+        let ok = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, uid, uid, uid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+        };
+        ok.then(f)
+    });
+    handle
+        .join()
+        .map_err(|_| "unprivileged thread panicked")?
+        .ok_or_else(|| "could not drop privileges".into())
+}
+
+#[test]
+fn unprivileged_copy_keeps_or_refuses() -> TestResult {
+    if !is_root() {
+        println!("skipped: setting up files for another user needs root");
+        return Ok(());
+    }
+    const NOBODY: u32 = 65534;
+    let tmp = tempfile::tempdir()?;
+    fs::set_permissions(tmp.path(), Permissions::from_mode(0o755))?;
+    let chown = |p: &Path| std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY));
+    let out = tmp.path().join("out");
+    fs::create_dir(&out)?;
+    chown(&out)?;
+
+    // Everything owned by the caller: copied faithfully, restrictive modes included (a 0500
+    // directory only works if its mode is set after its contents were created).
+    let good = tmp.path().join("good");
+    fs::create_dir_all(good.join("locked"))?;
+    fs::write(good.join("locked/secret"), b"s")?;
+    xattr::set(good.join("locked/secret"), "user.k", b"v")?;
+    symlink("locked/secret", good.join("link"))?;
+    for p in ["", "locked", "locked/secret", "link"] {
+        chown(&good.join(p))?;
+    }
+    fs::set_permissions(good.join("locked/secret"), Permissions::from_mode(0o400))?;
+    fs::set_permissions(good.join("locked"), Permissions::from_mode(0o500))?;
+    set_times(&good.join("locked/secret"), (1, 2), (3, 4))?;
+    let (src, dst) = (good.clone(), out.join("good"));
+    let copied = as_user(NOBODY, move || {
+        cairn::driver::copy_tree(&src, &dst, SyncMode::PerFile).map_err(|e| e.to_string())
+    })??;
+    assert_eq!(copied.inodes, 4);
+    let m = fs::symlink_metadata(out.join("good/locked/secret"))?;
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.mtime(), m.mtime_nsec()),
+        (0o400, NOBODY, 3, 4)
+    );
+    assert_eq!(
+        xattr::get(out.join("good/locked/secret"), "user.k")?,
+        Some(b"v".to_vec())
+    );
+    assert_eq!(
+        fs::symlink_metadata(out.join("good/locked"))?.mode() & 0o7777,
+        0o500
+    );
+
+    // A file owned by someone else cannot be recreated unprivileged.
+    let foreign = tmp.path().join("foreign");
+    fs::create_dir(&foreign)?;
+    fs::write(foreign.join("roots"), b"r")?;
+    fs::set_permissions(foreign.join("roots"), Permissions::from_mode(0o644))?;
+    chown(&foreign)?;
+    let (src, dst) = (foreign.clone(), out.join("foreign"));
+    let err = as_user(NOBODY, move || {
+        cairn::driver::copy_tree(&src, &dst, SyncMode::Auto)
+    })?
+    .err()
+    .ok_or("copied a root-owned file without root")?;
+    match err {
+        DriverError::ForeignOwner {
+            path,
+            uid: 0,
+            gid: 0,
+        } => {
+            assert_eq!(path, foreign.join("roots"))
+        }
+        other => return Err(format!("expected ForeignOwner, got {other:?}").into()),
+    }
+
+    // Device nodes need root, and the error names the node.
+    let devs = tmp.path().join("devs");
+    fs::create_dir(&devs)?;
+    mknod(
+        &devs.join("null"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )?;
+    chown(&devs)?;
+    chown(&devs.join("null"))?;
+    let (src, dst) = (devs.clone(), out.join("devs"));
+    let err = as_user(NOBODY, move || {
+        cairn::driver::copy_tree(&src, &dst, SyncMode::Auto)
+    })?
+    .err()
+    .ok_or("copied a device node without root")?;
+    match err {
+        DriverError::DeviceNeedsRoot { path } => assert_eq!(path, devs.join("null")),
+        other => return Err(format!("expected DeviceNeedsRoot, got {other:?}").into()),
+    }
+    Ok(())
+}

@@ -11,9 +11,9 @@
 //! copied more than `SYNCFS_THRESHOLD` inodes (files already fsynced stay durable either way).
 
 use super::error::DriverError;
-use super::sync::{fsync_file, syncfs, SyncMode, SYNCFS_THRESHOLD};
+use super::sync::{syncfs, SyncMode, SYNCFS_THRESHOLD};
 use super::walk::list_dir;
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{futimens, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata, Permissions};
@@ -23,6 +23,7 @@ use std::os::unix::fs::{
     DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
 };
 use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
 
 /// _IOW(0x94, 9, int): share the source's extents (btrfs, xfs with reflink); libc lacks it.
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -58,11 +59,13 @@ impl Durability {
         }
     }
 
-    /// Called after an inode's data and metadata are final.
-    fn settle(&self, path: &Path, meta: &Metadata) -> Result<(), DriverError> {
-        // Other types carry no data; the fsync of the directory naming them persists them.
-        if self.per_file() && (meta.is_dir() || meta.file_type().is_file()) {
-            fsync_file(path)?;
+    /// Called with the open file or directory once its data and metadata are final. Other
+    /// types carry no data and are never opened; the fsync of the directory naming them (or
+    /// the final syncfs) persists them.
+    fn settle(&self, path: &Path, file: &File) -> Result<(), DriverError> {
+        if self.per_file() {
+            file.sync_all()
+                .map_err(|e| DriverError::io("fsync", path, e))?;
         }
         Ok(())
     }
@@ -126,16 +129,23 @@ pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, Dr
         }
         stats.inodes += 1;
         durability.inodes = stats.inodes;
-        copy_entry(&me, &from, &to, &meta, &mut stats)?;
-        // Invariant: a copied file is on disk before the directories naming it are synced.
-        durability.settle(&to, &meta)?;
+        if let Some(file) = copy_entry(&me, &from, &to, &meta, &mut stats)? {
+            // Invariant: a copied file is on disk before the directories naming it are synced.
+            durability.settle(&to, &file)?;
+        }
     }
     // Reverse pre-order: children before parents, so each directory's fsync comes after
     // every entry in it exists.
     for (from, to, meta) in dirs.iter().rev() {
-        apply_metadata(&me, from, to, meta)?;
+        // Opened while still 0700 (make_dir), so even a 0000 directory can be finished.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(to)
+            .map_err(|e| DriverError::io("open", to, e))?;
+        apply_metadata(&me, from, to, meta, Some(&dir))?;
         // Invariant: the directory's entries and metadata are durable (PerFile regime).
-        durability.settle(to, meta)?;
+        durability.settle(to, &dir)?;
     }
     if !durability.per_file() {
         // Invariant: everything copied (and not fsynced above) is durable when copy returns.
@@ -158,11 +168,13 @@ fn copy_entry(
     to: &Path,
     meta: &Metadata,
     stats: &mut CopyStats,
-) -> Result<(), DriverError> {
+) -> Result<Option<File>, DriverError> {
     let ft = meta.file_type();
     if ft.is_file() {
-        copy_file(from, to, meta)?;
+        let file = copy_file(from, to, meta)?;
         stats.bytes += meta.size();
+        apply_metadata(me, from, to, meta, Some(&file))?;
+        return Ok(Some(file));
     } else if ft.is_symlink() {
         let target = fs::read_link(from).map_err(|e| DriverError::io("readlink", from, e))?;
         std::os::unix::fs::symlink(&target, to).map_err(|e| DriverError::io("symlink", to, e))?;
@@ -193,9 +205,14 @@ fn copy_entry(
             mode: meta.mode(),
         });
     }
-    apply_metadata(me, from, to, meta)
+    apply_metadata(me, from, to, meta, None)?;
+    Ok(None)
 }
 
+/// Sets owner, xattrs, mode and times of `to` from `meta`, through `open` when the copy holds
+/// the file or directory open (so a restrictive mode cannot lock the copy out before the fsync)
+/// and by path otherwise (symlinks, fifos, sockets, devices: never opened).
+///
 /// Order matters: chown clears setuid/setgid and security.capability, so it goes first; ACL
 /// xattrs rewrite the group mode bits, so chmod follows them; any change bumps mtime, so the
 /// times go last.
@@ -204,11 +221,14 @@ fn apply_metadata(
     from: &Path,
     to: &Path,
     meta: &Metadata,
+    open: Option<&File>,
 ) -> Result<(), DriverError> {
-    let is_symlink = meta.file_type().is_symlink();
     if me.root {
-        std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
-            .map_err(|e| DriverError::io("lchown", to, e))?;
+        match open {
+            Some(f) => std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid())),
+            None => std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())),
+        }
+        .map_err(|e| DriverError::io("chown", to, e))?;
     } else if meta.uid() != me.uid || meta.gid() != me.gid {
         return Err(DriverError::ForeignOwner {
             path: from.to_path_buf(),
@@ -216,23 +236,35 @@ fn apply_metadata(
             gid: meta.gid(),
         });
     }
-    copy_xattrs(me, from, to)?;
-    if !is_symlink {
+    copy_xattrs(me, from, to, open)?;
+    let perms = Permissions::from_mode(meta.mode() & 0o7777);
+    match open {
+        Some(f) => f
+            .set_permissions(perms)
+            .map_err(|e| DriverError::io("fchmod", to, e))?,
         // Linux has no lchmod; symlink permission bits are always 0777 and never consulted.
-        fs::set_permissions(to, Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| DriverError::io("chmod", to, e))?;
+        None if meta.file_type().is_symlink() => {}
+        None => fs::set_permissions(to, perms).map_err(|e| DriverError::io("chmod", to, e))?,
     }
     let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
     let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-    utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| DriverError::nix("utimensat", to, e))
+    match open {
+        Some(f) => futimens(f.as_raw_fd(), &atime, &mtime),
+        None => utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink),
+    }
+    .map_err(|e| DriverError::nix("utimensat", to, e))
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTSUP))
 }
 
-fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError> {
+fn copy_xattrs(
+    me: &Identity,
+    from: &Path,
+    to: &Path,
+    open: Option<&File>,
+) -> Result<(), DriverError> {
     // xattr::{list,get,set} are the l*xattr calls: they act on a symlink itself.
     let names = match xattr::list(from) {
         Ok(names) => names,
@@ -252,7 +284,11 @@ fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError>
             Err(e) if is_unsupported(&e) => continue,
             Err(e) => return Err(DriverError::io("lgetxattr", from, e)),
         };
-        match xattr::set(to, &name, &value) {
+        let set = match open {
+            Some(f) => f.set_xattr(&name, &value),
+            None => xattr::set(to, &name, &value),
+        };
+        match set {
             Ok(()) => {}
             Err(e) if is_unsupported(&e) => {}
             Err(e) => return Err(DriverError::io("lsetxattr", to, e)),
@@ -261,7 +297,8 @@ fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError>
     Ok(())
 }
 
-fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError> {
+/// Copies the data of one regular file into a new file `to` and returns it, still open.
+fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<File, DriverError> {
     let open = |extra: libc::c_int| {
         fs::OpenOptions::new()
             .read(true)
@@ -285,7 +322,7 @@ fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError>
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes an int arg.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
     if rc == 0 {
-        return Ok(());
+        return Ok(dst);
     }
     let size = meta.size();
     // Sizing first keeps every hole we skip below a hole in the copy.
@@ -303,7 +340,7 @@ fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError>
             .map_err(|e| DriverError::io("copy_file_range", to, e))?;
         off = end;
     }
-    Ok(())
+    Ok(dst)
 }
 
 /// The next data extent at or after `off`, as [start, end), or None if only a hole remains.
