@@ -3,7 +3,7 @@
 //! elsewhere.
 #![cfg(feature = "failpoints")]
 
-use cairn::driver::{open_driver, Driver};
+use cairn::driver::open_driver;
 use cairn::types::{DriverKind, Kind, SnapshotId, TxId};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
