@@ -233,15 +233,13 @@ fn mount_overlay_relative(
     }
 }
 
-/// Unmounts `target`, including mounts stacked on it by `mount_all`. Retries briefly while the
-/// mount is busy (a process that just exited may still hold it).
+/// Unmounts the topmost mount on `target`. Retries briefly while it is busy (a process that
+/// just exited may still hold it). Fails if nothing is mounted there.
 pub fn unmount(target: &Path) -> Result<(), DriverError> {
-    let mut unmounted = 0usize;
     let mut busy_retries = 0;
     loop {
         match umount2(target, MntFlags::empty()) {
-            Ok(()) => unmounted += 1,
-            Err(nix::errno::Errno::EINVAL) if unmounted > 0 => return Ok(()),
+            Ok(()) => return Ok(()),
             Err(nix::errno::Errno::EBUSY) if busy_retries < 20 => {
                 busy_retries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -252,6 +250,20 @@ pub fn unmount(target: &Path) -> Result<(), DriverError> {
                     source: e.into(),
                 })
             }
+        }
+    }
+}
+
+/// Unmounts everything stacked on `target` (all of a multi-entry `mount_all`), like
+/// containerd's UnmountAll. Fails if nothing was mounted there.
+pub fn unmount_all(target: &Path) -> Result<(), DriverError> {
+    unmount(target)?;
+    loop {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => {}
+            // EINVAL: target is no longer a mount point.
+            Err(nix::errno::Errno::EINVAL) => return Ok(()),
+            Err(_) => unmount(target)?,
         }
     }
 }
