@@ -342,6 +342,16 @@ fn stage_install_discard_remove_are_idempotent() -> TestResult {
     assert_eq!(inv.installed.get(&SnapshotId(10)), Some(&Some(TxId(1))));
     assert_eq!(fs::read(d.tree(SnapshotId(10)).join("a"))?, b"a");
 
+    // Staging on a parent that is not installed fails before touching staging/.
+    assert!(matches!(
+        d.stage(TxId(8), Kind::View, Some(SnapshotId(404))),
+        Err(DriverError::SnapshotMissing {
+            id: SnapshotId(404),
+            ..
+        })
+    ));
+    assert!(!root.join("staging/8").exists());
+
     // Neither side exists.
     assert!(matches!(
         d.install(TxId(99), SnapshotId(11)),
@@ -555,6 +565,15 @@ fn mounts_data_for_each_kind() -> TestResult {
     mount::unmount(&target)?;
     write?;
     assert_eq!(fs::read(d.tree(s2).join("new"))?, b"x");
+    // Two mounts stacked by one mount_all come off with one unmount_all.
+    let mut stacked = d.mounts(s1, Kind::Committed, &[])?;
+    stacked.extend(d.mounts(s2, Kind::Active, &[s1])?);
+    mount::mount_all(&stacked, &target)?;
+    let top = fs::read(target.join("new"));
+    mount::unmount_all(&target)?;
+    assert_eq!(top?, b"x", "the last mount is on top");
+    assert_eq!(fs::read_dir(&target)?.count(), 0);
+    assert!(mount::unmount_all(&target).is_err());
     assert!(
         mount::unmount(&target).is_err(),
         "unmounting a non-mount point succeeded"

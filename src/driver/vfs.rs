@@ -43,11 +43,16 @@ impl Driver for VfsDriver {
     }
 
     fn stage(&self, txid: TxId, kind: Kind, parent: Option<SnapshotId>) -> Result<(), DriverError> {
+        // Checked for every kind: a View binds its parent at mount time, so a missing parent
+        // is a caller bug best reported now.
+        let parent_dir = match parent {
+            Some(parent) => Some(self.layout.require_installed(parent)?),
+            None => None,
+        };
         let dir = self.layout.begin_stage(txid)?;
         let tree = dir.join(TREE);
-        match (kind, parent) {
-            (Kind::Active, Some(parent)) => {
-                let parent_dir = self.layout.require_installed(parent)?;
+        match (kind, parent_dir) {
+            (Kind::Active, Some(parent_dir)) => {
                 fail::fail_point!("driver::stage::before_copy");
                 // Invariant: the copied tree is on disk before the marker and the staging
                 // entry say the stage is complete (copy_tree syncs what it copies).
