@@ -116,7 +116,7 @@ impl Layout {
     }
 
     /// Removes a leftover staging/<txid> and creates it afresh; returns its path.
-    pub fn begin_stage(&self, txid: TxId) -> Result<PathBuf, DriverError> {
+    pub(crate) fn begin_stage(&self, txid: TxId) -> Result<PathBuf, DriverError> {
         let dir = self.staging_dir(txid);
         if exists(&dir)? {
             fail::fail_point!("driver::stage::before_clear");
@@ -132,7 +132,7 @@ impl Layout {
     }
 
     /// The last steps of every stage: marker, then the staging entry itself.
-    pub fn finish_stage(&self, txid: TxId) -> Result<(), DriverError> {
+    pub(crate) fn finish_stage(&self, txid: TxId) -> Result<(), DriverError> {
         let dir = self.staging_dir(txid);
         // marker::write ends with fsync(staging/<txid>), which also makes the fs/ and work/
         // entries created there durable.
