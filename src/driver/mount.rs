@@ -83,11 +83,16 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), DriverError> {
     if flags.contains(MsFlags::MS_BIND) {
         mount(Some(&m.source), target, None::<&str>, flags, None::<&str>)
             .map_err(|e| mount_error(m, target, e.into()))?;
-        if read_only {
-            // A bind mount ignores MS_RDONLY on creation; it only takes effect on a remount.
-            let remount = flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        // A bind mount ignores MS_RDONLY, MS_NOSUID and the like on creation; they only take
+        // effect on a remount of the bind.
+        let per_mount = flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if read_only || !per_mount.is_empty() {
+            let mut remount = per_mount | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+            if read_only {
+                remount |= MsFlags::MS_RDONLY;
+            }
             if let Err(e) = mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
-                // Never leave a writable bind where a read-only one was asked for.
+                // Never leave a bind without the restrictions asked for (e.g. writable).
                 let _ = umount2(target, MntFlags::MNT_DETACH);
                 return Err(mount_error(m, target, e.into()));
             }
