@@ -100,6 +100,17 @@ fn chain_mounts_with_whiteouts_in_the_upper() -> TestResult {
         "{:?}",
         mounts[0].options
     );
+    let upper = format!("upperdir={}", d.tree(SnapshotId(3)).display());
+    assert!(
+        mounts[0].options.contains(&upper),
+        "{:?}",
+        mounts[0].options
+    );
+    let index_param = Path::new("/sys/module/overlay/parameters/index").exists();
+    assert_eq!(
+        mounts[0].options.first().map(String::as_str) == Some("index=off"),
+        index_param
+    );
 
     with_mounted(&*d, 3, Kind::Active, &[2, 1], &target, || {
         assert_eq!(
