@@ -297,3 +297,23 @@ fn unusable_roots_are_refused() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn stale_probe_dirs_are_cleared() -> TestResult {
+    if !root_or_skip("stale_probe_dirs_are_cleared") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("root");
+    // Above any pid_max: no such process. And one of ours, which must survive.
+    let stale = root.join("overlay-probe.999999999.0");
+    let live = root.join(format!("overlay-probe.{}.999", std::process::id()));
+    fs::create_dir_all(stale.join("merged"))?;
+    fs::create_dir_all(stale.join("lower"))?;
+    fs::write(stale.join("lower/probe"), b"cairn")?;
+    fs::create_dir_all(&live)?;
+    OverlayDriver::open(&root)?;
+    assert!(!stale.exists(), "stale probe dir left behind");
+    assert!(live.exists(), "probe dir of a live process removed");
+    Ok(())
+}
