@@ -5,11 +5,15 @@
 //! device numbers, empty directories, and holes in sparse files. Symlinks are never followed.
 //! ctime and inode numbers cannot be preserved by any copy.
 //!
-//! The copy is NOT made durable here; callers sync the result (see `sync::sync_tree`), which
-//! lets them pick one syncfs instead of thousands of fsyncs.
+//! Durability is part of the copy rather than a walk afterwards: a second walk would read every
+//! copied directory and, under relatime, bump the atimes just restored. `SyncMode::Auto` fsyncs
+//! file by file while the tree is small and switches to one syncfs(2) at the end once it has
+//! copied more than `SYNCFS_THRESHOLD` inodes (files already fsynced stay durable either way).
 
 use super::error::DriverError;
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use super::sync::{syncfs, SyncMode, SYNCFS_THRESHOLD};
+use super::walk::list_dir;
+use nix::sys::stat::{futimens, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata, Permissions};
@@ -19,6 +23,7 @@ use std::os::unix::fs::{
     DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
 };
 use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
 
 /// _IOW(0x94, 9, int): share the source's extents (btrfs, xfs with reflink); libc lacks it.
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -38,8 +43,37 @@ struct Identity {
     gid: u32,
 }
 
-/// Copies the directory `src` to `dst`, which must not exist yet.
-pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
+/// Decides, as the copy goes, whether each inode is fsynced or a syncfs ends the copy.
+#[derive(Debug)]
+struct Durability {
+    mode: SyncMode,
+    inodes: u64,
+}
+
+impl Durability {
+    fn per_file(&self) -> bool {
+        match self.mode {
+            SyncMode::PerFile => true,
+            SyncMode::Syncfs => false,
+            SyncMode::Auto => self.inodes <= SYNCFS_THRESHOLD,
+        }
+    }
+
+    /// Called with the open file or directory once its data and metadata are final. Other
+    /// types carry no data and are never opened; the fsync of the directory naming them (or
+    /// the final syncfs) persists them.
+    fn settle(&self, path: &Path, file: &File) -> Result<(), DriverError> {
+        if self.per_file() {
+            file.sync_all()
+                .map_err(|e| DriverError::io("fsync", path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the directory `src` to `dst` (which must not exist yet) and makes the copy durable
+/// as `mode` says: when this returns, every copied inode survives a crash.
+pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, DriverError> {
     let me = Identity {
         root: nix::unistd::geteuid().is_root(),
         uid: nix::unistd::geteuid().as_raw(),
@@ -54,6 +88,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
         ));
     }
     let mut stats = CopyStats::default();
+    let mut durability = Durability { mode, inodes: 0 };
     // Directory metadata is applied after everything below it exists: creating entries would
     // bump the mtime again, and a read-only mode would stop an unprivileged copy from filling it.
     let mut dirs: Vec<(PathBuf, PathBuf, Metadata)> = Vec::new();
@@ -63,42 +98,58 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, DriverError> {
     make_dir(dst)?;
     stats.inodes += 1;
     dirs.push((src.to_path_buf(), dst.to_path_buf(), root_meta));
-    let mut stack: Vec<(PathBuf, fs::ReadDir)> = vec![(
-        dst.to_path_buf(),
-        fs::read_dir(src).map_err(|e| DriverError::io("readdir", src, e))?,
-    )];
-    while let Some((dst_dir, iter)) = stack.last_mut() {
-        let Some(entry) = iter.next() else {
+    // (source dir, copy of it, names not yet copied): iterative, and no directory stays open
+    // while its subdirectories are copied.
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf(), list_dir(src)?)];
+    while let Some((src_dir, dst_dir, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
             stack.pop();
             continue;
         };
-        let entry = entry.map_err(|e| DriverError::io("readdir", dst_dir.as_path(), e))?;
-        let from = entry.path();
-        let to = dst_dir.join(entry.file_name());
-        let meta = entry
-            .metadata()
-            .map_err(|e| DriverError::io("lstat", &from, e))?;
+        let from = src_dir.join(&name);
+        let to = dst_dir.join(&name);
+        let meta = fs::symlink_metadata(&from).map_err(|e| DriverError::io("lstat", &from, e))?;
         if meta.is_dir() {
             make_dir(&to)?;
             stats.inodes += 1;
-            let iter = fs::read_dir(&from).map_err(|e| DriverError::io("readdir", &from, e))?;
-            dirs.push((from, to.clone(), meta));
-            stack.push((to, iter));
+            durability.inodes = stats.inodes;
+            let names = list_dir(&from)?;
+            dirs.push((from.clone(), to.clone(), meta));
+            stack.push((from, to, names));
             continue;
         }
         if meta.nlink() > 1 {
             if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
                 // linkat without AT_SYMLINK_FOLLOW: a hardlinked symlink stays a symlink.
+                // The new name is persisted by its directory's fsync.
                 fs::hard_link(first, &to).map_err(|e| DriverError::io("link", &to, e))?;
                 continue;
             }
             links.insert((meta.dev(), meta.ino()), to.clone());
         }
         stats.inodes += 1;
-        copy_entry(&me, &from, &to, &meta, &mut stats)?;
+        durability.inodes = stats.inodes;
+        if let Some(file) = copy_entry(&me, &from, &to, &meta, &mut stats)? {
+            // Invariant: a copied file is on disk before the directories naming it are synced.
+            durability.settle(&to, &file)?;
+        }
     }
+    // Reverse pre-order: children before parents, so each directory's fsync comes after
+    // every entry in it exists.
     for (from, to, meta) in dirs.iter().rev() {
-        apply_metadata(&me, from, to, meta)?;
+        // Opened while still 0700 (make_dir), so even a 0000 directory can be finished.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(to)
+            .map_err(|e| DriverError::io("open", to, e))?;
+        apply_metadata(&me, from, to, meta, Some(&dir))?;
+        // Invariant: the directory's entries and metadata are durable (PerFile regime).
+        durability.settle(to, &dir)?;
+    }
+    if !durability.per_file() {
+        // Invariant: everything copied (and not fsynced above) is durable when copy returns.
+        syncfs(dst)?;
     }
     Ok(stats)
 }
@@ -117,11 +168,13 @@ fn copy_entry(
     to: &Path,
     meta: &Metadata,
     stats: &mut CopyStats,
-) -> Result<(), DriverError> {
+) -> Result<Option<File>, DriverError> {
     let ft = meta.file_type();
     if ft.is_file() {
-        copy_file(from, to, meta)?;
+        let file = copy_file(from, to, meta)?;
         stats.bytes += meta.size();
+        apply_metadata(me, from, to, meta, Some(&file))?;
+        return Ok(Some(file));
     } else if ft.is_symlink() {
         let target = fs::read_link(from).map_err(|e| DriverError::io("readlink", from, e))?;
         std::os::unix::fs::symlink(&target, to).map_err(|e| DriverError::io("symlink", to, e))?;
@@ -152,9 +205,14 @@ fn copy_entry(
             mode: meta.mode(),
         });
     }
-    apply_metadata(me, from, to, meta)
+    apply_metadata(me, from, to, meta, None)?;
+    Ok(None)
 }
 
+/// Sets owner, xattrs, mode and times of `to` from `meta`, through `open` when the copy holds
+/// the file or directory open (so a restrictive mode cannot lock the copy out before the fsync)
+/// and by path otherwise (symlinks, fifos, sockets, devices: never opened).
+///
 /// Order matters: chown clears setuid/setgid and security.capability, so it goes first; ACL
 /// xattrs rewrite the group mode bits, so chmod follows them; any change bumps mtime, so the
 /// times go last.
@@ -163,11 +221,14 @@ fn apply_metadata(
     from: &Path,
     to: &Path,
     meta: &Metadata,
+    open: Option<&File>,
 ) -> Result<(), DriverError> {
-    let is_symlink = meta.file_type().is_symlink();
     if me.root {
-        std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
-            .map_err(|e| DriverError::io("lchown", to, e))?;
+        match open {
+            Some(f) => std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid())),
+            None => std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())),
+        }
+        .map_err(|e| DriverError::io("chown", to, e))?;
     } else if meta.uid() != me.uid || meta.gid() != me.gid {
         return Err(DriverError::ForeignOwner {
             path: from.to_path_buf(),
@@ -175,23 +236,35 @@ fn apply_metadata(
             gid: meta.gid(),
         });
     }
-    copy_xattrs(me, from, to)?;
-    if !is_symlink {
+    copy_xattrs(me, from, to, open)?;
+    let perms = Permissions::from_mode(meta.mode() & 0o7777);
+    match open {
+        Some(f) => f
+            .set_permissions(perms)
+            .map_err(|e| DriverError::io("fchmod", to, e))?,
         // Linux has no lchmod; symlink permission bits are always 0777 and never consulted.
-        fs::set_permissions(to, Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| DriverError::io("chmod", to, e))?;
+        None if meta.file_type().is_symlink() => {}
+        None => fs::set_permissions(to, perms).map_err(|e| DriverError::io("chmod", to, e))?,
     }
     let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
     let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-    utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| DriverError::nix("utimensat", to, e))
+    match open {
+        Some(f) => futimens(f.as_raw_fd(), &atime, &mtime),
+        None => utimensat(None, to, &atime, &mtime, UtimensatFlags::NoFollowSymlink),
+    }
+    .map_err(|e| DriverError::nix("utimensat", to, e))
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTSUP))
 }
 
-fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError> {
+fn copy_xattrs(
+    me: &Identity,
+    from: &Path,
+    to: &Path,
+    open: Option<&File>,
+) -> Result<(), DriverError> {
     // xattr::{list,get,set} are the l*xattr calls: they act on a symlink itself.
     let names = match xattr::list(from) {
         Ok(names) => names,
@@ -211,7 +284,11 @@ fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError>
             Err(e) if is_unsupported(&e) => continue,
             Err(e) => return Err(DriverError::io("lgetxattr", from, e)),
         };
-        match xattr::set(to, &name, &value) {
+        let set = match open {
+            Some(f) => f.set_xattr(&name, &value),
+            None => xattr::set(to, &name, &value),
+        };
+        match set {
             Ok(()) => {}
             Err(e) if is_unsupported(&e) => {}
             Err(e) => return Err(DriverError::io("lsetxattr", to, e)),
@@ -220,12 +297,21 @@ fn copy_xattrs(me: &Identity, from: &Path, to: &Path) -> Result<(), DriverError>
     Ok(())
 }
 
-fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError> {
-    let src = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(from)
-        .map_err(|e| DriverError::io("open", from, e))?;
+/// Copies the data of one regular file into a new file `to` and returns it, still open.
+fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<File, DriverError> {
+    let open = |extra: libc::c_int| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .open(from)
+    };
+    // O_NOATIME: copying a committed parent must not change it, atimes included. Only the
+    // owner (or CAP_FOWNER) may ask for it; anyone else reads the ordinary way.
+    let src = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .map_err(|e| DriverError::io("open", from, e))?;
     let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -236,7 +322,7 @@ fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError>
     // SAFETY: both descriptors are open for the duration of the call; FICLONE takes an int arg.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
     if rc == 0 {
-        return Ok(());
+        return Ok(dst);
     }
     let size = meta.size();
     // Sizing first keeps every hole we skip below a hole in the copy.
@@ -254,7 +340,7 @@ fn copy_file(from: &Path, to: &Path, meta: &Metadata) -> Result<(), DriverError>
             .map_err(|e| DriverError::io("copy_file_range", to, e))?;
         off = end;
     }
-    Ok(())
+    Ok(dst)
 }
 
 /// The next data extent at or after `off`, as [start, end), or None if only a hole remains.

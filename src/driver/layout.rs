@@ -116,20 +116,23 @@ impl Layout {
     }
 
     /// Removes a leftover staging/<txid> and creates it afresh; returns its path.
-    pub fn begin_stage(&self, txid: TxId) -> Result<PathBuf, DriverError> {
+    pub(crate) fn begin_stage(&self, txid: TxId) -> Result<PathBuf, DriverError> {
         let dir = self.staging_dir(txid);
         if exists(&dir)? {
+            fail::fail_point!("driver::stage::before_clear");
             remove_tree(&dir)?;
             // Invariant: the leftover is gone for good before anything new is written under
             // its name, so a crash cannot mix old and new contents.
             fsync_dir(&self.staging)?;
+            fail::fail_point!("driver::stage::after_clear");
         }
         fs::create_dir(&dir).map_err(|e| DriverError::io("mkdir", &dir, e))?;
+        fail::fail_point!("driver::stage::after_mkdir");
         Ok(dir)
     }
 
     /// The last steps of every stage: marker, then the staging entry itself.
-    pub fn finish_stage(&self, txid: TxId) -> Result<(), DriverError> {
+    pub(crate) fn finish_stage(&self, txid: TxId) -> Result<(), DriverError> {
         let dir = self.staging_dir(txid);
         // marker::write ends with fsync(staging/<txid>), which also makes the fs/ and work/
         // entries created there durable.
@@ -229,6 +232,7 @@ impl Layout {
         for entry in entries {
             let entry = entry.map_err(|e| DriverError::io("readdir", &self.trash, e))?;
             remove_tree(&entry.path())?;
+            fail::fail_point!("driver::purge_trash::after_entry");
         }
         // No sync: anything that reappears after a crash is still only trash.
         Ok(())

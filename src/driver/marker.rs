@@ -11,7 +11,7 @@
 //! as a different number.
 
 use super::error::{DriverError, MarkerFault};
-use super::sync::{fsync_dir, fsync_file};
+use super::sync::fsync_dir;
 use crate::types::TxId;
 use std::fs;
 use std::io::Write;
@@ -92,12 +92,6 @@ pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(DriverError::io("read", path, e)),
     }
-}
-
-/// Makes the marker file itself durable (used when a whole staged directory is fsynced file by
-/// file rather than with syncfs).
-pub fn sync(dir: &Path) -> Result<(), DriverError> {
-    fsync_file(&dir.join(MARKER_NAME))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub use copy::{copy_tree, CopyStats};
 pub use error::{DriverError, MarkerFault};
 pub use layout::{Inventory, Layout};
 pub use overlay::OverlayDriver;
-pub use sync::SyncMode;
+pub use sync::{sync_tree, SyncMode};
 pub use vfs::VfsDriver;
 
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
@@ -64,6 +64,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn seal(&self, id: SnapshotId, txid: TxId) -> Result<Usage, DriverError>;
     fn usage(&self, id: SnapshotId) -> Result<Usage, DriverError>;
     /// Mounts as data (containerd shape). `parents` = committed ancestors, nearest first.
+    /// vfs: Active -> [bind rw of fs]; View -> [bind ro of parents[0]'s fs] (or its own empty fs if
+    /// no parent); Committed -> [bind ro of fs].
+    /// overlay: Active no parent -> bind rw fs; Active with parents -> overlay lowerdir=p0/fs:p1/fs…,
+    /// upperdir, workdir; View with one parent -> bind ro of parent fs; View with >=2 parents ->
+    /// overlay with lowerdir only (ro); Committed -> bind ro of fs.
     fn mounts(
         &self,
         id: SnapshotId,
@@ -74,7 +79,8 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn remove(&self, id: SnapshotId) -> Result<(), DriverError>;
     /// Delete everything under trash/ (recovery calls this).
     fn purge_trash(&self) -> Result<(), DriverError>;
-    /// What is on disk, for recovery and fsck.
+    /// What is on disk, for recovery and fsck: installed ids with their marker txid (None if the
+    /// marker is missing or unreadable), staging txids, trash ids, and any unexpected names.
     fn inventory(&self) -> Result<Inventory, DriverError>;
     /// The snapshot's own tree (vfs: full tree; overlay: its diff/upper dir).
     fn tree(&self, id: SnapshotId) -> PathBuf;

@@ -83,11 +83,16 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), DriverError> {
     if flags.contains(MsFlags::MS_BIND) {
         mount(Some(&m.source), target, None::<&str>, flags, None::<&str>)
             .map_err(|e| mount_error(m, target, e.into()))?;
-        if read_only {
-            // A bind mount ignores MS_RDONLY on creation; it only takes effect on a remount.
-            let remount = flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        // A bind mount ignores MS_RDONLY, MS_NOSUID and the like on creation; they only take
+        // effect on a remount of the bind.
+        let per_mount = flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if read_only || !per_mount.is_empty() {
+            let mut remount = per_mount | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+            if read_only {
+                remount |= MsFlags::MS_RDONLY;
+            }
             if let Err(e) = mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
-                // Never leave a writable bind where a read-only one was asked for.
+                // Never leave a bind without the restrictions asked for (e.g. writable).
                 let _ = umount2(target, MntFlags::MNT_DETACH);
                 return Err(mount_error(m, target, e.into()));
             }
@@ -233,15 +238,13 @@ fn mount_overlay_relative(
     }
 }
 
-/// Unmounts `target`, including mounts stacked on it by `mount_all`. Retries briefly while the
-/// mount is busy (a process that just exited may still hold it).
+/// Unmounts the topmost mount on `target`. Retries briefly while it is busy (a process that
+/// just exited may still hold it). Fails if nothing is mounted there.
 pub fn unmount(target: &Path) -> Result<(), DriverError> {
-    let mut unmounted = 0usize;
     let mut busy_retries = 0;
     loop {
         match umount2(target, MntFlags::empty()) {
-            Ok(()) => unmounted += 1,
-            Err(nix::errno::Errno::EINVAL) if unmounted > 0 => return Ok(()),
+            Ok(()) => return Ok(()),
             Err(nix::errno::Errno::EBUSY) if busy_retries < 20 => {
                 busy_retries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -252,6 +255,20 @@ pub fn unmount(target: &Path) -> Result<(), DriverError> {
                     source: e.into(),
                 })
             }
+        }
+    }
+}
+
+/// Unmounts everything stacked on `target` (all of a multi-entry `mount_all`), like
+/// containerd's UnmountAll. Fails if nothing was mounted there.
+pub fn unmount_all(target: &Path) -> Result<(), DriverError> {
+    unmount(target)?;
+    loop {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => {}
+            // EINVAL: target is no longer a mount point.
+            Err(nix::errno::Errno::EINVAL) => return Ok(()),
+            Err(_) => unmount(target)?,
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::error::DriverError;
 use super::layout::{Inventory, Layout, TREE, WORK};
 use super::probe::probe_overlay;
-use super::sync::{sync_tree, SyncMode};
+use super::sync::fsync_dir;
 use super::vfs::bind;
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
@@ -17,7 +17,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct OverlayDriver {
     layout: Layout,
+    /// Pass `index=off` (as containerd does) when the kernel has the index feature: with a
+    /// distro default of index=on, an upper dir records its lower's identity and a later mount
+    /// with a rebuilt or relocated lower chain fails with ESTALE.
+    index_off: bool,
 }
+
+const INDEX_PARAM: &str = "/sys/module/overlay/parameters/index";
 
 impl OverlayDriver {
     /// Opens the driver after checking, once, that overlayfs can be mounted with upper and work
@@ -44,7 +50,10 @@ impl OverlayDriver {
             root: root.to_path_buf(),
             source,
         })?;
-        Ok(OverlayDriver { layout })
+        Ok(OverlayDriver {
+            layout,
+            index_off: Path::new(INDEX_PARAM).exists(),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -66,11 +75,16 @@ impl OverlayDriver {
         format!("lowerdir={}", dirs.join(":"))
     }
 
-    fn overlay(options: Vec<String>) -> Mount {
+    fn overlay(&self, options: Vec<String>) -> Mount {
+        let mut all = Vec::with_capacity(options.len() + 1);
+        if self.index_off {
+            all.push("index=off".to_string());
+        }
+        all.extend(options);
         Mount {
             kind: "overlay".to_string(),
             source: PathBuf::from("overlay"),
-            options,
+            options: all,
         }
     }
 }
@@ -95,8 +109,9 @@ impl Driver for OverlayDriver {
             let work = dir.join(WORK);
             fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
         }
-        // Invariant: the (empty) tree is on disk before the marker and staging entry are.
-        sync_tree(&tree, SyncMode::PerFile)?;
+        // Invariant: the (empty) tree is on disk before the marker and staging entry are;
+        // finish_stage syncs staging/<txid>, which names fs/ and work/.
+        fsync_dir(&tree)?;
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
     }
@@ -135,7 +150,7 @@ impl Driver for OverlayDriver {
         let own = dir.join(TREE);
         Ok(vec![match (kind, parents) {
             (Kind::Active, []) => bind(own, false),
-            (Kind::Active, _) => Self::overlay(vec![
+            (Kind::Active, _) => self.overlay(vec![
                 Self::option("workdir", &dir.join(WORK)),
                 Self::option("upperdir", &own),
                 self.lowerdir(parents),
@@ -143,7 +158,7 @@ impl Driver for OverlayDriver {
             (Kind::View, []) => bind(own, true),
             (Kind::View, [parent]) => bind(self.layout.tree(*parent), true),
             // Without an upperdir overlay is read-only anyway; "ro" makes the mount flag say so.
-            (Kind::View, _) => Self::overlay(vec!["ro".to_string(), self.lowerdir(parents)]),
+            (Kind::View, _) => self.overlay(vec!["ro".to_string(), self.lowerdir(parents)]),
             (Kind::Committed, _) => bind(own, true),
         }])
     }

@@ -9,8 +9,11 @@ use nix::sys::stat::Mode;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Mounts a one-file overlay in `<root>/overlay-probe.<pid>` and reads the file through it.
+const PROBE_PREFIX: &str = "overlay-probe.";
+
+/// Mounts a one-file overlay in `<root>/overlay-probe.<pid>.<n>` and reads the file through it.
 pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(io::Error::new(
@@ -18,12 +21,49 @@ pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
             "mounting overlayfs needs root (CAP_SYS_ADMIN)",
         ));
     }
-    let dir = root.join(format!("overlay-probe.{}", std::process::id()));
+    clear_stale_probes(root);
+    // pid + a per-process sequence: two drivers opened at once on one root must not share it.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("{PROBE_PREFIX}{}.{seq}", std::process::id()));
     let _ = remove_tree(&dir);
     let result = probe_in(&dir);
     let cleanup = remove_tree(&dir);
     result?;
     cleanup.map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Removes probe directories left by processes that died mid-probe (their pid is gone), first
+/// detaching a probe mount that may still be there. Best effort: a leftover only costs space,
+/// so failures are logged, not returned.
+fn clear_stale_probes(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PROBE_PREFIX))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if alive {
+            continue;
+        }
+        let dir = entry.path();
+        // EINVAL (not mounted) is the normal case.
+        let _ = umount2(&dir.join("merged"), MntFlags::MNT_DETACH);
+        if let Err(e) = remove_tree(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove stale overlay probe");
+        }
+    }
 }
 
 fn probe_in(dir: &Path) -> io::Result<()> {

@@ -67,7 +67,7 @@ pub(crate) fn syncfs(path: &Path) -> Result<(), DriverError> {
 ///
 /// Symlinks, fifos, sockets and device nodes carry no data; their inodes are made durable by
 /// the fsync of the directory that names them (PerFile) or by syncfs.
-pub(crate) fn sync_tree(root: &Path, mode: SyncMode) -> Result<Usage, DriverError> {
+pub fn sync_tree(root: &Path, mode: SyncMode) -> Result<Usage, DriverError> {
     let mut counter = UsageCounter::default();
     let mut to_sync: Vec<PathBuf> = Vec::new();
     let collect = mode != SyncMode::Syncfs;

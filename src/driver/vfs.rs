@@ -3,7 +3,7 @@
 use super::copy::copy_tree;
 use super::error::DriverError;
 use super::layout::{Inventory, Layout, TREE};
-use super::sync::{sync_tree, SyncMode};
+use super::sync::{fsync_dir, SyncMode};
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use std::fs;
@@ -43,22 +43,29 @@ impl Driver for VfsDriver {
     }
 
     fn stage(&self, txid: TxId, kind: Kind, parent: Option<SnapshotId>) -> Result<(), DriverError> {
+        // Checked for every kind: a View binds its parent at mount time, so a missing parent
+        // is a caller bug best reported now.
+        let parent_dir = match parent {
+            Some(parent) => Some(self.layout.require_installed(parent)?),
+            None => None,
+        };
         let dir = self.layout.begin_stage(txid)?;
         let tree = dir.join(TREE);
-        match (kind, parent) {
-            (Kind::Active, Some(parent)) => {
-                let parent_dir = self.layout.require_installed(parent)?;
+        match (kind, parent_dir) {
+            (Kind::Active, Some(parent_dir)) => {
                 fail::fail_point!("driver::stage::before_copy");
-                copy_tree(&parent_dir.join(TREE), &tree)?;
+                // Invariant: the copied tree is on disk before the marker and the staging
+                // entry say the stage is complete (copy_tree syncs what it copies).
+                copy_tree(&parent_dir.join(TREE), &tree, SyncMode::Auto)?;
                 fail::fail_point!("driver::stage::after_copy");
             }
             _ => {
                 fs::create_dir(&tree).map_err(|e| DriverError::io("mkdir", &tree, e))?;
+                // Invariant: the empty tree exists after a crash once stage returns (its
+                // entry in staging/<txid> is synced by finish_stage).
+                fsync_dir(&tree)?;
             }
         }
-        // Invariant: the copied tree is on disk before the marker and the staging entry say
-        // the stage is complete.
-        sync_tree(&tree, SyncMode::Auto)?;
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
     }

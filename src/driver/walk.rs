@@ -1,14 +1,30 @@
 //! An iterative pre-order walk that never follows symlinks, and the usage count built on it.
 //!
-//! Iterative (an explicit stack of open directory iterators) so a deep tree cannot blow the
-//! thread's stack; the engine's worker threads have ordinary 2 MiB stacks.
+//! Iterative (an explicit stack) so a deep tree cannot blow the thread's stack, and each
+//! directory is read completely and closed before descending, so depth costs memory, never
+//! file descriptors.
 
 use super::error::DriverError;
 use crate::types::Usage;
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// The names in a directory, sorted (a stable order makes copies and walks reproducible).
+pub(crate) fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, DriverError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DriverError::io("readdir", dir, e))? {
+        names.push(
+            entry
+                .map_err(|e| DriverError::io("readdir", dir, e))?
+                .file_name(),
+        );
+    }
+    names.sort();
+    Ok(names.into_iter())
+}
 
 /// Visits `root` and then every entry below it, parents before children, with its lstat.
 pub(crate) fn walk(
@@ -20,25 +36,19 @@ pub(crate) fn walk(
     if !meta.is_dir() {
         return Ok(());
     }
-    let mut stack: Vec<(PathBuf, fs::ReadDir)> = vec![(
-        root.to_path_buf(),
-        fs::read_dir(root).map_err(|e| DriverError::io("readdir", root, e))?,
-    )];
-    while let Some((dir, iter)) = stack.last_mut() {
-        let Some(entry) = iter.next() else {
+    let mut stack = vec![(root.to_path_buf(), list_dir(root)?)];
+    while let Some((dir, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
             stack.pop();
             continue;
         };
-        let entry = entry.map_err(|e| DriverError::io("readdir", dir.as_path(), e))?;
-        let path = entry.path();
-        // DirEntry::metadata is fstatat(AT_SYMLINK_NOFOLLOW): symlinks are reported, not followed.
-        let meta = entry
-            .metadata()
-            .map_err(|e| DriverError::io("lstat", &path, e))?;
+        let path: PathBuf = dir.join(name);
+        // lstat: symlinks are reported, never followed.
+        let meta = fs::symlink_metadata(&path).map_err(|e| DriverError::io("lstat", &path, e))?;
         visit(&path, &meta)?;
         if meta.is_dir() {
-            let iter = fs::read_dir(&path).map_err(|e| DriverError::io("readdir", &path, e))?;
-            stack.push((path, iter));
+            let names = list_dir(&path)?;
+            stack.push((path, names));
         }
     }
     Ok(())
