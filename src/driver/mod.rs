@@ -31,15 +31,8 @@ pub use vfs::VfsDriver;
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use std::path::{Path, PathBuf};
 
-/// How a layer's whiteouts (`.wh.<name>` entries in a tar) are applied to a driver's tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutStyle {
-    /// The tree is a full copy (vfs): delete the named entry.
-    Delete,
-    /// The tree is an overlay upper dir: create a 0:0 character device named like the entry
-    /// (and mark opaque directories with the `trusted.overlay.opaque` xattr).
-    OverlayCharDevice,
-}
+/// How a layer's whiteouts are written into a driver's trees (the layer library's type).
+pub use crate::layer::WhiteoutStyle;
 
 pub trait Driver: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> DriverKind;

@@ -3,8 +3,8 @@
 
 use super::api::{ImageInfo, LayerInfo, Verified};
 use super::error::EngineError;
-use crate::driver::{Driver, WhiteoutStyle as DriverWhiteouts};
-use crate::layer::{self, Digest, ExtractOptions, WhiteoutStyle};
+use crate::driver::Driver;
+use crate::layer::{self, Digest, ExtractOptions};
 use crate::state::State;
 use crate::types::{SnapshotId, TxId, Usage};
 use std::fs::File;
@@ -63,10 +63,7 @@ pub(crate) fn import(
         File::create(&meta_path).map_err(EngineError::io("create layer metadata", &meta_path))?;
     let mut meta = BufWriter::new(file);
     let options = ExtractOptions {
-        whiteouts: match driver.whiteout_style() {
-            DriverWhiteouts::Delete => WhiteoutStyle::Delete,
-            DriverWhiteouts::OverlayCharDevice => WhiteoutStyle::OverlayCharDevice,
-        },
+        whiteouts: driver.whiteout_style(),
         same_owner: nix::unistd::geteuid().is_root(),
     };
     let mut input = job.input.0;
