@@ -6,6 +6,7 @@
 
 pub mod driver;
 pub mod engine;
+pub mod image;
 pub mod layer;
 pub mod state;
 pub mod types;
