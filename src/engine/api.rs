@@ -85,6 +85,17 @@ pub struct Verified {
     pub problem: Option<String>,
 }
 
+/// A container: a read-write snapshot on its init snapshot, on an image layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub layer: String,
+    pub init_key: String,
+    pub key: String,
+    pub ready: bool,
+    pub created_ns: i64,
+}
+
 /// A layer tar being imported; read on a worker thread.
 pub(crate) struct Input(pub Box<dyn std::io::Read + Send>);
 
@@ -172,6 +183,15 @@ pub(crate) enum Request {
     Verify {
         chain_id: Option<String>,
     },
+    CreateContainer {
+        name: String,
+        layer: Option<String>,
+        image: Option<String>,
+    },
+    RemoveContainer {
+        name: String,
+    },
+    Containers,
 }
 
 #[derive(Debug)]
@@ -187,6 +207,7 @@ pub(crate) enum Response {
     Digest(String),
     Images(Vec<ImageInfo>),
     Verified(Vec<Verified>),
+    Containers(Vec<ContainerInfo>),
     Done,
 }
 

@@ -83,6 +83,8 @@ pub(crate) struct Core {
     waiting: BTreeMap<TxId, Waiter>,
     /// Layer imports begun in the current batch, waiting for their staging effect.
     imports: BTreeMap<TxId, super::layers::ImportJob>,
+    /// Container init snapshots begun in the current batch: staged with placeholder files.
+    inits: std::collections::BTreeSet<TxId>,
     failed: Option<String>,
     index_stale: bool,
 }
@@ -126,6 +128,7 @@ impl Core {
             done_rx,
             waiting: BTreeMap::new(),
             imports: BTreeMap::new(),
+            inits: std::collections::BTreeSet::new(),
             failed: None,
             index_stale: false,
         }
@@ -396,6 +399,55 @@ impl Core {
                 batch.replies.push((reply, r));
             }
             Request::RemoveImage { name } => self.remove_op(Op::RemoveImage { name }, reply, batch),
+            Request::CreateContainer { name, layer, image } => {
+                let layer = match (layer, image) {
+                    (Some(layer), _) => Ok(layer),
+                    (None, Some(image)) => self
+                        .state
+                        .images
+                        .get(&image)
+                        .map(|i| i.top.clone())
+                        .ok_or(StateError::NotFound { key: image }),
+                    (None, None) => Err(StateError::InvalidArgument {
+                        reason: crate::state::Invalid::EmptyKey,
+                    }),
+                };
+                let op = layer.map(|layer| Op::BeginContainer {
+                    name: name.clone(),
+                    layer,
+                    init_id: SnapshotId(self.state.next_id),
+                    time_ns: now_ns(),
+                });
+                match op.and_then(|op| self.accept(op, batch)) {
+                    Ok((txid, effects)) => {
+                        self.inits.insert(txid);
+                        batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                        batch
+                            .begun
+                            .push((txid, Waiter::Mounts { key: name, reply }));
+                    }
+                    Err(e) => batch.replies.push((reply, Err(e.into()))),
+                }
+            }
+            Request::RemoveContainer { name } => {
+                self.remove_op(Op::RemoveContainer { name }, reply, batch)
+            }
+            Request::Containers => {
+                let list = self
+                    .state
+                    .containers
+                    .iter()
+                    .map(|(name, c)| super::api::ContainerInfo {
+                        name: name.clone(),
+                        layer: c.layer.clone(),
+                        init_key: c.init_key.clone(),
+                        key: c.key.clone(),
+                        ready: c.ready,
+                        created_ns: c.created_ns,
+                    })
+                    .collect();
+                batch.replies.push((reply, Ok(Response::Containers(list))));
+            }
             Request::Verify { chain_id } => {
                 let chains: Vec<String> = match chain_id {
                     Some(c) => vec![c],
@@ -588,12 +640,30 @@ impl Core {
             Ok(usage) => (Op::Complete { of: txid, usage }, Ok(None)),
             Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
-        let (_, effects) = self
+        let before: Option<Vec<String>> =
+            matches!(op, Op::Abort { .. }).then(|| self.state.snapshots.keys().cloned().collect());
+        let (record_txid, effects) = self
             .accept(op, batch)
             .expect("a completion follows a pending transaction");
+        if let Some(before) = before {
+            // An aborted container step deletes its other snapshot too.
+            let gone = before
+                .into_iter()
+                .filter(|k| !self.state.snapshots.contains_key(k));
+            batch.touched.extend(gone);
+        }
+        // A completion that begins the next step (a container's read-write snapshot) keeps
+        // its client waiting for that step.
+        let continues = effects
+            .iter()
+            .any(|e| matches!(e, Effect::Stage { txid, .. } if *txid == record_txid));
         batch.effects.extend(effects.into_iter().map(|e| (e, None)));
         if let Some(w) = waiter {
-            batch.completed.push((w, outcome));
+            if continues {
+                batch.begun.push((record_txid, w));
+            } else {
+                batch.completed.push((w, outcome));
+            }
         }
     }
 
@@ -761,6 +831,24 @@ impl Core {
                 self.workers.spawn(move || {
                     let result = super::layers::import(driver.as_ref(), txid, job);
                     let _ = done.send(Done::Imported { txid, result });
+                });
+            }
+            Effect::Stage { txid, kind, parent } if self.inits.remove(&txid) => {
+                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
+                self.workers.spawn(move || {
+                    let result = driver.stage(txid, kind, parent).and_then(|()| {
+                        let tree = driver.staged_tree(txid);
+                        super::layers::write_init_files(&tree).map_err(|source| {
+                            crate::driver::DriverError::Io {
+                                op: "write init files",
+                                path: tree.clone(),
+                                source,
+                            }
+                        })?;
+                        // Invariant: the init snapshot is durable before its completion is journaled.
+                        driver.sync_staged(txid)
+                    });
+                    let _ = done.send(Done::Staged { txid, result });
                 });
             }
             Effect::Stage { txid, kind, parent } => {

@@ -266,6 +266,40 @@ impl EngineHandle {
         }
     }
 
+    /// Create container `name`: a read-write snapshot on a `NAME-init` snapshot (placeholder
+    /// hostname, hosts, resolv.conf) on the image's top layer or the given layer, which the
+    /// container holds. Returns the read-write snapshot's mounts.
+    pub fn create_container(
+        &self,
+        name: &str,
+        layer: Option<&str>,
+        image: Option<&str>,
+    ) -> Result<Vec<Mount>, EngineError> {
+        let req = Request::CreateContainer {
+            name: name.to_owned(),
+            layer: layer.map(str::to_owned),
+            image: image.map(str::to_owned),
+        };
+        match self.call(req)? {
+            Response::Mounts(m) => Ok(m),
+            other => unreachable!("create container answered {other:?}"),
+        }
+    }
+
+    /// Remove a container, its two snapshots, and its hold on its layer.
+    pub fn remove_container(&self, name: &str) -> Result<(), EngineError> {
+        self.done(Request::RemoveContainer {
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn containers(&self) -> Result<Vec<super::api::ContainerInfo>, EngineError> {
+        match self.call(Request::Containers)? {
+            Response::Containers(c) => Ok(c),
+            other => unreachable!("containers answered {other:?}"),
+        }
+    }
+
     /// Finish the work in flight, checkpoint, and stop the engine thread. Other clones of the
     /// handle get `ShutDown` afterwards.
     pub fn close(self) -> Result<(), EngineError> {

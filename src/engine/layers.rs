@@ -177,3 +177,33 @@ pub(crate) fn image_infos(state: &State) -> Result<Vec<ImageInfo>, EngineError> 
         })
         .collect()
 }
+
+/// Docker's init layer: empty placeholders the runtime bind-mounts over. Created only where
+/// absent, never through a symlink (an image's `etc` may be one), so nothing outside the tree
+/// is touched.
+pub(crate) fn write_init_files(tree: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let etc = tree.join("etc");
+    match std::fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o755).create(&etc)?;
+        }
+        Err(e) => return Err(e),
+    }
+    for name in ["hostname", "hosts", "resolv.conf"] {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(etc.join(name));
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

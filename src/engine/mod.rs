@@ -22,7 +22,9 @@ pub mod recovery;
 mod rootmeta;
 mod workers;
 
-pub use api::{CleanupReport, ImageInfo, ImportOptions, Imported, Info, LayerInfo, Verified};
+pub use api::{
+    CleanupReport, ContainerInfo, ImageInfo, ImportOptions, Imported, Info, LayerInfo, Verified,
+};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;

@@ -35,6 +35,8 @@ pub struct RecoveryReport {
     pub index_rebuilt: bool,
     /// Layers nothing held were released.
     pub layers_collected: bool,
+    /// Containers whose creation a crash interrupted: removed.
+    pub containers_removed: Vec<String>,
     /// Names in the driver's directories that nothing creates: reported, left alone.
     pub unexpected: Vec<String>,
 }
@@ -150,6 +152,25 @@ pub(crate) fn recover(
         wal.append_batch(&payloads)?;
         wal.sync()?;
         report.dropped = pending;
+    }
+    // Row "stranded container": a container whose creation stopped with nothing pending (its
+    // read-write step never began) is removed whole.
+    let stranded = state.stranded_containers();
+    if !stranded.is_empty() {
+        let mut payloads = Vec::new();
+        for name in &stranded {
+            let record = Record {
+                txid: state.last_txid.next(),
+                op: Op::RemoveContainer { name: name.clone() },
+            };
+            state
+                .apply(&record)
+                .expect("removing a stranded container always applies");
+            payloads.push(journal::encode(&record));
+        }
+        wal.append_batch(&payloads)?;
+        wal.sync()?;
+        report.containers_removed = stranded;
     }
     // Row "unheld layers": layers nothing holds (an image load a crash interrupted before it
     // recorded the image) are released in one journaled transaction; their trees become

@@ -31,6 +31,8 @@ pub enum Precondition {
         "it is referenced by {children} child layer(s) and {holders} image(s) or container(s)"
     )]
     Referenced { children: u64, holders: u64 },
+    #[error("it belongs to container {name}; remove the container instead")]
+    OwnedByContainer { name: String },
     #[error("it is the snapshot of layer {chain_id}; remove the layer instead")]
     OwnedByLayer { chain_id: String },
 }

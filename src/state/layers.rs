@@ -274,7 +274,7 @@ impl State {
         Ok(self.release_holder(&image.top))
     }
 
-    fn release_holder(&mut self, chain_id: &str) -> Vec<Effect> {
+    pub(super) fn release_holder(&mut self, chain_id: &str) -> Vec<Effect> {
         let layer = self
             .layers
             .get_mut(chain_id)

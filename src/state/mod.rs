@@ -4,11 +4,13 @@
 //! records applied to the same state always give the same state and the same effects: that is
 //! what makes replay after a crash reach exactly the state that was acknowledged.
 
+mod containers;
 mod effect;
 mod error;
 mod layers;
 mod record;
 
+pub use containers::{init_key, Container};
 pub use effect::Effect;
 pub use error::{Invalid, Precondition, StateError};
 pub use layers::{Image, Layer, MAX_LAYER_DEPTH};
@@ -75,6 +77,8 @@ pub struct State {
     pub layers: BTreeMap<String, Layer>,
     /// Images by name.
     pub images: BTreeMap<String, Image>,
+    /// Containers by name.
+    pub containers: BTreeMap<String, Container>,
 }
 
 impl State {
@@ -123,6 +127,7 @@ impl State {
     /// Whether `key` is taken: by a snapshot, a snapshot being created, or a commit's name.
     fn is_taken(&self, key: &str) -> bool {
         self.snapshots.contains_key(key)
+            || self.container_of(key).is_some()
             || self.pending.values().any(|p| match p {
                 Pending::Create { key: k, .. } => k == key,
                 Pending::Commit { name, .. } => name == key,
@@ -226,6 +231,10 @@ impl State {
                     return Err(StateError::AlreadyExists { key: name.clone() });
                 }
                 let snap = self.get(key)?;
+                if let Some(owner) = self.container_of(key) {
+                    let name = owner.to_owned();
+                    return Err(precondition(key, Precondition::OwnedByContainer { name }));
+                }
                 if snap.kind != Kind::Active {
                     return Err(precondition(key, Precondition::NotActive));
                 }
@@ -257,8 +266,10 @@ impl State {
                     Pending::Import { .. } => unreachable!("checked before removal"),
                     Pending::Create { key, snapshot } => {
                         let id = snapshot.id;
-                        self.snapshots.insert(key, snapshot);
-                        Ok(vec![Effect::Install { txid: *of, id }])
+                        self.snapshots.insert(key.clone(), snapshot);
+                        let mut effects = vec![Effect::Install { txid: *of, id }];
+                        effects.extend(self.container_created(txid, &key));
+                        Ok(effects)
                     }
                     Pending::Commit {
                         key,
@@ -286,14 +297,21 @@ impl State {
                     .remove(of)
                     .ok_or(StateError::NotPending { txid: *of })?;
                 match pending {
-                    Pending::Create { .. } | Pending::Import { .. } => {
-                        Ok(vec![Effect::Discard { txid: *of }])
+                    Pending::Create { key, .. } => {
+                        let mut effects = vec![Effect::Discard { txid: *of }];
+                        effects.extend(self.container_aborted(&key));
+                        Ok(effects)
                     }
+                    Pending::Import { .. } => Ok(vec![Effect::Discard { txid: *of }]),
                     Pending::Commit { .. } => Ok(Vec::new()),
                 }
             }
             Op::Remove { key } => {
                 let id = self.get(key)?.id;
+                if let Some(name) = self.container_of(key) {
+                    let name = name.to_owned();
+                    return Err(precondition(key, Precondition::OwnedByContainer { name }));
+                }
                 if self.layers.contains_key(key) {
                     return Err(precondition(
                         key,
@@ -334,6 +352,13 @@ impl State {
             } => self.put_image(name, top, manifest_digest, config_digest, *time_ns),
             Op::RemoveImage { name } => self.remove_image(name),
             Op::CollectLayers => Ok(self.collect_layers()),
+            Op::BeginContainer {
+                name,
+                layer,
+                init_id,
+                time_ns,
+            } => self.begin_container(txid, name, layer, *init_id, *time_ns),
+            Op::RemoveContainer { name } => self.remove_container(name),
             Op::Update {
                 key,
                 labels,

@@ -85,4 +85,14 @@ pub enum Op {
     },
     /// Delete every layer nothing holds (left by an image load a crash interrupted).
     CollectLayers,
+    /// Create container `name` on layer `layer`: stage its init snapshot (id `init_id`).
+    BeginContainer {
+        name: String,
+        layer: String,
+        init_id: SnapshotId,
+        time_ns: i64,
+    },
+    RemoveContainer {
+        name: String,
+    },
 }

@@ -486,3 +486,132 @@ fn imports_block_their_parent_and_pending_imports_abort_cleanly() {
         Err(StateError::NotFound { .. })
     ));
 }
+
+#[test]
+fn containers_are_created_in_two_steps_and_removed_whole() {
+    let mut m = Machine::new();
+    m.import("L", None, false).expect("layer");
+    let init_id = SnapshotId(m.state.next_id);
+    let (t1, effects) = m
+        .apply(Op::BeginContainer {
+            name: "web".into(),
+            layer: "L".into(),
+            init_id,
+            time_ns: 5,
+        })
+        .expect("begin");
+    assert!(matches!(effects[..], [Effect::Stage { .. }]));
+    assert_eq!(m.refs("L"), (false, 0, 1), "the container holds its layer");
+    // Its keys are reserved at once.
+    assert!(matches!(
+        m.create("web", None, Kind::Active),
+        Err(StateError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        m.create("web-init", None, Kind::Active),
+        Err(StateError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        m.apply(Op::BeginContainer {
+            name: "web".into(),
+            layer: "L".into(),
+            init_id: SnapshotId(m.state.next_id),
+            time_ns: 5
+        }),
+        Err(StateError::AlreadyExists { .. })
+    ));
+    // Completing the init begins the read-write snapshot under the completing record's txid.
+    let (t2, effects) = m
+        .apply(Op::Complete {
+            of: t1,
+            usage: None,
+        })
+        .expect("init done");
+    assert!(
+        matches!(effects[..], [Effect::Install { .. }, Effect::Stage { txid, .. }] if txid == t2)
+    );
+    assert_eq!(m.state.get("web-init").expect("init").kind, Kind::Committed);
+    assert!(!m.state.containers["web"].ready);
+    assert_eq!(
+        m.state.stranded_containers(),
+        Vec::<String>::new(),
+        "its rw snapshot is pending"
+    );
+    m.apply(Op::Complete {
+        of: t2,
+        usage: None,
+    })
+    .expect("rw done");
+    assert!(m.state.containers["web"].ready);
+    assert_eq!(
+        m.state.get("web").expect("rw").parent.as_deref(),
+        Some("web-init")
+    );
+    // Its snapshots are not removed or committed behind its back.
+    assert!(matches!(
+        m.apply(Op::Remove { key: "web".into() }),
+        Err(StateError::FailedPrecondition {
+            reason: Precondition::OwnedByContainer { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        m.commit("img", "web"),
+        Err(StateError::FailedPrecondition { .. })
+    ));
+    let (_, effects) = m
+        .apply(Op::RemoveContainer { name: "web".into() })
+        .expect("rm");
+    // rw, init, and the layer nothing else held.
+    assert_eq!(deletes(&effects), 3);
+    assert!(
+        m.state.snapshots.is_empty() && m.state.layers.is_empty() && m.state.containers.is_empty()
+    );
+}
+
+#[test]
+fn an_aborted_container_step_leaves_nothing() {
+    for abort_rw in [false, true] {
+        let mut m = Machine::new();
+        m.import("L", None, true).expect("layer");
+        let (t1, _) = m
+            .apply(Op::BeginContainer {
+                name: "c".into(),
+                layer: "L".into(),
+                init_id: SnapshotId(m.state.next_id),
+                time_ns: 1,
+            })
+            .expect("begin");
+        let (_, effects) = if abort_rw {
+            let (t2, _) = m
+                .apply(Op::Complete {
+                    of: t1,
+                    usage: None,
+                })
+                .expect("init");
+            m.apply(Op::Abort { of: t2 }).expect("abort rw")
+        } else {
+            m.apply(Op::Abort { of: t1 }).expect("abort init")
+        };
+        assert!(effects.contains(&Effect::Discard {
+            txid: effects
+                .iter()
+                .find_map(|e| match e {
+                    Effect::Discard { txid } => Some(*txid),
+                    _ => None,
+                })
+                .expect("discard")
+        }));
+        assert_eq!(
+            deletes(&effects),
+            usize::from(abort_rw),
+            "the init snapshot goes too"
+        );
+        assert!(m.state.containers.is_empty(), "abort_rw={abort_rw}");
+        assert_eq!(m.refs("L"), (true, 0, 0), "the hold is released");
+        assert_eq!(
+            m.state.snapshots.keys().cloned().collect::<Vec<_>>(),
+            vec!["L"]
+        );
+    }
+}
