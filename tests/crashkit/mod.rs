@@ -337,7 +337,19 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
                 }
             }
         }
-        assert_eq!(on_disk_left, expected_left, "{key}: files differ from the acknowledged writes");
+        if on_disk_left != expected_left {
+            let sum = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize, u32)> {
+                m.iter().map(|(k, v)| (k.clone(), v.len(), crc32fast::hash(v))).collect()
+            };
+            panic!(
+                "{key} ({:?}, parent {:?}): files differ from the acknowledged writes\n on disk: {:?}\n expected: {:?}\n in flight: {:?}",
+                snap.kind,
+                snap.parent,
+                sum(&on_disk_left),
+                sum(&expected_left),
+                inflight.iter().map(|o| match o { Op::Write { key, file, data } => format!("Write {key}/{file} {}", data.len()), o => format!("{o:?}") }).collect::<Vec<_>>()
+            );
+        }
     }
     let fsck = h.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "fsck after recovery: {fsck:?}");
