@@ -62,6 +62,22 @@ impl Default for EngineOptions {
     }
 }
 
+/// The store id of a log left in `root/wal` by an interrupted creation, if there is one.
+fn leftover_log_store(storage: &Arc<dyn Storage>, root: &Path, wal: &WalOptions) -> Result<Option<StoreId>, EngineError> {
+    let dir = root.join("wal");
+    let has_segment = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".wal")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(EngineError::io("read", &dir)(e)),
+    };
+    if !has_segment {
+        return Ok(None);
+    }
+    let options = WalOptions { create_if_missing: false, store_id: None, ..wal.clone() };
+    let (log, _, _) = cairn_wal::Wal::open(Arc::clone(storage), &dir, options)?;
+    Ok(Some(log.store_id()))
+}
+
 /// Opens roots.
 #[derive(Debug)]
 pub struct Engine;
@@ -94,11 +110,18 @@ impl Engine {
                 (meta, false)
             }
             None => {
-                let store_id = StoreId::random().map_err(|e| EngineError::Io {
-                    op: "draw a store id",
-                    path: root.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                // A creation interrupted after the log was created and before the meta file
+                // was written leaves a log but no meta (and nothing acknowledged: the engine
+                // starts only after the meta file is durable). Adopt that log's store id, or
+                // the root could never be opened again (docs/recovery.md, row R3).
+                let store_id = match leftover_log_store(&storage, &root, &options.wal)? {
+                    Some(id) => id,
+                    None => StoreId::random().map_err(|e| EngineError::Io {
+                        op: "draw a store id",
+                        path: root.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?,
+                };
                 let meta = rootmeta::RootMeta { driver: options.driver.unwrap_or(DriverKind::Vfs), store_id };
                 (meta, true)
             }
