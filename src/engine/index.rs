@@ -29,6 +29,7 @@ impl Index {
         // moment after the last handle is dropped. Wait for it (bounded) instead of failing a
         // close-then-reopen.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut discarded = false;
         loop {
             let opened = sled::Config::new()
                 .path(path)
@@ -41,6 +42,18 @@ impl Index {
                     if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(source) if !discarded => {
+                    // The index is derived and this process holds the root: an index sled
+                    // cannot open (damaged files) is discarded and rebuilt from the journal
+                    // (docs/recovery.md, row R28).
+                    tracing::warn!(path = %path.display(), error = %source, "index unreadable; rebuilding it");
+                    discarded = true;
+                    match std::fs::remove_dir_all(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(EngineError::io("remove damaged index", path)(e)),
+                    }
                 }
                 Err(source) => return Err(EngineError::Index { path: path.to_path_buf(), source }),
             }
