@@ -303,38 +303,32 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         let mounts = h.mounts(&key).unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
         let Some(dir) = own_dir(&mounts) else { continue };
         assert!(dir.is_dir(), "{key}: mount source {} missing", dir.display());
-        let mut on_disk = read_tree(&dir);
+        let on_disk = read_tree(&dir);
         let expected = match (snap.kind, &snap.parent) {
             (Kind::View, Some(p)) => m.snaps[p].files.clone(),
             _ => snap.files.clone(),
         };
-        for w in &writes {
-            if let Op::Write { key: k, file, data } = w {
-                if *k == key && !expected.contains_key(file) {
-                    match on_disk.remove(file) {
-                        None => {}
-                        Some(got) => {
-                            assert!(data.starts_with(&got), "{key}/{file}: interrupted write left foreign bytes");
-                            m.snaps.get_mut(&key).expect("key").files.insert(file.clone(), got);
-                        }
-                    }
-                }
-            }
-        }
+        // An interrupted write (File::create, then one write) leaves its file as it was, absent,
+        // empty, or a prefix of the new data; the model takes whatever it left.
         let mut expected_left = expected.clone();
-        for w in &writes {
-            if let Op::Write { key: k, file, .. } = w {
-                if *k == key {
-                    expected_left.remove(file);
-                }
-            }
-        }
         let mut on_disk_left = on_disk.clone();
         for w in &writes {
-            if let Op::Write { key: k, file, .. } = w {
-                if *k == key {
-                    on_disk_left.remove(file);
+            if let Op::Write { key: k, file, data } = w {
+                if *k != key {
+                    continue;
                 }
+                let old = expected_left.remove(file);
+                let got = on_disk_left.remove(file);
+                let ok = match &got {
+                    None => old.is_none(),
+                    Some(g) => Some(g) == old.as_ref() || data.starts_with(g),
+                };
+                assert!(ok, "{key}/{file}: an interrupted write left neither the old contents nor a prefix of the new");
+                let files = &mut m.snaps.get_mut(&key).expect("key").files;
+                match got {
+                    Some(g) => files.insert(file.clone(), g),
+                    None => files.remove(file),
+                };
             }
         }
         if on_disk_left != expected_left {
