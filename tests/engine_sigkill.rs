@@ -41,7 +41,12 @@ mod sigkill {
             self.snaps.values().any(|(_, p)| p.as_deref() == Some(key))
         }
         fn pick(&self, rng: &mut ChaCha8Rng, f: impl Fn(&str, Kind) -> bool) -> Option<String> {
-            let c: Vec<&String> = self.snaps.iter().filter(|(k, (kind, _))| f(k, *kind)).map(|(k, _)| k).collect();
+            let c: Vec<&String> = self
+                .snaps
+                .iter()
+                .filter(|(k, (kind, _))| f(k, *kind))
+                .map(|(k, _)| k)
+                .collect();
             if c.is_empty() {
                 None
             } else {
@@ -50,8 +55,16 @@ mod sigkill {
         }
     }
 
-    fn worker(h: &cairn::engine::EngineHandle, log: &AckLog, t: usize, round: u64, seed: u64, mut mine: Mine) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    fn worker(
+        h: &cairn::engine::EngineHandle,
+        log: &AckLog,
+        t: usize,
+        round: u64,
+        seed: u64,
+        mut mine: Mine,
+    ) {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         for _ in 0..400 {
             let fresh = |mine: &mut Mine| {
                 mine.next += 1;
@@ -61,23 +74,39 @@ mod sigkill {
             let op = match rng.gen_range(0..100) {
                 0..=24 => {
                     let parent = if rng.gen_bool(0.6) { committed } else { None };
-                    Op::Prepare { key: fresh(&mut mine), parent, view: false, labels: labels(&[("t", &t.to_string())]) }
+                    Op::Prepare {
+                        key: fresh(&mut mine),
+                        parent,
+                        view: false,
+                        labels: labels(&[("t", &t.to_string())]),
+                    }
                 }
                 25..=32 => match committed {
-                    Some(parent) => Op::Prepare { key: fresh(&mut mine), parent: Some(parent), view: true, labels: labels(&[]) },
+                    Some(parent) => Op::Prepare {
+                        key: fresh(&mut mine),
+                        parent: Some(parent),
+                        view: true,
+                        labels: labels(&[]),
+                    },
                     None => continue,
                 },
                 33..=52 => match mine.pick(&mut rng, |_, k| k == Kind::Active) {
                     Some(key) => {
                         let n: usize = rng.gen_range(1..20_000);
                         let file = format!("f{}", rng.gen_range(0..4));
-                        let data = (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(t as u8)).collect();
+                        let data = (0..n)
+                            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(t as u8))
+                            .collect();
                         Op::Write { key, file, data }
                     }
                     None => continue,
                 },
                 53..=70 => match mine.pick(&mut rng, |_, k| k == Kind::Active) {
-                    Some(key) => Op::Commit { name: fresh(&mut mine), key, labels: labels(&[("c", "1")]) },
+                    Some(key) => Op::Commit {
+                        name: fresh(&mut mine),
+                        key,
+                        labels: labels(&[("c", "1")]),
+                    },
                     None => continue,
                 },
                 71..=86 => match mine.pick(&mut rng, |k, _| !mine.children(k)) {
@@ -85,7 +114,10 @@ mod sigkill {
                     None => continue,
                 },
                 87..=96 => match mine.pick(&mut rng, |_, _| true) {
-                    Some(key) => Op::Update { key, labels: labels(&[("u", &rng.gen::<u32>().to_string())]) },
+                    Some(key) => Op::Update {
+                        key,
+                        labels: labels(&[("u", &rng.gen::<u32>().to_string())]),
+                    },
                     None => continue,
                 },
                 _ => Op::Checkpoint,
@@ -96,8 +128,16 @@ mod sigkill {
             }
             log.ack(t, &op);
             match &op {
-                Op::Prepare { key, parent, view, .. } => {
-                    mine.snaps.insert(key.clone(), (if *view { Kind::View } else { Kind::Active }, parent.clone()));
+                Op::Prepare {
+                    key, parent, view, ..
+                } => {
+                    mine.snaps.insert(
+                        key.clone(),
+                        (
+                            if *view { Kind::View } else { Kind::Active },
+                            parent.clone(),
+                        ),
+                    );
                 }
                 Op::Commit { name, key, .. } => {
                     let (_, parent) = mine.snaps.remove(key).expect("mine");
@@ -113,14 +153,22 @@ mod sigkill {
 
     #[test]
     fn child() {
-        let Ok(root) = std::env::var("CAIRN_SIGKILL_ROOT") else { return };
+        let Ok(root) = std::env::var("CAIRN_SIGKILL_ROOT") else {
+            return;
+        };
         std::panic::set_hook(Box::new(|info| {
             eprintln!("child panic: {info}");
             std::process::abort();
         }));
         let log = AckLog::open(Path::new(&std::env::var("CAIRN_SIGKILL_LOG").expect("log")));
-        let seed: u64 = std::env::var("CAIRN_SIGKILL_CHILD_SEED").expect("seed").parse().expect("seed");
-        let round: u64 = std::env::var("CAIRN_SIGKILL_ROUND").expect("round").parse().expect("round");
+        let seed: u64 = std::env::var("CAIRN_SIGKILL_CHILD_SEED")
+            .expect("seed")
+            .parse()
+            .expect("seed");
+        let round: u64 = std::env::var("CAIRN_SIGKILL_ROUND")
+            .expect("round")
+            .parse()
+            .expect("round");
         let mut opts = options(DriverKind::Vfs);
         opts.checkpoint_every_records = 40;
         let (h, _) = Engine::open(Path::new(&root), opts).expect("open");
@@ -128,7 +176,11 @@ mod sigkill {
         std::thread::scope(|s| {
             for t in 0..THREADS {
                 let prefix = format!("t{t}-");
-                let snaps = infos.iter().filter(|i| i.key.starts_with(&prefix)).map(|i| (i.key.clone(), (i.kind, i.parent.clone()))).collect();
+                let snaps = infos
+                    .iter()
+                    .filter(|i| i.key.starts_with(&prefix))
+                    .map(|i| (i.key.clone(), (i.kind, i.parent.clone())))
+                    .collect();
                 let mine = Mine { snaps, next: 0 };
                 let (h, log) = (&h, &log);
                 s.spawn(move || worker(h, log, t, round, seed, mine));
@@ -143,7 +195,10 @@ mod sigkill {
             Ok(s) => s.parse().expect("CAIRN_SEED is a number"),
             Err(_) => getrandom_seed(),
         };
-        let secs: u64 = std::env::var("CAIRN_SIGKILL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+        let secs: u64 = std::env::var("CAIRN_SIGKILL_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40);
         println!("sigkill: CAIRN_SEED={seed}");
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -158,7 +213,12 @@ mod sigkill {
             let child_seed: u64 = rng.gen();
             let delay = Duration::from_millis(rng.gen_range(20..1500));
             let child = Command::new(std::env::current_exe().expect("exe"))
-                .args(["--exact", "sigkill::child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "sigkill::child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("CAIRN_SIGKILL_ROOT", &root)
                 .env("CAIRN_SIGKILL_LOG", &log_path)
                 .env("CAIRN_SIGKILL_CHILD_SEED", child_seed.to_string())
@@ -168,7 +228,10 @@ mod sigkill {
                 .spawn()
                 .expect("spawn child");
             std::thread::sleep(delay);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let out = child.wait_with_output().expect("wait child");
             match out.status.signal() {
                 Some(libc::SIGKILL) => killed += 1,
@@ -184,12 +247,20 @@ mod sigkill {
             for op in &view.acked {
                 model.apply(op);
             }
-            let result = std::panic::catch_unwind(|| check_after_crash(&root, DriverKind::Vfs, &model, &view.inflight));
+            let result = std::panic::catch_unwind(|| {
+                check_after_crash(&root, DriverKind::Vfs, &model, &view.inflight)
+            });
             match result {
                 Ok(m) => model = m,
                 Err(e) => {
-                    let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()));
-                    panic!("round {round} (CAIRN_SEED={seed}, delay {delay:?}): {}", msg.unwrap_or_default());
+                    let msg = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+                    panic!(
+                        "round {round} (CAIRN_SEED={seed}, delay {delay:?}): {}",
+                        msg.unwrap_or_default()
+                    );
                 }
             }
         }

@@ -31,7 +31,11 @@ fn store_id(root: &Path) -> StoreId {
 
 /// Append records to a closed root's journal, as the engine would have.
 fn append(root: &Path, records: &[Record]) {
-    let options = WalOptions { store_id: Some(store_id(root)), create_if_missing: false, ..WalOptions::default() };
+    let options = WalOptions {
+        store_id: Some(store_id(root)),
+        create_if_missing: false,
+        ..WalOptions::default()
+    };
     let (mut wal, _, _) = Wal::open(Arc::new(FsStorage), &root.join("wal"), options).unwrap();
     let payloads: Vec<Vec<u8>> = records.iter().map(journal::encode).collect();
     wal.append_batch(&payloads).unwrap();
@@ -39,7 +43,11 @@ fn append(root: &Path, records: &[Record]) {
 }
 
 fn append_raw(root: &Path, payload: &[u8]) {
-    let options = WalOptions { store_id: Some(store_id(root)), create_if_missing: false, ..WalOptions::default() };
+    let options = WalOptions {
+        store_id: Some(store_id(root)),
+        create_if_missing: false,
+        ..WalOptions::default()
+    };
     let (mut wal, _, _) = Wal::open(Arc::new(FsStorage), &root.join("wal"), options).unwrap();
     wal.append(payload).unwrap();
     wal.sync().unwrap();
@@ -70,11 +78,20 @@ fn begin_create(txid: u64, key: &str, parent: Option<&str>, id: u64) -> Record {
 }
 
 fn complete(txid: u64, of: u64) -> Record {
-    Record { txid: TxId(txid), op: Op::Complete { of: TxId(of), usage: None } }
+    Record {
+        txid: TxId(txid),
+        op: Op::Complete {
+            of: TxId(of),
+            usage: None,
+        },
+    }
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -111,10 +128,24 @@ fn clean(h: &EngineHandle) {
 fn r01_new_root_is_created() {
     let (_t, root) = new_root();
     let (h, report) = open(&root).unwrap();
-    assert_eq!(report, RecoveryReport { index_rebuilt: report.index_rebuilt, ..RecoveryReport::default() });
+    assert_eq!(
+        report,
+        RecoveryReport {
+            index_rebuilt: report.index_rebuilt,
+            ..RecoveryReport::default()
+        }
+    );
     clean(&h);
     h.close().unwrap();
-    for name in ["cairn.meta", "wal", "snapshots", "staging", "trash", "index", "LOCK"] {
+    for name in [
+        "cairn.meta",
+        "wal",
+        "snapshots",
+        "staging",
+        "trash",
+        "index",
+        "LOCK",
+    ] {
         assert!(root.join(name).exists(), "{name} missing");
     }
 }
@@ -125,7 +156,11 @@ fn r02_clean_root_replays_and_does_nothing_else() {
     root_with_base(&root);
     let (h, report) = open(&root).unwrap();
     assert!(report.dropped.is_empty() && report.installed.is_empty() && report.lost.is_empty());
-    assert!(report.orphans_removed.is_empty() && report.staging_removed.is_empty() && report.trash_purged.is_empty());
+    assert!(
+        report.orphans_removed.is_empty()
+            && report.staging_removed.is_empty()
+            && report.trash_purged.is_empty()
+    );
     assert!(!report.index_rebuilt, "{report:?}");
     assert_eq!(report.checkpoint_lsn, 4);
     assert_eq!(h.stat("base").unwrap().kind, Kind::Committed);
@@ -177,8 +212,14 @@ fn r06_driver_mismatch_is_refused() {
     let (_t, root) = new_root();
     root_with_base(&root);
     let before = durable_files(&root);
-    let opts = EngineOptions { driver: Some(DriverKind::Overlay), ..EngineOptions::default() };
-    assert!(matches!(Engine::open(&root, opts), Err(EngineError::DriverMismatch { .. })));
+    let opts = EngineOptions {
+        driver: Some(DriverKind::Overlay),
+        ..EngineOptions::default()
+    };
+    assert!(matches!(
+        Engine::open(&root, opts),
+        Err(EngineError::DriverMismatch { .. })
+    ));
     assert_eq!(durable_files(&root), before);
 }
 
@@ -217,14 +258,24 @@ fn r09_log_starting_after_the_checkpoint_is_a_gap() {
     root_with_base(&root);
     let id = store_id(&root);
     std::fs::remove_dir_all(root.join("wal")).unwrap();
-    let options = WalOptions { store_id: Some(id), create_if_missing: true, first_lsn: cairn_wal::Lsn(10), ..WalOptions::default() };
+    let options = WalOptions {
+        store_id: Some(id),
+        create_if_missing: true,
+        first_lsn: cairn_wal::Lsn(10),
+        ..WalOptions::default()
+    };
     let (mut wal, _, _) = Wal::open(Arc::new(FsStorage), &root.join("wal"), options).unwrap();
-    wal.append(&journal::encode(&begin_create(5, "x", None, 2))).unwrap();
+    wal.append(&journal::encode(&begin_create(5, "x", None, 2)))
+        .unwrap();
     wal.sync().unwrap();
     drop(wal);
     let before = durable_files(&root);
     assert!(matches!(open(&root), Err(EngineError::LogGap { .. })));
-    assert_eq!(durable_files(&root), before, "a refused open changes nothing");
+    assert_eq!(
+        durable_files(&root),
+        before,
+        "a refused open changes nothing"
+    );
 }
 
 #[test]
@@ -236,7 +287,10 @@ fn r10_damaged_checkpoint_is_an_error_and_nothing_changes() {
     cp[last] ^= 0x55;
     std::fs::write(root.join("checkpoint"), &cp).unwrap();
     let before = durable_files(&root);
-    assert!(matches!(open(&root), Err(EngineError::BadCheckpoint { .. })));
+    assert!(matches!(
+        open(&root),
+        Err(EngineError::BadCheckpoint { .. })
+    ));
     assert_eq!(durable_files(&root), before);
 }
 
@@ -244,7 +298,12 @@ fn r10_damaged_checkpoint_is_an_error_and_nothing_changes() {
 fn r11_undecodable_record_is_an_error_and_nothing_changes() {
     let (_t, root) = new_root();
     root_with_base(&root);
-    append_raw(&root, &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    append_raw(
+        &root,
+        &[
+            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+    );
     let before = durable_files(&root);
     assert!(matches!(open(&root), Err(EngineError::BadRecord { .. })));
     assert_eq!(durable_files(&root), before);
@@ -286,16 +345,34 @@ fn r14_torn_tail_is_cut() {
     root_with_base(&root);
     let mut labels = Labels::new();
     labels.insert("marker".into(), "TORN-TAIL-LABEL".into());
-    append(&root, &[Record { txid: TxId(5), op: Op::Update { key: "base".into(), labels, time_ns: 2 } }]);
+    append(
+        &root,
+        &[Record {
+            txid: TxId(5),
+            op: Op::Update {
+                key: "base".into(),
+                labels,
+                time_ns: 2,
+            },
+        }],
+    );
     // Damage the last record's payload: a write torn by the crash.
-    let seg = root.join("wal").join(names(&root.join("wal")).pop().unwrap());
+    let seg = root
+        .join("wal")
+        .join(names(&root.join("wal")).pop().unwrap());
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.windows(15).position(|w| w == b"TORN-TAIL-LABEL").unwrap();
+    let at = bytes
+        .windows(15)
+        .position(|w| w == b"TORN-TAIL-LABEL")
+        .unwrap();
     bytes[at + 3] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
     let (h, report) = open(&root).unwrap();
     assert!(report.torn_tail.is_some(), "{report:?}");
-    assert!(h.stat("base").unwrap().labels.is_empty(), "the torn update is gone");
+    assert!(
+        h.stat("base").unwrap().labels.is_empty(),
+        "the torn update is gone"
+    );
     clean(&h);
     h.close().unwrap();
     let (_h, report) = open(&root).unwrap();
@@ -343,13 +420,27 @@ fn r17_pending_commit_is_aborted_and_stays_active() {
     let m = h.prepare("act", Some("base"), Labels::new()).unwrap(); // txids 5, 6; id 2
     std::fs::write(m[0].source.join("g"), b"active data").unwrap();
     h.close().unwrap();
-    append(&root, &[Record { txid: TxId(7), op: Op::BeginCommit { key: "act".into(), name: "done".into(), labels: Labels::new(), time_ns: 3 } }]);
+    append(
+        &root,
+        &[Record {
+            txid: TxId(7),
+            op: Op::BeginCommit {
+                key: "act".into(),
+                name: "done".into(),
+                labels: Labels::new(),
+                time_ns: 3,
+            },
+        }],
+    );
     let (h, report) = open(&root).unwrap();
     assert_eq!(report.dropped, vec![TxId(7)]);
     assert_eq!(h.stat("act").unwrap().kind, Kind::Active);
     assert!(h.stat("done").is_err());
     let m = h.mounts("act").unwrap();
-    assert_eq!(std::fs::read(m[0].source.join("g")).unwrap(), b"active data");
+    assert_eq!(
+        std::fs::read(m[0].source.join("g")).unwrap(),
+        b"active data"
+    );
     clean(&h);
     h.commit("done", "act", Labels::new()).unwrap();
 }
@@ -361,7 +452,11 @@ fn r18_completed_create_still_in_staging_is_installed() {
     append(&root, &[begin_create(5, "x", None, 2), complete(6, 5)]);
     std::fs::create_dir_all(root.join("staging/5/fs")).unwrap();
     std::fs::write(root.join("staging/5/fs/f"), b"staged").unwrap();
-    std::fs::write(root.join("staging/5/txid"), cairn::driver::marker::encode(TxId(5))).unwrap();
+    std::fs::write(
+        root.join("staging/5/txid"),
+        cairn::driver::marker::encode(TxId(5)),
+    )
+    .unwrap();
     let (h, report) = open(&root).unwrap();
     assert_eq!(report.installed, vec![SnapshotId(2)]);
     let m = h.mounts("x").unwrap();
@@ -380,7 +475,12 @@ fn r19_tree_missing_entirely_is_reported_lost() {
     // Reported, not repaired: the snapshot stays in the state and fsck names it.
     assert_eq!(h.stat("base").unwrap().kind, Kind::Committed);
     let fsck = h.fsck(false).unwrap();
-    assert!(fsck.findings.iter().any(|f| matches!(f.problem, cairn::engine::Problem::TreeMissing { .. })), "{fsck:?}");
+    assert!(
+        fsck.findings
+            .iter()
+            .any(|f| matches!(f.problem, cairn::engine::Problem::TreeMissing { .. })),
+        "{fsck:?}"
+    );
 }
 
 #[test]
@@ -423,11 +523,18 @@ fn r22_trash_is_purged() {
 fn r23_marker_temporary_is_removed() {
     let (_t, root) = new_root();
     root_with_base(&root);
-    std::fs::write(root.join("snapshots/1/txid.tmp"), cairn::driver::marker::encode(TxId(99))).unwrap();
+    std::fs::write(
+        root.join("snapshots/1/txid.tmp"),
+        cairn::driver::marker::encode(TxId(99)),
+    )
+    .unwrap();
     let (h, report) = open(&root).unwrap();
     assert_eq!(report.marker_tmp_removed, vec![SnapshotId(1)]);
     assert!(!root.join("snapshots/1/txid.tmp").exists());
-    assert!(root.join("snapshots/1/txid").exists(), "the marker itself is kept");
+    assert!(
+        root.join("snapshots/1/txid").exists(),
+        "the marker itself is kept"
+    );
     clean(&h);
 }
 
@@ -536,7 +643,10 @@ fn r31_completed_create_installed_and_in_staging_keeps_the_installed_tree() {
     assert!(report.installed.is_empty());
     assert_eq!(report.staging_removed, vec![TxId(1)]);
     let m = h.mounts("base").unwrap();
-    assert_eq!(std::fs::read(m[0].source.join("f")).unwrap(), b"base contents");
+    assert_eq!(
+        std::fs::read(m[0].source.join("f")).unwrap(),
+        b"base contents"
+    );
     clean(&h);
 }
 
@@ -550,7 +660,9 @@ mod interrupted {
 
     #[test]
     fn recovery_child() {
-        let Ok(root) = std::env::var("CAIRN_TABLE_CHILD_ROOT") else { return };
+        let Ok(root) = std::env::var("CAIRN_TABLE_CHILD_ROOT") else {
+            return;
+        };
         std::panic::set_hook(Box::new(|info| {
             eprintln!("child panic: {info}");
             std::process::abort();
@@ -566,11 +678,22 @@ mod interrupted {
     /// trash (8) and a marker temporary in snapshots/1.
     fn busy_root(root: &Path) {
         root_with_base(root);
-        append(root, &[begin_create(5, "pending", Some("base"), 2), begin_create(6, "staged", None, 3), complete(7, 6)]);
+        append(
+            root,
+            &[
+                begin_create(5, "pending", Some("base"), 2),
+                begin_create(6, "staged", None, 3),
+                complete(7, 6),
+            ],
+        );
         std::fs::create_dir_all(root.join("staging/5/fs")).unwrap();
         std::fs::create_dir_all(root.join("staging/6/fs")).unwrap();
         std::fs::write(root.join("staging/6/fs/s"), b"staged file").unwrap();
-        std::fs::write(root.join("staging/6/txid"), cairn::driver::marker::encode(TxId(6))).unwrap();
+        std::fs::write(
+            root.join("staging/6/txid"),
+            cairn::driver::marker::encode(TxId(6)),
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("staging/3/fs")).unwrap();
         std::fs::create_dir_all(root.join("snapshots/9/fs")).unwrap();
         std::fs::create_dir_all(root.join("trash/8/fs")).unwrap();
@@ -581,15 +704,26 @@ mod interrupted {
         let (h, report) = open(root).unwrap();
         assert!(report.lost.is_empty(), "{report:?}");
         assert!(h.stat("pending").is_err());
-        assert_eq!(std::fs::read(h.mounts("staged").unwrap()[0].source.join("s")).unwrap(), b"staged file");
-        assert_eq!(std::fs::read(h.mounts("base").unwrap()[0].source.join("f")).unwrap(), b"base contents");
+        assert_eq!(
+            std::fs::read(h.mounts("staged").unwrap()[0].source.join("s")).unwrap(),
+            b"staged file"
+        );
+        assert_eq!(
+            std::fs::read(h.mounts("base").unwrap()[0].source.join("f")).unwrap(),
+            b"base contents"
+        );
         assert_eq!(names(&root.join("snapshots")), vec!["1", "3"]);
         assert_eq!(names(&root.join("snapshots/1")), vec!["fs", "txid"]);
         assert!(names(&root.join("staging")).is_empty() && names(&root.join("trash")).is_empty());
         clean(&h);
         h.close().unwrap();
         let (h, report) = open(root).unwrap();
-        assert!(report.dropped.is_empty() && report.installed.is_empty() && report.staging_removed.is_empty(), "{report:?}");
+        assert!(
+            report.dropped.is_empty()
+                && report.installed.is_empty()
+                && report.staging_removed.is_empty(),
+            "{report:?}"
+        );
         clean(&h);
     }
 
@@ -613,21 +747,42 @@ mod interrupted {
         ];
         for fp in points {
             // Discard runs twice here (the aborted create's staging and the stray one).
-            let ks: &[u32] = if fp.starts_with("driver::discard") { &[0, 1] } else { &[0] };
+            let ks: &[u32] = if fp.starts_with("driver::discard") {
+                &[0, 1]
+            } else {
+                &[0]
+            };
             for &k in ks {
                 let (_t, root) = new_root();
                 busy_root(&root);
-                let spec = if k == 0 { format!("{fp}=panic") } else { format!("{fp}={k}*off->panic") };
+                let spec = if k == 0 {
+                    format!("{fp}=panic")
+                } else {
+                    format!("{fp}={k}*off->panic")
+                };
                 let out = std::process::Command::new(std::env::current_exe().unwrap())
-                    .args(["--exact", "interrupted::recovery_child", "--nocapture", "--test-threads=1"])
+                    .args([
+                        "--exact",
+                        "interrupted::recovery_child",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
                     .env("CAIRN_TABLE_CHILD_ROOT", &root)
                     .env("FAILPOINTS", &spec)
                     .output()
                     .unwrap();
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let crashed = out.status.signal() == Some(libc::SIGABRT) && stderr.contains(&format!("failpoint {fp} panic"));
-                assert!(crashed || out.status.success(), "{spec}: child failed otherwise: {:?}\n{stderr}", out.status);
-                assert!(crashed, "{spec}: recovery of the busy root never reached it");
+                let crashed = out.status.signal() == Some(libc::SIGABRT)
+                    && stderr.contains(&format!("failpoint {fp} panic"));
+                assert!(
+                    crashed || out.status.success(),
+                    "{spec}: child failed otherwise: {:?}\n{stderr}",
+                    out.status
+                );
+                assert!(
+                    crashed,
+                    "{spec}: recovery of the busy root never reached it"
+                );
                 check_busy_root(&root);
             }
         }

@@ -17,18 +17,39 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Prepare { key: String, parent: Option<String>, view: bool, labels: Labels },
+    Prepare {
+        key: String,
+        parent: Option<String>,
+        view: bool,
+        labels: Labels,
+    },
     /// Write a file into an Active snapshot's own tree (not an engine command).
-    Write { key: String, file: String, data: Vec<u8> },
-    Commit { name: String, key: String, labels: Labels },
-    Remove { key: String },
-    Update { key: String, labels: Labels },
+    Write {
+        key: String,
+        file: String,
+        data: Vec<u8>,
+    },
+    Commit {
+        name: String,
+        key: String,
+        labels: Labels,
+    },
+    Remove {
+        key: String,
+    },
+    Update {
+        key: String,
+        labels: Labels,
+    },
     Checkpoint,
     Close,
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// The directory a snapshot's own files live in, from its mounts: a bind's source, an
@@ -38,13 +59,20 @@ pub fn own_dir(mounts: &[Mount]) -> Option<PathBuf> {
     if m.kind == "bind" {
         return Some(m.source.clone());
     }
-    m.options.iter().find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
 }
 
 /// Run one operation through the handle. `Close` consumes nothing here: the caller closes.
 pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
     match op {
-        Op::Prepare { key, parent, view, labels } => {
+        Op::Prepare {
+            key,
+            parent,
+            view,
+            labels,
+        } => {
             let r = if *view {
                 h.view(key, parent.as_deref(), labels.clone())
             } else {
@@ -59,7 +87,9 @@ pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
             let mut f = std::fs::File::create(dir.join(file)).map_err(|e| e.to_string())?;
             f.write_all(data).map_err(|e| e.to_string())
         }
-        Op::Commit { name, key, labels } => h.commit(name, key, labels.clone()).map_err(|e| e.to_string()),
+        Op::Commit { name, key, labels } => h
+            .commit(name, key, labels.clone())
+            .map_err(|e| e.to_string()),
         Op::Remove { key } => h.remove(key).map_err(|e| e.to_string()),
         Op::Update { key, labels } => {
             let mut info = h.stat(key).map_err(|e| e.to_string())?;
@@ -79,12 +109,21 @@ pub struct AckLog {
 
 impl AckLog {
     pub fn open(path: &Path) -> AckLog {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open ack log");
-        AckLog { file: std::sync::Mutex::new(file) }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open ack log");
+        AckLog {
+            file: std::sync::Mutex::new(file),
+        }
     }
 
     fn line(&self, tag: &str, thread: usize, op: &Op) {
-        let line = format!("{tag} {thread} {}\n", serde_json::to_string(op).expect("op encodes"));
+        let line = format!(
+            "{tag} {thread} {}\n",
+            serde_json::to_string(op).expect("op encodes")
+        );
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         f.write_all(line.as_bytes()).expect("write ack log");
     }
@@ -112,9 +151,15 @@ pub fn read_log(path: &Path) -> LogView {
     let mut open: BTreeMap<usize, Op> = BTreeMap::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
-        let (Some(tag), Some(t), Some(json)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let Ok(thread) = t.parse::<usize>() else { continue };
-        let Ok(op) = serde_json::from_str::<Op>(json) else { continue };
+        let (Some(tag), Some(t), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(thread) = t.parse::<usize>() else {
+            continue;
+        };
+        let Ok(op) = serde_json::from_str::<Op>(json) else {
+            continue;
+        };
         match tag {
             "B" => {
                 open.insert(thread, op);
@@ -149,21 +194,41 @@ pub struct Model {
 
 impl Model {
     pub fn new(driver: DriverKind) -> Model {
-        Model { snaps: BTreeMap::new(), full_copy: driver == DriverKind::Vfs }
+        Model {
+            snaps: BTreeMap::new(),
+            full_copy: driver == DriverKind::Vfs,
+        }
     }
 
     pub fn apply(&mut self, op: &Op) {
         match op {
-            Op::Prepare { key, parent, view, labels } => {
+            Op::Prepare {
+                key,
+                parent,
+                view,
+                labels,
+            } => {
                 let files = match (parent, *view, self.full_copy) {
                     (Some(p), false, true) => self.snaps[p].files.clone(),
                     _ => BTreeMap::new(),
                 };
                 let kind = if *view { Kind::View } else { Kind::Active };
-                self.snaps.insert(key.clone(), MSnap { kind, parent: parent.clone(), labels: labels.clone(), files });
+                self.snaps.insert(
+                    key.clone(),
+                    MSnap {
+                        kind,
+                        parent: parent.clone(),
+                        labels: labels.clone(),
+                        files,
+                    },
+                );
             }
             Op::Write { key, file, data } => {
-                self.snaps.get_mut(key).expect("write to a known key").files.insert(file.clone(), data.clone());
+                self.snaps
+                    .get_mut(key)
+                    .expect("write to a known key")
+                    .files
+                    .insert(file.clone(), data.clone());
             }
             Op::Commit { name, key, labels } => {
                 let mut s = self.snaps.remove(key).expect("commit of a known key");
@@ -175,25 +240,36 @@ impl Model {
                 self.snaps.remove(key);
             }
             Op::Update { key, labels } => {
-                self.snaps.get_mut(key).expect("update of a known key").labels = labels.clone();
+                self.snaps
+                    .get_mut(key)
+                    .expect("update of a known key")
+                    .labels = labels.clone();
             }
             Op::Checkpoint | Op::Close => {}
         }
     }
 
     fn meta(&self) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
-        self.snaps.iter().map(|(k, s)| (k.clone(), (s.kind, s.parent.clone(), s.labels.clone()))).collect()
+        self.snaps
+            .iter()
+            .map(|(k, s)| (k.clone(), (s.kind, s.parent.clone(), s.labels.clone())))
+            .collect()
     }
 }
 
 fn actual_meta(infos: &[Info]) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
-    infos.iter().map(|i| (i.key.clone(), (i.kind, i.parent.clone(), i.labels.clone()))).collect()
+    infos
+        .iter()
+        .map(|i| (i.key.clone(), (i.kind, i.parent.clone(), i.labels.clone())))
+        .collect()
 }
 
 /// Every regular file under `dir`, by relative path.
 pub fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn go(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries {
             let e = e.expect("readdir");
             let p = e.path();
@@ -201,7 +277,11 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if ft.is_dir() {
                 go(base, &p, out);
             } else {
-                let rel = p.strip_prefix(base).expect("under base").display().to_string();
+                let rel = p
+                    .strip_prefix(base)
+                    .expect("under base")
+                    .display()
+                    .to_string();
                 out.insert(rel, std::fs::read(&p).unwrap_or_default());
             }
         }
@@ -215,7 +295,11 @@ pub fn options(driver: DriverKind) -> EngineOptions {
     EngineOptions {
         driver: Some(driver),
         workers: 2,
-        wal: cairn_wal::WalOptions { segment_size_bytes: 16 << 10, max_record_bytes: 8 << 10, ..Default::default() },
+        wal: cairn_wal::WalOptions {
+            segment_size_bytes: 16 << 10,
+            max_record_bytes: 8 << 10,
+            ..Default::default()
+        },
         ..EngineOptions::default()
     }
 }
@@ -232,14 +316,20 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
             "wal" => {
                 for w in std::fs::read_dir(&p).expect("read wal") {
                     let w = w.expect("entry").file_name().to_string_lossy().into_owned();
-                    if !(w.ends_with(".wal") && w.len() == 24 && w[..20].bytes().all(|b| b.is_ascii_digit())) {
+                    if !(w.ends_with(".wal")
+                        && w.len() == 24
+                        && w[..20].bytes().all(|b| b.is_ascii_digit()))
+                    {
                         bad.push(format!("wal/{w}"));
                     }
                 }
             }
             "staging" | "trash" => {
                 for s in std::fs::read_dir(&p).expect("read dir") {
-                    bad.push(format!("{name}/{}", s.expect("entry").file_name().to_string_lossy()));
+                    bad.push(format!(
+                        "{name}/{}",
+                        s.expect("entry").file_name().to_string_lossy()
+                    ));
                 }
             }
             "snapshots" => {
@@ -247,30 +337,44 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
                 for s in std::fs::read_dir(&p).expect("read snapshots") {
                     let s = s.expect("entry");
                     let sn = s.file_name().to_string_lossy().into_owned();
-                    if !sn.bytes().all(|b| b.is_ascii_digit()) || !s.file_type().expect("type").is_dir() {
+                    if !sn.bytes().all(|b| b.is_ascii_digit())
+                        || !s.file_type().expect("type").is_dir()
+                    {
                         bad.push(format!("snapshots/{sn}"));
                         continue;
                     }
                     n += 1;
                     for inner in std::fs::read_dir(s.path()).expect("read snapshot") {
-                        let inner = inner.expect("entry").file_name().to_string_lossy().into_owned();
+                        let inner = inner
+                            .expect("entry")
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned();
                         if !matches!(inner.as_str(), "fs" | "txid" | "work") {
                             bad.push(format!("snapshots/{sn}/{inner}"));
                         }
                     }
                 }
-                assert_eq!(n, snapshots, "snapshot directories on disk vs snapshots in the state");
+                assert_eq!(
+                    n, snapshots,
+                    "snapshot directories on disk vs snapshots in the state"
+                );
             }
             _ => bad.push(name),
         }
     }
-    assert!(bad.is_empty(), "names under {} that the state does not account for: {bad:?}", root.display());
+    assert!(
+        bad.is_empty(),
+        "names under {} that the state does not account for: {bad:?}",
+        root.display()
+    );
 }
 
 /// Reopen `root` after a crash and check it against the model and the operations in flight;
 /// returns the model updated with whichever outcome each in-flight operation had.
 pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, inflight: &[Op]) -> Model {
-    let (h, report) = Engine::open(root, options(driver)).unwrap_or_else(|e| panic!("reopen after crash: {e}"));
+    let (h, report) =
+        Engine::open(root, options(driver)).unwrap_or_else(|e| panic!("reopen after crash: {e}"));
     assert!(report.lost.is_empty(), "lost trees: {report:?}");
     assert!(report.unexpected.is_empty(), "unexpected names: {report:?}");
     let infos = h.walk(&[]).expect("walk");
@@ -298,11 +402,22 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         );
     };
     // An interrupted write leaves its file absent or a prefix of what was written.
-    let writes: Vec<&Op> = inflight.iter().filter(|o| matches!(o, Op::Write { .. })).collect();
+    let writes: Vec<&Op> = inflight
+        .iter()
+        .filter(|o| matches!(o, Op::Write { .. }))
+        .collect();
     for (key, snap) in m.snaps.clone() {
-        let mounts = h.mounts(&key).unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
-        let Some(dir) = own_dir(&mounts) else { continue };
-        assert!(dir.is_dir(), "{key}: mount source {} missing", dir.display());
+        let mounts = h
+            .mounts(&key)
+            .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
+        let Some(dir) = own_dir(&mounts) else {
+            continue;
+        };
+        assert!(
+            dir.is_dir(),
+            "{key}: mount source {} missing",
+            dir.display()
+        );
         let on_disk = read_tree(&dir);
         let expected = match (snap.kind, &snap.parent) {
             (Kind::View, Some(p)) => m.snaps[p].files.clone(),
@@ -333,7 +448,9 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         }
         if on_disk_left != expected_left {
             let sum = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize, u32)> {
-                m.iter().map(|(k, v)| (k.clone(), v.len(), crc32fast::hash(v))).collect()
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.len(), crc32fast::hash(v)))
+                    .collect()
             };
             panic!(
                 "{key} ({:?}, parent {:?}): files differ from the acknowledged writes\n on disk: {:?}\n expected: {:?}\n in flight: {:?}",
@@ -351,9 +468,19 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
     check_root_names(root, infos.len());
     // Recovery is done: a second open finds the same state and nothing to do.
     let (h, report2) = Engine::open(root, options(driver)).expect("second reopen");
-    assert!(report2.dropped.is_empty() && report2.installed.is_empty(), "second recovery did work: {report2:?}");
-    assert!(report2.orphans_removed.is_empty() && report2.staging_removed.is_empty(), "{report2:?}");
-    assert_eq!(h.walk(&[]).expect("walk"), infos, "second reopen gives another state");
+    assert!(
+        report2.dropped.is_empty() && report2.installed.is_empty(),
+        "second recovery did work: {report2:?}"
+    );
+    assert!(
+        report2.orphans_removed.is_empty() && report2.staging_removed.is_empty(),
+        "{report2:?}"
+    );
+    assert_eq!(
+        h.walk(&[]).expect("walk"),
+        infos,
+        "second reopen gives another state"
+    );
     let fsck = h.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "fsck after second reopen: {fsck:?}");
     h.close().expect("close");
@@ -370,7 +497,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
         if ft.is_dir() {
             copy_dir(&e.path(), &dst);
         } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst).expect("symlink");
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)
+                .expect("symlink");
         } else {
             std::fs::copy(e.path(), &dst).expect("copy");
         }
