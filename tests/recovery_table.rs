@@ -788,3 +788,27 @@ mod interrupted {
         }
     }
 }
+
+#[test]
+fn r32_installed_tree_with_missing_or_damaged_marker_is_left_for_fsck() {
+    let (_t, root) = new_root();
+    root_with_base(&root);
+    std::fs::write(root.join("snapshots/1/txid"), b"torn").unwrap();
+    let (h, report) = open(&root).unwrap();
+    assert!(
+        report.lost.is_empty() && report.orphans_removed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        std::fs::read(h.mounts("base").unwrap()[0].source.join("f")).unwrap(),
+        b"base contents"
+    );
+    let fsck = h.fsck(false).unwrap();
+    assert!(
+        fsck.findings.iter().any(|f| matches!(
+            f.problem,
+            cairn::engine::Problem::MarkerMismatch { marker: None, .. }
+        )),
+        "{fsck:?}"
+    );
+}
