@@ -82,6 +82,17 @@ pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// Removes a `<dir>/txid.tmp` left by a `write` interrupted before its rename; returns whether
+/// there was one. The marker itself is untouched: it is still the old, complete one.
+pub fn remove_leftover(dir: &Path) -> Result<bool, DriverError> {
+    let tmp = dir.join(MARKER_TMP);
+    match fs::remove_file(&tmp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DriverError::io("unlink", tmp, e)),
+    }
+}
+
 /// Reads `<dir>/txid`. Missing file -> Ok(None); unreadable or corrupt -> Err.
 pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
     let path = dir.join(MARKER_NAME);

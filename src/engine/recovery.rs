@@ -39,6 +39,9 @@ pub struct RecoveryReport {
     pub containers_removed: Vec<String>,
     /// Names in the driver's directories that nothing creates: reported, left alone.
     pub unexpected: Vec<String>,
+    /// Installed snapshots holding a marker temporary (`txid.tmp`) of an interrupted seal:
+    /// the temporary was removed, the marker kept.
+    pub marker_tmp_removed: Vec<SnapshotId>,
 }
 
 /// Check the sequence invariants `apply` asserts, so a damaged journal is a typed error.
@@ -216,6 +219,14 @@ pub(crate) fn recover(
     for txid in staging {
         driver.discard(txid)?;
         report.staging_removed.push(txid);
+    }
+    // Row "marker temporary": a seal interrupted before its marker rename leaves txid.tmp.
+    for id in inv.installed.keys() {
+        if let Some(dir) = driver.tree(*id).parent() {
+            if crate::driver::marker::remove_leftover(dir)? {
+                report.marker_tmp_removed.push(*id);
+            }
+        }
     }
     driver.purge_trash()?;
     report.trash_purged = inv.trash.clone();

@@ -1,0 +1,528 @@
+//! Shared by the crash tests: the operations a child runs, the acknowledgement log it writes,
+//! the model the parent keeps, and the check run after every crash.
+//!
+//! Log lines: `B <thread> <json op>` before a command is sent, `A <thread> <json op>` once it
+//! is acknowledged. Every line is written with one `write` call, so a killed child leaves
+//! whole lines plus at most a torn last line, which the reader ignores.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use cairn::engine::{Engine, EngineHandle, EngineOptions, Info};
+use cairn::state::Labels;
+use cairn::types::{DriverKind, Kind, Mount};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Prepare {
+        key: String,
+        parent: Option<String>,
+        view: bool,
+        labels: Labels,
+    },
+    /// Write a file into an Active snapshot's own tree (not an engine command).
+    Write {
+        key: String,
+        file: String,
+        data: Vec<u8>,
+    },
+    Commit {
+        name: String,
+        key: String,
+        labels: Labels,
+    },
+    Remove {
+        key: String,
+    },
+    Update {
+        key: String,
+        labels: Labels,
+    },
+    Checkpoint,
+    Close,
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The directory a snapshot's own files live in, from its mounts: a bind's source, an
+/// overlay's upperdir; `None` for a read-only overlay (no single directory).
+pub fn own_dir(mounts: &[Mount]) -> Option<PathBuf> {
+    let m = mounts.first()?;
+    if m.kind == "bind" {
+        return Some(m.source.clone());
+    }
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
+}
+
+/// Run one operation through the handle. `Close` consumes nothing here: the caller closes.
+pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
+    match op {
+        Op::Prepare {
+            key,
+            parent,
+            view,
+            labels,
+        } => {
+            let r = if *view {
+                h.view(key, parent.as_deref(), labels.clone())
+            } else {
+                h.prepare(key, parent.as_deref(), labels.clone())
+            };
+            r.map(|_| ()).map_err(|e| e.to_string())
+        }
+        Op::Write { key, file, data } => {
+            let mounts = h.mounts(key).map_err(|e| e.to_string())?;
+            let dir = own_dir(&mounts).ok_or("no own dir")?;
+            // One write call: a kill leaves the file absent, empty or a prefix.
+            let mut f = std::fs::File::create(dir.join(file)).map_err(|e| e.to_string())?;
+            f.write_all(data).map_err(|e| e.to_string())
+        }
+        Op::Commit { name, key, labels } => h
+            .commit(name, key, labels.clone())
+            .map_err(|e| e.to_string()),
+        Op::Remove { key } => h.remove(key).map_err(|e| e.to_string()),
+        Op::Update { key, labels } => {
+            let mut info = h.stat(key).map_err(|e| e.to_string())?;
+            info.labels = labels.clone();
+            h.update(info, &[]).map(|_| ()).map_err(|e| e.to_string())
+        }
+        Op::Checkpoint => h.checkpoint().map_err(|e| e.to_string()),
+        Op::Close => Ok(()),
+    }
+}
+
+/// The child's acknowledgement log.
+#[derive(Debug)]
+pub struct AckLog {
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl AckLog {
+    pub fn open(path: &Path) -> AckLog {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open ack log");
+        AckLog {
+            file: std::sync::Mutex::new(file),
+        }
+    }
+
+    fn line(&self, tag: &str, thread: usize, op: &Op) {
+        let line = format!(
+            "{tag} {thread} {}\n",
+            serde_json::to_string(op).expect("op encodes")
+        );
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(line.as_bytes()).expect("write ack log");
+    }
+
+    pub fn begin(&self, thread: usize, op: &Op) {
+        self.line("B", thread, op);
+    }
+
+    pub fn ack(&self, thread: usize, op: &Op) {
+        self.line("A", thread, op);
+    }
+}
+
+/// What a log says: acknowledged operations in order, and per thread the operation begun but
+/// not acknowledged.
+#[derive(Debug, Default)]
+pub struct LogView {
+    pub acked: Vec<Op>,
+    pub inflight: Vec<Op>,
+}
+
+pub fn read_log(path: &Path) -> LogView {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut view = LogView::default();
+    let mut open: BTreeMap<usize, Op> = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(tag), Some(t), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(thread) = t.parse::<usize>() else {
+            continue;
+        };
+        let Ok(op) = serde_json::from_str::<Op>(json) else {
+            continue;
+        };
+        match tag {
+            "B" => {
+                open.insert(thread, op);
+            }
+            "A" => {
+                open.remove(&thread);
+                view.acked.push(op);
+            }
+            _ => {}
+        }
+    }
+    view.inflight = open.into_values().collect();
+    view
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MSnap {
+    pub kind: Kind,
+    pub parent: Option<String>,
+    pub labels: Labels,
+    /// The snapshot's own tree (vfs: a full copy of its parent plus its writes; overlay: its
+    /// writes only).
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    pub snaps: BTreeMap<String, MSnap>,
+    /// vfs: a child's tree starts as a copy of its parent's.
+    pub full_copy: bool,
+}
+
+impl Model {
+    pub fn new(driver: DriverKind) -> Model {
+        Model {
+            snaps: BTreeMap::new(),
+            full_copy: driver == DriverKind::Vfs,
+        }
+    }
+
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Prepare {
+                key,
+                parent,
+                view,
+                labels,
+            } => {
+                let files = match (parent, *view, self.full_copy) {
+                    (Some(p), false, true) => self.snaps[p].files.clone(),
+                    _ => BTreeMap::new(),
+                };
+                let kind = if *view { Kind::View } else { Kind::Active };
+                self.snaps.insert(
+                    key.clone(),
+                    MSnap {
+                        kind,
+                        parent: parent.clone(),
+                        labels: labels.clone(),
+                        files,
+                    },
+                );
+            }
+            Op::Write { key, file, data } => {
+                self.snaps
+                    .get_mut(key)
+                    .expect("write to a known key")
+                    .files
+                    .insert(file.clone(), data.clone());
+            }
+            Op::Commit { name, key, labels } => {
+                let mut s = self.snaps.remove(key).expect("commit of a known key");
+                s.kind = Kind::Committed;
+                s.labels = labels.clone();
+                self.snaps.insert(name.clone(), s);
+            }
+            Op::Remove { key } => {
+                self.snaps.remove(key);
+            }
+            Op::Update { key, labels } => {
+                self.snaps
+                    .get_mut(key)
+                    .expect("update of a known key")
+                    .labels = labels.clone();
+            }
+            Op::Checkpoint | Op::Close => {}
+        }
+    }
+
+    fn meta(&self) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
+        self.snaps
+            .iter()
+            .map(|(k, s)| (k.clone(), (s.kind, s.parent.clone(), s.labels.clone())))
+            .collect()
+    }
+}
+
+fn actual_meta(infos: &[Info]) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
+    infos
+        .iter()
+        .map(|i| (i.key.clone(), (i.kind, i.parent.clone(), i.labels.clone())))
+        .collect()
+}
+
+/// Every regular file under `dir`, by relative path.
+pub fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn go(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let e = e.expect("readdir");
+            let p = e.path();
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                go(base, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(base)
+                    .expect("under base")
+                    .display()
+                    .to_string();
+                out.insert(rel, std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(dir, dir, &mut out);
+    out
+}
+
+pub fn options(driver: DriverKind) -> EngineOptions {
+    EngineOptions {
+        driver: Some(driver),
+        workers: 2,
+        wal: cairn_wal::WalOptions {
+            segment_size_bytes: 16 << 10,
+            max_record_bytes: 8 << 10,
+            ..Default::default()
+        },
+        ..EngineOptions::default()
+    }
+}
+
+/// Only the names a healthy root holds, and exactly `snapshots` snapshot directories.
+pub fn check_root_names(root: &Path, snapshots: usize) {
+    let mut bad = Vec::new();
+    for e in std::fs::read_dir(root).expect("read root") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        match name.as_str() {
+            "LOCK" | "cairn.meta" | "checkpoint" | "index" => {}
+            "wal" => {
+                for w in std::fs::read_dir(&p).expect("read wal") {
+                    let w = w.expect("entry").file_name().to_string_lossy().into_owned();
+                    if !(w.ends_with(".wal")
+                        && w.len() == 24
+                        && w[..20].bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        bad.push(format!("wal/{w}"));
+                    }
+                }
+            }
+            "staging" | "trash" => {
+                for s in std::fs::read_dir(&p).expect("read dir") {
+                    bad.push(format!(
+                        "{name}/{}",
+                        s.expect("entry").file_name().to_string_lossy()
+                    ));
+                }
+            }
+            "snapshots" => {
+                let mut n = 0;
+                for s in std::fs::read_dir(&p).expect("read snapshots") {
+                    let s = s.expect("entry");
+                    let sn = s.file_name().to_string_lossy().into_owned();
+                    if !sn.bytes().all(|b| b.is_ascii_digit())
+                        || !s.file_type().expect("type").is_dir()
+                    {
+                        bad.push(format!("snapshots/{sn}"));
+                        continue;
+                    }
+                    n += 1;
+                    for inner in std::fs::read_dir(s.path()).expect("read snapshot") {
+                        let inner = inner
+                            .expect("entry")
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned();
+                        if !matches!(inner.as_str(), "fs" | "txid" | "work") {
+                            bad.push(format!("snapshots/{sn}/{inner}"));
+                        }
+                    }
+                }
+                assert_eq!(
+                    n, snapshots,
+                    "snapshot directories on disk vs snapshots in the state"
+                );
+            }
+            _ => bad.push(name),
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "names under {} that the state does not account for: {bad:?}",
+        root.display()
+    );
+}
+
+/// Reopen `root` after a crash and check it against the model and the operations in flight;
+/// returns the model updated with whichever outcome each in-flight operation had.
+pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, inflight: &[Op]) -> Model {
+    let (h, report) =
+        Engine::open(root, options(driver)).unwrap_or_else(|e| panic!("reopen after crash: {e}"));
+    assert!(report.lost.is_empty(), "lost trees: {report:?}");
+    assert!(report.unexpected.is_empty(), "unexpected names: {report:?}");
+    let infos = h.walk(&[]).expect("walk");
+    let actual = actual_meta(&infos);
+    // Each in-flight operation happened wholly or not at all: find the combination that
+    // matches (operations of different threads touch different keys, so order is free).
+    let n = inflight.len();
+    let mut found = None;
+    for mask in 0..(1u32 << n) {
+        let mut m = model.clone();
+        for (i, op) in inflight.iter().enumerate() {
+            if mask & (1 << i) != 0 && !matches!(op, Op::Write { .. }) {
+                m.apply(op);
+            }
+        }
+        if m.meta() == actual {
+            found = Some(m);
+            break;
+        }
+    }
+    let Some(mut m) = found else {
+        panic!(
+            "state after recovery matches no outcome of the in-flight operations\n in flight: {inflight:?}\n expected (acknowledged only): {:#?}\n actual: {actual:#?}",
+            model.meta()
+        );
+    };
+    // An interrupted write leaves its file absent or a prefix of what was written.
+    let writes: Vec<&Op> = inflight
+        .iter()
+        .filter(|o| matches!(o, Op::Write { .. }))
+        .collect();
+    for (key, snap) in m.snaps.clone() {
+        let mounts = h
+            .mounts(&key)
+            .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
+        let Some(dir) = own_dir(&mounts) else {
+            continue;
+        };
+        assert!(
+            dir.is_dir(),
+            "{key}: mount source {} missing",
+            dir.display()
+        );
+        let on_disk = read_tree(&dir);
+        let expected = match (snap.kind, &snap.parent) {
+            (Kind::View, Some(p)) => m.snaps[p].files.clone(),
+            _ => snap.files.clone(),
+        };
+        // An interrupted write (File::create, then one write) leaves its file as it was, absent,
+        // empty, or a prefix of the new data; the model takes whatever it left.
+        let mut expected_left = expected.clone();
+        let mut on_disk_left = on_disk.clone();
+        for w in &writes {
+            if let Op::Write { key: k, file, data } = w {
+                if *k != key {
+                    continue;
+                }
+                let old = expected_left.remove(file);
+                let got = on_disk_left.remove(file);
+                let ok = match &got {
+                    None => old.is_none(),
+                    Some(g) => Some(g) == old.as_ref() || data.starts_with(g),
+                };
+                assert!(ok, "{key}/{file}: an interrupted write left neither the old contents nor a prefix of the new");
+                let files = &mut m.snaps.get_mut(&key).expect("key").files;
+                match got {
+                    Some(g) => files.insert(file.clone(), g),
+                    None => files.remove(file),
+                };
+            }
+        }
+        if on_disk_left != expected_left {
+            let sum = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize, u32)> {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.len(), crc32fast::hash(v)))
+                    .collect()
+            };
+            panic!(
+                "{key} ({:?}, parent {:?}): files differ from the acknowledged writes\n on disk: {:?}\n expected: {:?}\n in flight: {:?}",
+                snap.kind,
+                snap.parent,
+                sum(&on_disk_left),
+                sum(&expected_left),
+                inflight.iter().map(|o| match o { Op::Write { key, file, data } => format!("Write {key}/{file} {}", data.len()), o => format!("{o:?}") }).collect::<Vec<_>>()
+            );
+        }
+    }
+    let fsck = h.fsck(false).expect("fsck");
+    assert!(fsck.is_clean(), "fsck after recovery: {fsck:?}");
+    h.close().expect("close");
+    check_root_names(root, infos.len());
+    // Recovery is done: a second open finds the same state and nothing to do.
+    let (h, report2) = Engine::open(root, options(driver)).expect("second reopen");
+    assert!(
+        report2.dropped.is_empty() && report2.installed.is_empty(),
+        "second recovery did work: {report2:?}"
+    );
+    assert!(
+        report2.orphans_removed.is_empty() && report2.staging_removed.is_empty(),
+        "{report2:?}"
+    );
+    assert_eq!(
+        h.walk(&[]).expect("walk"),
+        infos,
+        "second reopen gives another state"
+    );
+    let fsck = h.fsck(false).expect("fsck");
+    assert!(fsck.is_clean(), "fsck after second reopen: {fsck:?}");
+    h.close().expect("close");
+    m
+}
+
+/// Copy a directory tree (a closed root) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        let ft = e.file_type().expect("type");
+        if ft.is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)
+                .expect("symlink");
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// Every failpoint compiled into the crate, found in its source.
+pub fn all_failpoints() -> Vec<String> {
+    let mut out = BTreeSet::new();
+    fn scan(dir: &Path, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).expect("read src") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                scan(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).expect("read source");
+                for part in text.split("fail_point!(\"").skip(1) {
+                    if let Some(end) = part.find('"') {
+                        out.insert(part[..end].to_owned());
+                    }
+                }
+            }
+        }
+    }
+    scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    out.into_iter().collect()
+}
