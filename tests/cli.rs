@@ -613,3 +613,90 @@ fn mount_and_umount_as_root() {
     let e = r.run(&["umount", t]).fails(1);
     assert!(e.starts_with(&format!("cairn: unmount {t}: ")), "{e}");
 }
+
+#[test]
+fn overlay_root_mounts_as_root() {
+    let r = Root::new();
+    let target = r.path.parent().unwrap().join("target");
+    std::fs::create_dir(&target).unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: the overlay driver needs root");
+        return;
+    }
+    let run = r.run(&["--driver", "overlay", "snapshot", "prepare", "a"]);
+    if run.code != 0 && run.stderr.contains("overlay is not usable") {
+        println!("skipped: overlay is not usable here: {}", run.stderr.trim());
+        return;
+    }
+    run.ok();
+    std::fs::write(r.path.join("snapshots/1/fs/lower"), b"x").unwrap();
+    r.run(&["snapshot", "commit", "a-c", "a"]).ok();
+    r.run(&["snapshot", "prepare", "b", "a-c"]).ok();
+    let canonical = r.path.canonicalize().unwrap();
+    let cmd = r.run(&["snapshot", "mounts", "/mnt", "b"]).ok().stdout;
+    let s = |p: &str| canonical.join("snapshots").join(p).display().to_string();
+    assert_eq!(
+        cmd,
+        format!(
+            "mount -t overlay overlay -o workdir={},upperdir={},lowerdir={} /mnt\n",
+            s("2/work"),
+            s("2/fs"),
+            s("1/fs")
+        )
+    );
+    let t = target.to_str().unwrap();
+    r.run(&["mount", "b", t]).ok();
+    assert!(
+        target.join("lower").exists(),
+        "the parent is the lower layer"
+    );
+    std::fs::write(target.join("upper"), b"y").unwrap();
+    r.run(&["umount", t]).ok();
+    assert!(
+        canonical.join("snapshots/2/fs/upper").exists(),
+        "written into the upper dir"
+    );
+    assert!(!target.join("lower").exists());
+    // The root stays an overlay root.
+    let e = r.run(&["--driver", "vfs", "snapshot", "ls"]).fails(2);
+    assert!(
+        e.ends_with("was created with the overlay driver, not vfs"),
+        "{e}"
+    );
+    r.run(&["fsck"]).ok();
+}
+
+#[test]
+fn wal_dump_reports_a_torn_tail_and_changes_nothing() {
+    use std::os::unix::fs::FileExt;
+    let r = Root::new();
+    r.run(&["snapshot", "prepare", "a"]).ok();
+    let segment = r.path.join("wal/00000000000000000001.wal");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(&[0xff; 8], 8192).unwrap();
+    let before = std::fs::read(&segment).unwrap();
+    let run = r.run(&["wal", "dump"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(
+        run.stdout.lines().count(),
+        3,
+        "header and two records: {run:#?}"
+    );
+    assert!(
+        run.stderr
+            .starts_with("cairn: warning: the log ends in bytes that are not a record at "),
+        "{run:#?}"
+    );
+    assert!(run.stderr.contains("(LSN 3: "), "{run:#?}");
+    let run = r.run(&["--json", "wal", "dump"]);
+    let warning: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(warning["warning"]["kind"], "torn-tail");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        before,
+        "dump never writes"
+    );
+}
