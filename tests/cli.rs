@@ -480,7 +480,7 @@ fn fsck_reports_a_lost_tree_and_exits_1() {
     assert!(lines[0].ends_with("[NOT REPAIRED]"), "{run:#?}");
     assert_eq!(
         lines[1],
-        "fsck: 2 snapshots checked, 1 problems, 0 repaired"
+        "fsck: 2 snapshots checked, 1 finding (0 repaired)"
     );
     // A lost tree is never repaired.
     let run = r.run(&["--json", "fsck", "--repair"]);

@@ -40,23 +40,24 @@ pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
                 .and_then(|r| r.as_bool())
                 .unwrap_or(false);
             let mark = if repaired { "repaired" } else { "NOT REPAIRED" };
-            ctx.out.line(
-                &format!("{problem} {} [{mark}]", fields_text(&fields)).replace("  [", " ["),
-            )?;
+            let mut line = problem;
+            if !fields.is_empty() {
+                line.push(' ');
+                line.push_str(&fields_text(&fields));
+            }
+            ctx.out.line(&format!("{line} [{mark}]"))?;
         }
+        let checked = plural(report.snapshots_checked, "snapshot");
         let summary = if report.is_clean() {
             "clean".to_owned()
         } else {
+            let repaired = report.findings.len() - unrepaired;
             format!(
-                "{} problems, {} repaired",
-                report.findings.len(),
-                report.findings.len() - unrepaired
+                "{} ({repaired} repaired)",
+                plural(report.findings.len(), "finding")
             )
         };
-        ctx.out.line(&format!(
-            "fsck: {} snapshots checked, {summary}",
-            report.snapshots_checked
-        ))
+        ctx.out.line(&format!("fsck: {checked} checked, {summary}"))
     })?;
     Ok(if unrepaired > 0 { 1 } else { 0 })
 }
@@ -75,4 +76,12 @@ pub fn cleanup(ctx: &Ctx) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
