@@ -3,47 +3,61 @@
 use super::error::CliError;
 use super::output::{fields_text, variant};
 use super::Ctx;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// A finding as `--json` prints it: the problem's name, its fields, whether it was repaired.
+#[derive(Debug, Serialize)]
+struct FindingJson {
+    problem: String,
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+    repaired: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct FsckJson<'a> {
+    clean: bool,
+    snapshots_checked: usize,
+    repaired: usize,
+    unrepaired: usize,
+    findings: &'a [FindingJson],
+}
 
 pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
     let report = ctx.with_engine(|e| Ok(e.fsck(repair)?))?;
     let unrepaired = report.findings.iter().filter(|f| !f.repaired).count();
-    let findings: Vec<Value> = report
+    let findings: Vec<FindingJson> = report
         .findings
         .iter()
         .map(|f| {
             let (problem, fields) =
                 variant(serde_json::to_value(&f.problem).unwrap_or(Value::Null));
-            let mut obj = serde_json::Map::new();
-            obj.insert("problem".into(), Value::from(problem));
-            obj.extend(fields);
-            obj.insert("repaired".into(), Value::from(f.repaired));
-            Value::Object(obj)
+            FindingJson {
+                problem,
+                fields,
+                repaired: f.repaired,
+            }
         })
         .collect();
-    let value = json!({
-        "snapshots_checked": report.snapshots_checked,
-        "clean": report.is_clean(),
-        "repaired": report.findings.len() - unrepaired,
-        "unrepaired": unrepaired,
-        "findings": findings,
-    });
+    let value = FsckJson {
+        clean: report.is_clean(),
+        snapshots_checked: report.snapshots_checked,
+        repaired: report.findings.len() - unrepaired,
+        unrepaired,
+        findings: &findings,
+    };
     ctx.out.result(&value, || {
         for f in &findings {
-            let mut fields = f.as_object().cloned().unwrap_or_default();
-            let problem = fields
-                .remove("problem")
-                .and_then(|p| p.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let repaired = fields
-                .remove("repaired")
-                .and_then(|r| r.as_bool())
-                .unwrap_or(false);
-            let mark = if repaired { "repaired" } else { "NOT REPAIRED" };
-            let mut line = problem;
-            if !fields.is_empty() {
+            let mark = if f.repaired {
+                "repaired"
+            } else {
+                "NOT REPAIRED"
+            };
+            let mut line = f.problem.clone();
+            if !f.fields.is_empty() {
                 line.push(' ');
-                line.push_str(&fields_text(&fields));
+                line.push_str(&fields_text(&f.fields));
             }
             ctx.out.line(&format!("{line} [{mark}]"))?;
         }

@@ -74,6 +74,14 @@ fn labels(pairs: Vec<(String, String)>) -> Labels {
     pairs.into_iter().collect()
 }
 
+/// `snapshot usage` with `--json`: bytes and inodes of the snapshot's own tree.
+#[derive(Debug, Serialize)]
+struct UsageJson {
+    key: String,
+    size: u64,
+    inodes: u64,
+}
+
 /// A snapshot as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct InfoJson<'a> {
@@ -174,29 +182,27 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
                     None => e.walk(&[])?.into_iter().map(|i| i.key).collect(),
                 };
                 let mut usages = Vec::new();
-                for k in keys {
-                    let u = e.usage(&k)?;
-                    usages.push(json!({"key": k, "size": u.size_bytes, "inodes": u.inodes}));
+                for key in keys {
+                    let u = e.usage(&key)?;
+                    usages.push(UsageJson {
+                        key,
+                        size: u.size_bytes,
+                        inodes: u.inodes,
+                    });
                 }
                 Ok(usages)
             })?;
-            let value = match (&key, usages.first()) {
-                (Some(_), Some(one)) => one.clone(),
-                _ => serde_json::Value::from(usages.clone()),
-            };
-            out.result(&value, || {
+            let human = || {
                 let rows: Vec<Vec<String>> = usages
                     .iter()
-                    .map(|u| {
-                        vec![
-                            u["key"].as_str().unwrap_or_default().to_owned(),
-                            size_text(u["size"].as_u64().unwrap_or_default()),
-                            u["inodes"].to_string(),
-                        ]
-                    })
+                    .map(|u| vec![u.key.clone(), size_text(u.size), u.inodes.to_string()])
                     .collect();
                 out.table(&["KEY", "SIZE", "INODES"], &rows)
-            })
+            };
+            match (&key, usages.first()) {
+                (Some(_), Some(one)) => out.result(one, human),
+                _ => out.result(&usages, human),
+            }
         }
         SnapshotCmd::Tree => {
             let infos = ctx.with_engine(|e| Ok(e.walk(&[])?))?;

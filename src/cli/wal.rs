@@ -6,7 +6,8 @@ use super::output::{fields_text, variant};
 use super::Ctx;
 use crate::engine::read_journal;
 use clap::Subcommand;
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 #[derive(Debug, Subcommand)]
 pub enum WalCmd {
@@ -19,6 +20,17 @@ pub fn run(ctx: &Ctx, cmd: WalCmd) -> Result<(), CliError> {
     match cmd {
         WalCmd::Dump => dump(ctx),
     }
+}
+
+/// One `--json` line: the record's place in the log first, then the operation's fields.
+#[derive(Debug, Serialize)]
+struct DumpLine<'a> {
+    lsn: u64,
+    acked: u64,
+    txid: u64,
+    op: &'a str,
+    #[serde(flatten)]
+    fields: &'a Map<String, Value>,
 }
 
 fn dump(ctx: &Ctx) -> Result<(), CliError> {
@@ -37,12 +49,13 @@ fn dump(ctx: &Ctx) -> Result<(), CliError> {
         let entry = entry?;
         let (op, fields) = variant(serde_json::to_value(&entry.record.op).unwrap_or(Value::Null));
         if out.json {
-            let mut obj = serde_json::Map::new();
-            obj.insert("lsn".into(), Value::from(entry.lsn.0));
-            obj.insert("acked".into(), Value::from(entry.acked.0));
-            obj.insert("txid".into(), Value::from(entry.record.txid.0));
-            obj.insert("op".into(), Value::from(op));
-            obj.extend(fields);
+            let obj = DumpLine {
+                lsn: entry.lsn.0,
+                acked: entry.acked.0,
+                txid: entry.record.txid.0,
+                op: &op,
+                fields: &fields,
+            };
             out.json_line(&obj)?;
         } else {
             let line = format!(
