@@ -572,6 +572,26 @@ fn mount_and_umount_as_root() {
         return;
     }
     let t = target.to_str().unwrap();
+    // The same commands as an unprivileged user are refused before the root is touched.
+    for args in [&["mount", "a", t][..], &["umount", t][..]] {
+        use std::os::unix::process::CommandExt;
+        let run = finish(
+            command()
+                .uid(65534)
+                .gid(65534)
+                .arg("--root")
+                .arg(&r.path)
+                .args(args),
+        );
+        let e = run.fails(7);
+        assert!(
+            e.starts_with(&format!(
+                "cairn: {} needs root (running as uid 65534)",
+                args[0]
+            )),
+            "{e}"
+        );
+    }
     let out = r.run(&["mount", "a", t]).ok().stdout;
     assert!(
         out.starts_with("mounted: mount -t bind ") && out.ends_with(&format!(" -o rbind,rw {t}\n")),
