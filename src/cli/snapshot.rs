@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 pub enum SnapshotCmd {
     /// Create an active (writable) snapshot on PARENT, a committed snapshot, and print its mounts.
     Prepare {
+        /// The new snapshot's key.
         key: String,
+        /// A committed snapshot to build on; none for an empty snapshot.
         parent: Option<String>,
         /// A label to set, `key=value`; repeatable.
         #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
@@ -23,7 +25,9 @@ pub enum SnapshotCmd {
     },
     /// Create a read-only view of PARENT and print its mounts.
     View {
+        /// The new view's key.
         key: String,
+        /// The committed snapshot to view; none for an empty view.
         parent: Option<String>,
         /// A label to set, `key=value`; repeatable.
         #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
@@ -31,7 +35,9 @@ pub enum SnapshotCmd {
     },
     /// Commit the active snapshot KEY as NAME; KEY is gone afterwards.
     Commit {
+        /// The committed snapshot's name (a key like any other).
         name: String,
+        /// The active snapshot to commit.
         key: String,
         /// A label to set, `key=value`; repeatable.
         #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
