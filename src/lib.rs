@@ -4,6 +4,7 @@
 //! mounts), `layer` (tar streams, digests, export metadata), `engine` (the one thread that
 //! journals and applies), `image` and `cli` (clients of the engine).
 
+pub mod cli;
 pub mod driver;
 pub mod engine;
 pub mod image;

@@ -1,3 +1,3 @@
-fn main() {
-    println!("cairn {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    cairn::cli::run()
 }

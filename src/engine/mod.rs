@@ -10,6 +10,7 @@ mod api;
 mod atomic;
 mod checkpoint;
 mod core;
+pub mod dump;
 mod error;
 mod filter;
 pub mod fsck;
@@ -25,6 +26,7 @@ mod workers;
 pub use api::{
     CleanupReport, ContainerInfo, ImageInfo, ImportOptions, Imported, Info, LayerInfo, Verified,
 };
+pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
