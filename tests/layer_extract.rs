@@ -361,3 +361,81 @@ fn metadata_fixture_is_stable() {
     f.read_exact(&mut head).expect("magic");
     assert_eq!(&head, b"CAIRNTSM");
 }
+
+fn link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, target: &str) {
+    let mut h = header(kind, 0o777, 0);
+    b.append_link(&mut h, path, target).expect("append");
+}
+
+/// moby's breakout cases, rebuilt: every one must be refused or land inside the target.
+#[test]
+fn breakout_attempts_stay_inside() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim");
+    fs::write(&victim, b"VICTIM").expect("write");
+    let victim_dir = outside.path().to_string_lossy().into_owned();
+    type Case = Box<dyn Fn(&mut tar::Builder<Vec<u8>>)>;
+    let cases: Vec<(&str, Case)> = vec![
+        ("write through absolute symlink", {
+            let v = victim_dir.clone();
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "s", &v);
+                file(b, "s/victim", b"PWNED");
+            })
+        }),
+        ("hardlink to a symlink, then write through it", {
+            let v = victim_dir.clone();
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "s", &v);
+                link(b, tar::EntryType::Link, "h", "s");
+                file(b, "h/victim", b"PWNED");
+            })
+        }),
+        ("relative symlink climbing out", {
+            let up = format!("../../../../../../../..{victim_dir}");
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "s", &up);
+                file(b, "s/victim", b"PWNED");
+            })
+        }),
+        ("symlink replaced by a file of the same name", {
+            let v = victim.to_string_lossy().into_owned();
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "f", &v);
+                file(b, "f", b"PWNED");
+            })
+        }),
+        ("whiteout through a symlink", {
+            let v = victim_dir.clone();
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "s", &v);
+                file(b, "s/.wh.victim", b"");
+            })
+        }),
+        ("opaque dir through a symlink", {
+            let v = victim_dir.clone();
+            Box::new(move |b| {
+                link(b, tar::EntryType::Symlink, "s", &v);
+                file(b, "s/.wh..wh..opq", b"");
+            })
+        }),
+        (
+            "symlink loop as parent",
+            Box::new(|b| {
+                link(b, tar::EntryType::Symlink, "loop", "loop");
+                file(b, "loop/x", b"x");
+            }),
+        ),
+    ];
+    for (what, build) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let tar = b.into_inner().expect("tar");
+        let j = Jail::new();
+        let r = extract_bytes(&tar, &j.target, &opts());
+        println!("{what}: {:?}", r.as_ref().map(|(ex, _)| ex.entries));
+        j.check(what);
+        assert_eq!(fs::read(&victim).expect("victim"), b"VICTIM", "{what}");
+        assert_eq!(names(outside.path()), vec!["victim"], "{what}");
+    }
+}
