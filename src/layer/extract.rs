@@ -393,7 +393,12 @@ impl<R: Read> Ex<'_, R> {
         long_link: Option<Vec<u8>>,
         offset: u64,
     ) -> Result<Entry, LayerError> {
+        let mut hdr = hdr;
         let mut name = pax.path.or(long_name).unwrap_or_else(|| hdr.name.clone());
+        // Pre-POSIX tars mark directories as regular entries whose name ends in '/'.
+        if hdr.flag == TypeFlag::Regular && name.ends_with(b"/") && pax.sparse_major.is_none() {
+            hdr.flag = TypeFlag::Dir;
+        }
         let link = pax
             .linkpath
             .or(long_link)
