@@ -180,6 +180,17 @@ fn tool_written_tars_roundtrip() {
             0o4755,
             "{what}: setuid"
         );
+        // GNU tar --xattrs and bsdtar write SCHILY.xattr records; tarfile does not.
+        if what == "posix.tar" || what == "bsdtar.tar" {
+            match xattr::get(tree.join("etc/hostname"), "user.cairn") {
+                Ok(Some(v)) => assert_eq!(
+                    xattr::get(got.path().join("etc/hostname"), "user.cairn").expect("getxattr"),
+                    Some(v),
+                    "{what}: xattr"
+                ),
+                _ => println!("skipped: {what}: user xattrs not supported on this file system"),
+            }
+        }
         println!("{what}: ok");
     }
 }

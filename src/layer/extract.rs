@@ -437,7 +437,14 @@ impl<R: Read> Ex<'_, R> {
         Ok(Entry {
             rel,
             link,
-            size: pax.size.unwrap_or(hdr.size),
+            // Links, devices, fifos and directories carry no data, whatever `size` says:
+            // Go's archive/tar (Docker, containerd, tar-split) reads them that way, and a
+            // layer must mean the same thing here as there.
+            size: if header_only(hdr.flag) {
+                0
+            } else {
+                pax.size.unwrap_or(hdr.size)
+            },
             uid: pax.uid.unwrap_or(hdr.uid),
             gid: pax.gid.unwrap_or(hdr.gid),
             mtime: pax.mtime.unwrap_or((hdr.mtime, 0)),
@@ -1116,6 +1123,18 @@ impl<R: Read> Ex<'_, R> {
         }
         out.flush()
     }
+}
+
+fn header_only(flag: TypeFlag) -> bool {
+    matches!(
+        flag,
+        TypeFlag::Hardlink
+            | TypeFlag::Symlink
+            | TypeFlag::Char
+            | TypeFlag::Block
+            | TypeFlag::Dir
+            | TypeFlag::Fifo
+    )
 }
 
 fn times(e: &Entry) -> (TimeSpec, TimeSpec) {
