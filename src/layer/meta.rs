@@ -489,7 +489,7 @@ mod tests {
             },
         ];
         for rec in forged {
-            let bytes = encode_all(&[rec.clone()]);
+            let bytes = encode_all(std::slice::from_ref(&rec));
             assert!(
                 matches!(decode_all(&bytes), Err(LayerError::BadMeta { .. })),
                 "{rec:?} accepted"
