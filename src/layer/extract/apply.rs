@@ -182,6 +182,10 @@ impl<R: Read> Ex<'_, R> {
 
     pub(super) fn regular(&mut self, e: Entry) -> Result<(), LayerError> {
         let leaf = self.prepare(&e, false)?;
+        // Always a new inode (O_EXCL): writing into an existing file would change what a
+        // hardlink from a parent layer or earlier in this layer sees, and O_NOFOLLOW keeps
+        // a symlink planted at the leaf from redirecting the write. 0600 until the content
+        // and xattrs are in: the tar's mode may forbid writing.
         let fd = openat(
             Some(leaf.dirfd()),
             os(&leaf.name),
@@ -233,6 +237,8 @@ impl<R: Read> Ex<'_, R> {
             fchown(file.as_raw_fd(), Some(u), Some(g))
                 .map_err(|er| self.fs(&e, "chown")(errno_io(er)))?;
         }
+        // Order matters: chown clears setuid/setgid, so the mode comes after it; xattrs go
+        // before the mode, which may make the file read-only for a non-root importer.
         for (k, v) in &e.xattrs {
             xattr::FileExt::set_xattr(&file, os(k), v).map_err(self.fs(&e, "setxattr"))?;
         }
