@@ -180,6 +180,17 @@ fn tool_written_tars_roundtrip() {
             0o4755,
             "{what}: setuid"
         );
+        // GNU tar --xattrs and bsdtar write SCHILY.xattr records; tarfile does not.
+        if what == "posix.tar" || what == "bsdtar.tar" {
+            match xattr::get(tree.join("etc/hostname"), "user.cairn") {
+                Ok(Some(v)) => assert_eq!(
+                    xattr::get(got.path().join("etc/hostname"), "user.cairn").expect("getxattr"),
+                    Some(v),
+                    "{what}: xattr"
+                ),
+                _ => println!("skipped: {what}: user xattrs not supported on this file system"),
+            }
+        }
         println!("{what}: ok");
     }
 }
@@ -188,14 +199,14 @@ fn tool_written_tars_roundtrip() {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Node {
-    File(Vec<u8>),
+    File(Vec<u8>, u32),
     Dir,
     Link(String),
 }
 
 #[derive(Clone, Debug)]
 enum Op {
-    File(usize, usize),
+    File(usize, usize, usize),
     Dir(usize),
     Symlink(usize, usize),
     Hardlink(usize, usize),
@@ -218,12 +229,15 @@ fn names() -> Vec<String> {
     ]
 }
 
+/// File modes, setuid and read-only included (nothing unreadable: export must read back).
+const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o4755, 0o2750, 0o400];
+
 const TARGETS: &[&str] = &["a", "d/b", "/etc/passwd", "../../x", "ü-名"];
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     let n = names().len();
     prop_oneof![
-        4 => (0..n, 0..4usize).prop_map(|(p, c)| Op::File(p, c)),
+        4 => (0..n, 0..4usize, 0..MODES.len()).prop_map(|(p, c, m)| Op::File(p, c, m)),
         2 => (0..n).prop_map(Op::Dir),
         1 => (0..n, 0..TARGETS.len()).prop_map(|(p, t)| Op::Symlink(p, t)),
         1 => (0..n, 0..n).prop_map(|(p, t)| Op::Hardlink(p, t)),
@@ -289,38 +303,42 @@ fn build_layer(ops: &[Op], m: &mut BTreeMap<String, Node>) -> Vec<u8> {
     };
     for op in ops {
         match op {
-            Op::File(p, c) | Op::Hardlink(p, c) => {
+            Op::File(p, _, _) | Op::Hardlink(p, _) => {
                 let path = &names[*p];
                 if !parents_usable(m, path) {
                     continue;
                 }
-                let data = if let Op::Hardlink(_, t) = op {
-                    let target = &names[*t];
-                    let Some(Node::File(d)) =
-                        m.get(target).filter(|_| layer_files.contains(target))
-                    else {
-                        continue;
-                    };
-                    // A link replacing a directory that holds its own target: refused
-                    // (the target is gone once the directory is), not modeled.
-                    if target == path || target.starts_with(&format!("{path}/")) {
-                        continue;
+                let node = match op {
+                    Op::Hardlink(_, t) => {
+                        let target = &names[*t];
+                        let Some(node @ Node::File(..)) =
+                            m.get(target).filter(|_| layer_files.contains(target))
+                        else {
+                            continue;
+                        };
+                        // A link replacing a directory that holds its own target: refused
+                        // (the target is gone once the directory is), not modeled.
+                        if target == path || target.starts_with(&format!("{path}/")) {
+                            continue;
+                        }
+                        let node = node.clone();
+                        let mut h = header(tar::EntryType::Link, 0o644, 0);
+                        b.append_link(&mut h, path, target).expect("append");
+                        node
                     }
-                    let d = d.clone();
-                    let mut h = header(tar::EntryType::Link, 0o644, 0);
-                    b.append_link(&mut h, path, target).expect("append");
-                    d
-                } else {
-                    let d = content(*c);
-                    let mut h = header(tar::EntryType::Regular, 0o644, d.len() as u64);
-                    b.append_data(&mut h, path, &d[..]).expect("append");
-                    d
+                    Op::File(_, c, mode) => {
+                        let d = content(*c);
+                        let mut h = header(tar::EntryType::Regular, MODES[*mode], d.len() as u64);
+                        b.append_data(&mut h, path, &d[..]).expect("append");
+                        Node::File(d, MODES[*mode])
+                    }
+                    _ => continue,
                 };
                 remove_subtree(m, path);
                 for a in ancestors(path) {
                     m.entry(a).or_insert(Node::Dir);
                 }
-                m.insert(path.clone(), Node::File(data));
+                m.insert(path.clone(), node);
                 touch(path, &mut touched);
                 layer_files.insert(path.clone());
             }
@@ -398,7 +416,7 @@ fn model_listing(m: &BTreeMap<String, Node>) -> Vec<String> {
             let line = match n {
                 Node::Dir => format!("d {k}"),
                 Node::Link(t) => format!("l {k} -> {t}"),
-                Node::File(d) => {
+                Node::File(d, _) => {
                     let text = String::from_utf8_lossy(d);
                     format!("f {k} {}", text.strip_suffix('\n').unwrap_or(&text))
                 }
@@ -434,5 +452,11 @@ proptest! {
         extract_bytes(&base_tar, tmp.path(), &opts()).expect("base import");
         extract_bytes(&top_tar, tmp.path(), &opts()).expect("top import");
         prop_assert_eq!(tree_listing(tmp.path()), model_listing(&model));
+        for (path, node) in &model {
+            if let Node::File(_, mode) = node {
+                let md = std::fs::symlink_metadata(tmp.path().join(path)).expect("stat");
+                prop_assert_eq!(md.mode() & 0o7777, *mode, "mode of {}", path);
+            }
+        }
     }
 }

@@ -314,7 +314,13 @@ fn decode(tag: u8, p: Vec<u8>, at: u64) -> Result<Record, LayerError> {
             if p.len() != 8 {
                 return Err(bad(at, "zeros record of the wrong size"));
             }
-            Ok(Record::Zeros(u64_at(&p, 0)))
+            // Writers never emit runs longer than two raw chunks; the bound keeps a forged
+            // record from making export write without end.
+            let n = u64_at(&p, 0);
+            if n > u64::from(MAX_PAYLOAD) {
+                return Err(bad(at, "zeros record longer than the bound"));
+            }
+            Ok(Record::Zeros(n))
         }
         TAG_FILE => {
             if p.len() < 40 {
@@ -336,11 +342,21 @@ fn decode(tag: u8, p: Vec<u8>, at: u64) -> Result<Record, LayerError> {
                 .and_then(|s| s.checked_add(44))
                 .filter(|&e| e <= p.len())
                 .ok_or_else(|| bad(at, "sparse map longer than its record"))?;
-            let segments = (0..n)
+            let segments: Vec<(u64, u64)> = (0..n)
                 .map(|i| (u64_at(&p, 44 + 16 * i), u64_at(&p, 52 + 16 * i)))
                 .collect();
+            let realsize = u64_at(&p, 0);
+            // Ordered, disjoint and inside the file, as import checked them: export then
+            // reads each byte of the file at most once.
+            let mut covered = 0u64;
+            for &(off, len) in &segments {
+                match off.checked_add(len) {
+                    Some(stop) if off >= covered && stop <= realsize => covered = stop,
+                    _ => return Err(bad(at, "sparse segments out of order or past the end")),
+                }
+            }
             Ok(Record::Sparse {
-                realsize: u64_at(&p, 0),
+                realsize,
                 sha256: hash_at(&p, 8),
                 segments,
                 path: path_from(&p[end..], at)?,
@@ -453,6 +469,32 @@ mod tests {
             out.push(rec);
         }
         out
+    }
+
+    #[test]
+    fn forged_bounds_are_refused() {
+        let forged = [
+            Record::Zeros(u64::MAX),
+            Record::Sparse {
+                path: b"s".to_vec(),
+                realsize: 10,
+                segments: vec![(0, 8), (4, 4)],
+                sha256: [0; 32],
+            },
+            Record::Sparse {
+                path: b"s".to_vec(),
+                realsize: 10,
+                segments: vec![(8, 4)],
+                sha256: [0; 32],
+            },
+        ];
+        for rec in forged {
+            let bytes = encode_all(std::slice::from_ref(&rec));
+            assert!(
+                matches!(decode_all(&bytes), Err(LayerError::BadMeta { .. })),
+                "{rec:?} accepted"
+            );
+        }
     }
 
     #[test]
