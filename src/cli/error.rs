@@ -151,7 +151,22 @@ impl From<EngineError> for CliError {
                 CliError::new(ErrorKind::InvalidArgument, e.to_string())
             }
             EngineError::Io { ref source, .. } => CliError::new(io_kind(source), chain(&e)),
+            // Bad input: a tar or image that cannot be imported.
+            EngineError::Layer(_) | EngineError::DiffIdMismatch { .. } => {
+                CliError::new(ErrorKind::InvalidArgument, chain(&e))
+            }
             other => CliError::new(ErrorKind::Other, chain(&other)),
+        }
+    }
+}
+
+impl From<crate::image::ImageError> for CliError {
+    fn from(e: crate::image::ImageError) -> CliError {
+        use crate::image::ImageError as I;
+        match e {
+            I::Engine(e) => e.into(),
+            I::Io { ref source, .. } => CliError::new(io_kind(source), chain(&e)),
+            other => CliError::new(ErrorKind::InvalidArgument, chain(&other)),
         }
     }
 }

@@ -4,10 +4,14 @@
 //! second process with `root … is locked by pid N`); `wal dump` and `umount` do not open the
 //! engine at all.
 
+mod container;
 mod error;
+mod image;
+mod layer;
 mod maint;
 mod mount;
 mod output;
+mod progress;
 mod snapshot;
 mod wal;
 
@@ -88,6 +92,17 @@ pub enum Command {
     Wal(wal::WalCmd),
     /// Remove trees and staging areas on disk that no snapshot owns.
     Cleanup,
+    /// Import, export, list and remove layers (OCI/Docker layer tars).
+    #[command(subcommand, alias = "layers")]
+    Layer(layer::LayerCmd),
+    /// Load, list and remove images.
+    #[command(subcommand, alias = "images")]
+    Image(image::ImageCmd),
+    /// Create, list and remove containers' read-write snapshots.
+    #[command(subcommand, alias = "containers")]
+    Container(container::ContainerCmd),
+    /// Re-hash stored layers (one, or all) against their DiffIDs; exit 1 when any differs.
+    Verify { chain_id: Option<String> },
 }
 
 /// What a command needs: where the root is, how to open it, how to print.
@@ -206,6 +221,10 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Fsck { repair } => maint::fsck(ctx, repair),
         Command::Wal(cmd) => wal::run(ctx, cmd).map(|()| 0),
         Command::Cleanup => maint::cleanup(ctx).map(|()| 0),
+        Command::Layer(cmd) => layer::run(ctx, cmd).map(|()| 0),
+        Command::Image(cmd) => image::run(ctx, cmd).map(|()| 0),
+        Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
+        Command::Verify { chain_id } => layer::verify(ctx, chain_id),
     }
 }
 
