@@ -6,7 +6,6 @@ use super::layout::{Inventory, Layout, TREE};
 use super::sync::{sync_tree, SyncMode};
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -52,9 +51,7 @@ impl Driver for VfsDriver {
                 copy_tree(&parent_dir.join(TREE), &tree)?;
                 fail::fail_point!("driver::stage::after_copy");
             }
-            _ => {
-                fs::create_dir(&tree).map_err(|e| DriverError::io("mkdir", &tree, e))?;
-            }
+            _ => super::layout::create_tree_root(&tree)?,
         }
         // Invariant: the copied tree is on disk before the marker and the staging entry say
         // the stage is complete.
