@@ -262,7 +262,15 @@ impl Core {
                 batch.replies.push((reply, r.map_err(Into::into)));
             }
             Request::Mounts { key } => {
-                let r = self.mounts(&key).map(Response::Mounts);
+                // containerd's Mounts (storage.GetSnapshot) answers for Active and View only.
+                let r = match self.state.get(&key) {
+                    Ok(s) if s.kind == Kind::Committed => Err(EngineError::from(StateError::FailedPrecondition {
+                        key: key.clone(),
+                        reason: crate::state::Precondition::NoMounts,
+                    })),
+                    _ => self.mounts(&key),
+                }
+                .map(Response::Mounts);
                 batch.replies.push((reply, r));
             }
             Request::Usage { key } => match self.state.get(&key) {

@@ -27,6 +27,8 @@ pub enum Precondition {
     NotActive,
     #[error("an operation on it is still in progress")]
     Busy,
+    #[error("it is committed (only active and view snapshots have mounts)")]
+    NoMounts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
