@@ -33,7 +33,9 @@ fn opt() -> Labels {
 }
 
 fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
     i64::try_from(d.as_nanos()).expect("ns fit")
 }
 
@@ -55,11 +57,25 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
     let sn = open(&root, driver);
-    let ctx = Ctx { driver, root, work, sn, closed: Cell::new(false), counter: Cell::new(0), _tmp: tmp };
+    let ctx = Ctx {
+        driver,
+        root,
+        work,
+        sn,
+        closed: Cell::new(false),
+        counter: Cell::new(0),
+        _tmp: tmp,
+    };
     case(&ctx);
 
     // Every case leaves a consistent root that survives a clean reopen unchanged.
-    let Ctx { driver, root, sn, closed, .. } = ctx;
+    let Ctx {
+        driver,
+        root,
+        sn,
+        closed,
+        ..
+    } = ctx;
     let before = if closed.get() {
         None
     } else {
@@ -71,7 +87,11 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
     };
     let sn = open(&root, driver);
     if let Some(before) = before {
-        assert_eq!(sn.walk(&[]).expect("walk after reopen"), before, "walk changed across a clean reopen");
+        assert_eq!(
+            sn.walk(&[]).expect("walk after reopen"),
+            before,
+            "walk changed across a clean reopen"
+        );
     }
     let report = sn.fsck(false).expect("fsck after reopen");
     assert!(report.is_clean(), "fsck after reopen: {report:?}");
@@ -120,12 +140,16 @@ impl Ctx {
     /// helpers.go checkSnapshots: a chain, one snapshot per applier, each checked in a view
     /// against the same changes applied to one flat directory.
     fn check_snapshots(&self, layers: &[Vec<FsOp>]) -> Vec<String> {
-        let flat = tempfile::Builder::new().prefix("flat").tempdir_in(&self.work).expect("flat");
+        let flat = tempfile::Builder::new()
+            .prefix("flat")
+            .tempdir_in(&self.work)
+            .expect("flat");
         let mut parent: Option<String> = None;
         let mut names = Vec::new();
         for (i, ops) in layers.iter().enumerate() {
             let name = self.create_snapshot(parent.as_deref(), ops);
-            apply(flat.path(), ops).unwrap_or_else(|e| panic!("apply layer {} to flat: {e}", i + 1));
+            apply(flat.path(), ops)
+                .unwrap_or_else(|e| panic!("apply layer {} to flat: {e}", i + 1));
             self.check_snapshot(&name, flat.path());
             names.push(name.clone());
             parent = Some(name);
@@ -134,7 +158,10 @@ impl Ctx {
     }
 
     fn flat(&self, layers: &[&[FsOp]]) -> tempfile::TempDir {
-        let flat = tempfile::Builder::new().prefix("flat").tempdir_in(&self.work).expect("flat");
+        let flat = tempfile::Builder::new()
+            .prefix("flat")
+            .tempdir_in(&self.work)
+            .expect("flat");
         for ops in layers {
             apply(flat.path(), ops).expect("apply to flat");
         }
@@ -156,8 +183,17 @@ mod cases {
 
     /// checkSnapshotterBasic.
     pub fn basic(c: &Ctx) {
-        let initial = vec![file("/foo", b"foo\n", 0o777), dir("/a", 0o755), dir("/a/b", 0o755), dir("/a/b/c", 0o755)];
-        let diff = vec![file("/bar", b"bar\n", 0o777), file("/foo", b"bar\n", 0o777), remove_all("/a/b")];
+        let initial = vec![
+            file("/foo", b"foo\n", 0o777),
+            dir("/a", 0o755),
+            dir("/a/b", 0o755),
+            dir("/a/b/c", 0o755),
+        ];
+        let diff = vec![
+            file("/bar", b"bar\n", 0o777),
+            file("/foo", b"bar\n", 0o777),
+            remove_all("/a/b"),
+        ];
 
         let preparing = c.key("preparing");
         let m = c.prepare_mount(&preparing, None);
@@ -169,11 +205,19 @@ mod cases {
         let si = c.sn.stat(&committed).expect("stat committed");
         assert_eq!(si.parent, None);
         assert_eq!(si.kind, Kind::Committed);
-        expect_err(c.sn.stat(&preparing), Class::NotFound, "stat of the committed active key");
+        expect_err(
+            c.sn.stat(&preparing),
+            Class::NotFound,
+            "stat of the committed active key",
+        );
 
         let next = c.key("nextlayer");
         let m = c.prepare_mount(&next, Some(&committed));
-        assert_same_tree(c.flat(&[&initial]).path(), m.path(), "next layer before the diff");
+        assert_same_tree(
+            c.flat(&[&initial]).path(),
+            m.path(),
+            "next layer before the diff",
+        );
         apply(m.path(), &diff).expect("apply diff");
         m.unmount();
 
@@ -182,11 +226,16 @@ mod cases {
         assert_eq!(ni.kind, Kind::Active);
 
         let next_committed = c.key("committed-next");
-        c.sn.commit(&next_committed, &next, opt()).expect("commit next");
+        c.sn.commit(&next_committed, &next, opt())
+            .expect("commit next");
         let si2 = c.sn.stat(&next_committed).expect("stat committed-next");
         assert_eq!(si2.parent.as_deref(), Some(committed.as_str()));
         assert_eq!(si2.kind, Kind::Committed);
-        expect_err(c.sn.stat(&next), Class::NotFound, "stat of the committed next key");
+        expect_err(
+            c.sn.stat(&next),
+            Class::NotFound,
+            "stat of the committed next key",
+        );
 
         let walked = c.sn.walk(&[]).expect("walk");
         for expected in [&si, &si2] {
@@ -195,13 +244,23 @@ mod cases {
         }
 
         let nextnext = c.key("nextnextlayer");
-        let mounts = c.sn.view(&nextnext, Some(&next_committed), opt()).expect("view");
+        let mounts =
+            c.sn.view(&nextnext, Some(&next_committed), opt())
+                .expect("view");
         let m = Mounted::must(&mounts, &c.work);
-        assert_same_tree(c.flat(&[&initial, &diff]).path(), m.path(), "view of committed-next");
+        assert_same_tree(
+            c.flat(&[&initial, &diff]).path(),
+            m.path(),
+            "view of committed-next",
+        );
         m.unmount();
         c.sn.remove(&nextnext).expect("remove view");
 
-        expect_err(c.sn.remove(&committed), Class::FailedPrecondition, "remove of a parent");
+        expect_err(
+            c.sn.remove(&committed),
+            Class::FailedPrecondition,
+            "remove of a parent",
+        );
         c.sn.remove(&next_committed).expect("remove committed-next");
         c.sn.remove(&committed).expect("remove committed");
         assert!(c.sn.walk(&[]).expect("walk").is_empty());
@@ -253,7 +312,9 @@ mod cases {
 
         let si_a = c.sn.stat(&snap_a).expect("stat A");
         let si_b = c.sn.stat(&snap_b).expect("stat B");
-        let si_parent_b = c.sn.stat(si_b.parent.as_deref().expect("B has a parent")).expect("stat B's parent");
+        let si_parent_b =
+            c.sn.stat(si_b.parent.as_deref().expect("B has a parent"))
+                .expect("stat B's parent");
         assert_eq!(si_a.parent, None);
         assert_eq!(si_b.parent.as_deref(), Some(snap_a.as_str()));
         assert_eq!(si_parent_b.parent, None);
@@ -268,17 +329,35 @@ mod cases {
         c.sn.commit(&snap_a, &preparing, opt()).expect("commit");
 
         let new_layer = c.key("newlayer");
-        c.sn.prepare(&new_layer, Some(&snap_a), opt()).expect("prepare");
-        expect_err(c.sn.view(&new_layer, Some(&snap_a), opt()), Class::AlreadyExists, "view over a prepare");
+        c.sn.prepare(&new_layer, Some(&snap_a), opt())
+            .expect("prepare");
+        expect_err(
+            c.sn.view(&new_layer, Some(&snap_a), opt()),
+            Class::AlreadyExists,
+            "view over a prepare",
+        );
 
         let prep_layer = c.key("prepLayer");
-        c.sn.prepare(&prep_layer, Some(&snap_a), opt()).expect("prepare");
-        expect_err(c.sn.prepare(&prep_layer, Some(&snap_a), opt()), Class::AlreadyExists, "prepare twice");
+        c.sn.prepare(&prep_layer, Some(&snap_a), opt())
+            .expect("prepare");
+        expect_err(
+            c.sn.prepare(&prep_layer, Some(&snap_a), opt()),
+            Class::AlreadyExists,
+            "prepare twice",
+        );
 
         let view_layer = c.key("viewLayer");
         c.sn.view(&view_layer, Some(&snap_a), opt()).expect("view");
-        expect_err(c.sn.view(&view_layer, Some(&snap_a), opt()), Class::AlreadyExists, "view twice");
-        expect_err(c.sn.prepare(&view_layer, None, opt()), Class::AlreadyExists, "prepare over a view");
+        expect_err(
+            c.sn.view(&view_layer, Some(&snap_a), opt()),
+            Class::AlreadyExists,
+            "view twice",
+        );
+        expect_err(
+            c.sn.prepare(&view_layer, None, opt()),
+            Class::AlreadyExists,
+            "prepare over a view",
+        );
 
         // The failures changed nothing.
         assert_eq!(c.sn.stat(&new_layer).expect("stat").kind, Kind::Active);
@@ -289,7 +368,10 @@ mod cases {
     /// checkDeletedFilesInChildSnapshot.
     pub fn deleted_files_in_child(c: &Ctx) {
         c.check_snapshots(&[
-            vec![file("/foo", b"foo\n", 0o777), file("/foobar", b"foobar\n", 0o777)],
+            vec![
+                file("/foo", b"foo\n", 0o777),
+                file("/foobar", b"foobar\n", 0o777),
+            ],
             vec![remove_all("/foobar")],
             vec![],
         ]);
@@ -300,16 +382,28 @@ mod cases {
         let base = c.key("base");
         c.prepare_mount(&base, None).unmount();
         let committed_base = c.key("committed-base");
-        c.sn.commit(&committed_base, &base, opt()).expect("commit base");
+        c.sn.commit(&committed_base, &base, opt())
+            .expect("commit base");
         let intermediate = c.key("intermediate");
-        c.sn.prepare(&intermediate, Some(&committed_base), opt()).expect("prepare intermediate");
+        c.sn.prepare(&intermediate, Some(&committed_base), opt())
+            .expect("prepare intermediate");
         let committed_inter = c.key("committed-inter");
-        c.sn.commit(&committed_inter, &intermediate, opt()).expect("commit intermediate");
+        c.sn.commit(&committed_inter, &intermediate, opt())
+            .expect("commit intermediate");
         let top = c.key("toplayer");
-        c.sn.prepare(&top, Some(&committed_inter), opt()).expect("prepare top");
+        c.sn.prepare(&top, Some(&committed_inter), opt())
+            .expect("prepare top");
 
-        expect_err(c.sn.remove(&committed_inter), Class::FailedPrecondition, "remove intermediate");
-        expect_err(c.sn.remove(&committed_base), Class::FailedPrecondition, "remove base");
+        expect_err(
+            c.sn.remove(&committed_inter),
+            Class::FailedPrecondition,
+            "remove intermediate",
+        );
+        expect_err(
+            c.sn.remove(&committed_base),
+            Class::FailedPrecondition,
+            "remove base",
+        );
         c.sn.remove(&top).expect("remove top");
         c.sn.remove(&committed_inter).expect("remove intermediate");
         c.sn.remove(&committed_base).expect("remove base");
@@ -343,64 +437,118 @@ mod cases {
         ];
         for (name, kind, parent) in cases {
             let mut st = c.sn.stat(name).expect("stat");
-            assert!(t1 <= st.created_ns && st.created_ns <= t2, "{name}: created {} not in [{t1}, {t2}]", st.created_ns);
-            assert_eq!(st.created_ns, st.updated_ns, "{name}: updated differs from created");
+            assert!(
+                t1 <= st.created_ns && st.created_ns <= t2,
+                "{name}: created {} not in [{t1}, {t2}]",
+                st.created_ns
+            );
+            assert_eq!(
+                st.created_ns, st.updated_ns,
+                "{name}: updated differs from created"
+            );
             assert_eq!(st.kind, kind, "{name}");
             assert_eq!(st.parent.as_deref(), parent, "{name}");
             assert_eq!(st.key, name);
 
             let created = st.created_ns;
-            let expected = labels(&[("l1", "v1"), ("l2", "v2"), ("l3", "v3"), (GC_ROOT, "updated-root")]);
+            let expected = labels(&[
+                ("l1", "v1"),
+                ("l2", "v2"),
+                ("l3", "v3"),
+                (GC_ROOT, "updated-root"),
+            ]);
             st.parent = Some("doesnotexist".into());
             st.labels = expected.clone();
             let u1 = now_ns();
             let st = c.sn.update(st, &[]).expect("update");
             let u2 = now_ns();
             assert_eq!(st.created_ns, created, "{name}: created changed");
-            assert!(u1 <= st.updated_ns && st.updated_ns <= u2, "{name}: updated {} not in [{u1}, {u2}]", st.updated_ns);
+            assert!(
+                u1 <= st.updated_ns && st.updated_ns <= u2,
+                "{name}: updated {} not in [{u1}, {u2}]",
+                st.updated_ns
+            );
             assert_eq!(st.kind, kind, "{name}");
-            assert_eq!(st.parent.as_deref(), parent, "{name}: the parent is immutable");
+            assert_eq!(
+                st.parent.as_deref(),
+                parent,
+                "{name}: the parent is immutable"
+            );
             assert_eq!(st.key, name);
             assert_eq!(st.labels, expected, "{name}");
 
             let mut st = st;
             st.labels = labels(&[("l1", "updated"), ("l4", "v4")]);
-            let st = c.sn.update(st, &["labels.l1", "labels.l2"]).expect("update labels.l1 labels.l2");
-            assert_eq!(st.labels, labels(&[("l1", "updated"), ("l3", "v3"), (GC_ROOT, "updated-root")]), "{name}");
+            let st =
+                c.sn.update(st, &["labels.l1", "labels.l2"])
+                    .expect("update labels.l1 labels.l2");
+            assert_eq!(
+                st.labels,
+                labels(&[("l1", "updated"), ("l3", "v3"), (GC_ROOT, "updated-root")]),
+                "{name}"
+            );
 
             let mut st = st;
             let expected = labels(&[("l4", "v4"), (GC_ROOT, "updated-root")]);
             st.labels = expected.clone();
             let mut st = c.sn.update(st, &["labels"]).expect("update labels");
             assert_eq!(st.labels, expected, "{name}");
-            assert_eq!(c.sn.stat(name).expect("stat").labels, expected, "{name}: stat after update");
+            assert_eq!(
+                c.sn.stat(name).expect("stat").labels,
+                expected,
+                "{name}: stat after update"
+            );
 
             st.parent = Some("doesnotexist".into());
-            expect_err(c.sn.update(st, &["parent"]), Class::InvalidArgument, "update of the parent field");
+            expect_err(
+                c.sn.update(st, &["parent"]),
+                Class::InvalidArgument,
+                "update of the parent field",
+            );
             let after = c.sn.stat(name).expect("stat");
             assert_eq!(after.parent.as_deref(), parent);
-            assert_eq!(after.labels, expected, "{name}: a refused update changed the labels");
+            assert_eq!(
+                after.labels, expected,
+                "{name}: a refused update changed the labels"
+            );
         }
         let mut ghost = c.sn.stat("c1").expect("stat");
         ghost.key = "ghost".into();
-        expect_err(c.sn.update(ghost, &[]), Class::NotFound, "update of a missing snapshot");
+        expect_err(
+            c.sn.update(ghost, &[]),
+            Class::NotFound,
+            "update of a missing snapshot",
+        );
     }
 
     /// checkRemove: keys and names are reusable after removal.
     pub fn remove(c: &Ctx) {
         c.sn.prepare("committed-a", None, opt()).expect("prepare");
-        c.sn.commit("committed-1", "committed-a", opt()).expect("commit");
-        c.sn.prepare("reuse-1", Some("committed-1"), opt()).expect("prepare reuse-1");
+        c.sn.commit("committed-1", "committed-a", opt())
+            .expect("commit");
+        c.sn.prepare("reuse-1", Some("committed-1"), opt())
+            .expect("prepare reuse-1");
         c.sn.remove("reuse-1").expect("remove");
-        c.sn.view("reuse-1", Some("committed-1"), opt()).expect("view reuse-1");
+        c.sn.view("reuse-1", Some("committed-1"), opt())
+            .expect("view reuse-1");
         c.sn.remove("reuse-1").expect("remove");
-        c.sn.prepare("reuse-1", None, opt()).expect("prepare reuse-1 without parent");
+        c.sn.prepare("reuse-1", None, opt())
+            .expect("prepare reuse-1 without parent");
         c.sn.remove("committed-1").expect("remove committed-1");
-        c.sn.commit("committed-1", "reuse-1", opt()).expect("commit as committed-1 again");
+        c.sn.commit("committed-1", "reuse-1", opt())
+            .expect("commit as committed-1 again");
         let si = c.sn.stat("committed-1").expect("stat");
         assert_eq!((si.kind, si.parent), (Kind::Committed, None));
-        expect_err(c.sn.remove("reuse-1"), Class::NotFound, "remove of a committed key");
-        expect_err(c.sn.remove("never"), Class::NotFound, "remove of a missing key");
+        expect_err(
+            c.sn.remove("reuse-1"),
+            Class::NotFound,
+            "remove of a committed key",
+        );
+        expect_err(
+            c.sn.remove("never"),
+            Class::NotFound,
+            "remove of a missing key",
+        );
     }
 
     /// checkWalk: the filter table.
@@ -419,24 +567,48 @@ mod cases {
         c.sn.prepare("a-np-wl", None, with("2")).expect("a-np-wl");
 
         let table: &[(&[&str], &[&str])] = &[
-            (&["a-np", "p", "a", "v", "p-wl", "a-wl", "v-wl", "a-np-wl"], &["labels.\"containerd.io/gc.root\"==check-walk"]),
-            (&["a-np", "a", "a-wl", "a-np-wl"], &["kind==active,labels.\"containerd.io/gc.root\"==check-walk"]),
-            (&["v", "v-wl"], &["kind==view,labels.\"containerd.io/gc.root\"==check-walk"]),
-            (&["p", "p-wl"], &["kind==committed,labels.\"containerd.io/gc.root\"==check-walk"]),
+            (
+                &["a-np", "p", "a", "v", "p-wl", "a-wl", "v-wl", "a-np-wl"],
+                &["labels.\"containerd.io/gc.root\"==check-walk"],
+            ),
+            (
+                &["a-np", "a", "a-wl", "a-np-wl"],
+                &["kind==active,labels.\"containerd.io/gc.root\"==check-walk"],
+            ),
+            (
+                &["v", "v-wl"],
+                &["kind==view,labels.\"containerd.io/gc.root\"==check-walk"],
+            ),
+            (
+                &["p", "p-wl"],
+                &["kind==committed,labels.\"containerd.io/gc.root\"==check-walk"],
+            ),
             (&["p", "a-np-wl"], &["name==p", "name==a-np-wl"]),
             (&["a-wl"], &["name==a-wl,labels.l"]),
             (&["a", "v"], &["parent==p"]),
-            (&["a", "v", "a-wl", "v-wl"], &["parent!=\"\",labels.\"containerd.io/gc.root\"==check-walk"]),
+            (
+                &["a", "v", "a-wl", "v-wl"],
+                &["parent!=\"\",labels.\"containerd.io/gc.root\"==check-walk"],
+            ),
             (&["p-wl", "a-wl", "v-wl", "a-np-wl"], &["labels.l"]),
             (&["a-wl", "a-np-wl"], &["labels.l==2"]),
         ];
         for (i, (matches, filters)) in table.iter().enumerate() {
             let mut want: Vec<&str> = matches.to_vec();
             want.sort_unstable();
-            let got: Vec<String> = c.sn.walk(filters).expect("walk").into_iter().map(|i| i.key).collect();
+            let got: Vec<String> =
+                c.sn.walk(filters)
+                    .expect("walk")
+                    .into_iter()
+                    .map(|i| i.key)
+                    .collect();
             assert_eq!(got, want, "[{i}] filters {filters:?}");
         }
-        expect_err(c.sn.walk(&["bogus==1"]), Class::InvalidArgument, "walk with a bad filter");
+        expect_err(
+            c.sn.walk(&["bogus==1"]),
+            Class::InvalidArgument,
+            "walk with a bad filter",
+        );
     }
 
     /// issues.go checkLayerFileUpdate (docker#21555), five times across second boundaries.
@@ -454,8 +626,12 @@ mod cases {
         ];
         for _ in 0..5 {
             c.check_snapshots(&[l1.clone(), l2.clone()]);
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-            std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock");
+            std::thread::sleep(std::time::Duration::from_nanos(
+                1_000_000_000 - u64::from(now.subsec_nanos()),
+            ));
         }
     }
 
@@ -463,7 +639,11 @@ mod cases {
     pub fn remove_directory_in_lower_layer(c: &Ctx) {
         c.check_snapshots(&[
             vec![dir("/lib", 0o700), file("/lib/hidden", b"", 0o644)],
-            vec![remove_all("/lib"), dir("/lib", 0o700), file("/lib/not-hidden", b"", 0o644)],
+            vec![
+                remove_all("/lib"),
+                dir("/lib", 0o700),
+                file("/lib/not-hidden", b"", 0o644),
+            ],
             vec![file("/lib/newfile", b"", 0o644)],
         ]);
     }
@@ -588,12 +768,21 @@ mod cases {
             let m = Mounted::must(&mounts, &c.work);
             let written = std::fs::write(m.path().join("testfile"), b"testcontent");
             let err = written.expect_err("a write into a view must fail (EROFS)");
-            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "write into a view: {err}");
-            assert_eq!(std::fs::read(m.path().join("f0")).expect("read through the view"), b"x");
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::EROFS),
+                "write into a view: {err}"
+            );
+            assert_eq!(
+                std::fs::read(m.path().join("f0")).expect("read through the view"),
+                b"x"
+            );
             m.unmount();
             c.sn.remove(&view).expect("remove view");
             // Nothing leaked into the committed trees either.
-            let check = c.sn.view(&view, parent.as_deref(), opt()).expect("view again");
+            let check =
+                c.sn.view(&view, parent.as_deref(), opt())
+                    .expect("view again");
             let m = Mounted::must(&check, &c.work);
             assert!(!m.path().join("testfile").exists());
             m.unmount();
@@ -604,12 +793,22 @@ mod cases {
     /// issues.go checkStatInWalk: what walk reports equals what stat reports.
     pub fn stat_in_walk(c: &Ctx) {
         let prefix = "stats-in-walk-";
-        c.sn.prepare(&format!("{prefix}c1-a"), None, opt()).expect("prepare");
-        c.sn.commit(&format!("{prefix}c1"), &format!("{prefix}c1-a"), opt()).expect("commit");
-        c.sn.prepare(&format!("{prefix}c2-a"), Some(&format!("{prefix}c1")), opt()).expect("prepare");
-        c.sn.commit(&format!("{prefix}c2"), &format!("{prefix}c2-a"), opt()).expect("commit");
-        c.sn.prepare(&format!("{prefix}a1"), Some(&format!("{prefix}c2")), opt()).expect("prepare");
-        c.sn.view(&format!("{prefix}v1"), Some(&format!("{prefix}c2")), opt()).expect("view");
+        c.sn.prepare(&format!("{prefix}c1-a"), None, opt())
+            .expect("prepare");
+        c.sn.commit(&format!("{prefix}c1"), &format!("{prefix}c1-a"), opt())
+            .expect("commit");
+        c.sn.prepare(
+            &format!("{prefix}c2-a"),
+            Some(&format!("{prefix}c1")),
+            opt(),
+        )
+        .expect("prepare");
+        c.sn.commit(&format!("{prefix}c2"), &format!("{prefix}c2-a"), opt())
+            .expect("commit");
+        c.sn.prepare(&format!("{prefix}a1"), Some(&format!("{prefix}c2")), opt())
+            .expect("prepare");
+        c.sn.view(&format!("{prefix}v1"), Some(&format!("{prefix}c2")), opt())
+            .expect("view");
         let walked = c.sn.walk(&[]).expect("walk");
         assert_eq!(walked.len(), 4);
         for si in walked {
@@ -638,7 +837,11 @@ mod cases {
     pub fn root_permission(c: &Ctx) {
         use std::os::unix::fs::PermissionsExt;
         let m = c.prepare_mount(&c.key("preparing"), None);
-        let mode = std::fs::metadata(m.path()).expect("stat").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(m.path())
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         m.unmount();
         assert_eq!(mode, 0o755, "expected 0755, got 0{mode:o}");
     }
@@ -680,14 +883,27 @@ mod cases {
         let mounts = c.sn.view(&view, parent.as_deref(), opt()).expect("view");
         if c.driver == DriverKind::Overlay {
             assert_eq!(mounts[0].kind, "overlay");
-            let lower = mounts[0].options.iter().find_map(|o| o.strip_prefix("lowerdir=")).expect("lowerdir");
+            let lower = mounts[0]
+                .options
+                .iter()
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .expect("lowerdir");
             assert_eq!(lower.split(':').count(), 128, "one lowerdir per layer");
         }
         let m = Mounted::must(&mounts, &c.work);
         assert_same_tree(flat.path(), m.path(), "full view");
-        assert_eq!(std::fs::read(m.path().join("bottom")).expect("bottom layer's file"), b"way at the bottom\n");
-        assert_eq!(std::fs::read(m.path().join("overwriteme")).expect("top"), b"127 WAS HERE!\n");
-        assert!(!m.path().join("onlyme/bottom").exists(), "deleted in layer 1");
+        assert_eq!(
+            std::fs::read(m.path().join("bottom")).expect("bottom layer's file"),
+            b"way at the bottom\n"
+        );
+        assert_eq!(
+            std::fs::read(m.path().join("overwriteme")).expect("top"),
+            b"127 WAS HERE!\n"
+        );
+        assert!(
+            !m.path().join("onlyme/bottom").exists(),
+            "deleted in layer 1"
+        );
         m.unmount();
     }
 
@@ -696,43 +912,128 @@ mod cases {
     pub fn error_classes(c: &Ctx) {
         c.sn.prepare("base-a", None, opt()).expect("prepare");
         c.sn.commit("base", "base-a", opt()).expect("commit");
-        c.sn.prepare("active", Some("base"), opt()).expect("prepare");
+        c.sn.prepare("active", Some("base"), opt())
+            .expect("prepare");
         c.sn.view("view", Some("base"), opt()).expect("view");
 
         expect_err(c.sn.stat("missing"), Class::NotFound, "stat missing");
         expect_err(c.sn.usage("missing"), Class::NotFound, "usage missing");
         expect_err(c.sn.mounts("missing"), Class::NotFound, "mounts missing");
         expect_err(c.sn.remove("missing"), Class::NotFound, "remove missing");
-        expect_err(c.sn.prepare("x", Some("missing"), opt()), Class::NotFound, "prepare on a missing parent");
-        expect_err(c.sn.view("x", Some("missing"), opt()), Class::NotFound, "view of a missing parent");
-        expect_err(c.sn.prepare("x", Some("active"), opt()), Class::InvalidArgument, "prepare on an active parent");
-        expect_err(c.sn.view("x", Some("view"), opt()), Class::InvalidArgument, "view of a view");
-        expect_err(c.sn.prepare("x", Some(""), opt()), Class::NotFound, "prepare on an empty-named parent");
-        expect_err(c.sn.prepare("", None, opt()), Class::InvalidArgument, "prepare with an empty key");
+        expect_err(
+            c.sn.prepare("x", Some("missing"), opt()),
+            Class::NotFound,
+            "prepare on a missing parent",
+        );
+        expect_err(
+            c.sn.view("x", Some("missing"), opt()),
+            Class::NotFound,
+            "view of a missing parent",
+        );
+        expect_err(
+            c.sn.prepare("x", Some("active"), opt()),
+            Class::InvalidArgument,
+            "prepare on an active parent",
+        );
+        expect_err(
+            c.sn.view("x", Some("view"), opt()),
+            Class::InvalidArgument,
+            "view of a view",
+        );
+        expect_err(
+            c.sn.prepare("x", Some(""), opt()),
+            Class::NotFound,
+            "prepare on an empty-named parent",
+        );
+        expect_err(
+            c.sn.prepare("", None, opt()),
+            Class::InvalidArgument,
+            "prepare with an empty key",
+        );
         // The parent is checked before the key (bolt.go CreateSnapshot).
-        expect_err(c.sn.prepare("active", Some("missing"), opt()), Class::NotFound, "existing key, missing parent");
-        expect_err(c.sn.prepare("active", Some("view"), opt()), Class::InvalidArgument, "existing key, view parent");
-        expect_err(c.sn.prepare("active", Some("base"), opt()), Class::AlreadyExists, "existing key");
-        expect_err(c.sn.view("base", None, opt()), Class::AlreadyExists, "view over a committed name");
+        expect_err(
+            c.sn.prepare("active", Some("missing"), opt()),
+            Class::NotFound,
+            "existing key, missing parent",
+        );
+        expect_err(
+            c.sn.prepare("active", Some("view"), opt()),
+            Class::InvalidArgument,
+            "existing key, view parent",
+        );
+        expect_err(
+            c.sn.prepare("active", Some("base"), opt()),
+            Class::AlreadyExists,
+            "existing key",
+        );
+        expect_err(
+            c.sn.view("base", None, opt()),
+            Class::AlreadyExists,
+            "view over a committed name",
+        );
 
         // Commit: the name first, then the key, then its kind (bolt.go CommitActive).
-        expect_err(c.sn.commit("base", "missing", opt()), Class::AlreadyExists, "commit to a taken name");
-        expect_err(c.sn.commit("new", "missing", opt()), Class::NotFound, "commit of a missing key");
-        expect_err(c.sn.commit("new", "view", opt()), Class::FailedPrecondition, "commit of a view");
-        expect_err(c.sn.commit("new", "base", opt()), Class::FailedPrecondition, "commit of a committed");
-        expect_err(c.sn.commit("view", "active", opt()), Class::AlreadyExists, "commit onto a view's key");
+        expect_err(
+            c.sn.commit("base", "missing", opt()),
+            Class::AlreadyExists,
+            "commit to a taken name",
+        );
+        expect_err(
+            c.sn.commit("new", "missing", opt()),
+            Class::NotFound,
+            "commit of a missing key",
+        );
+        expect_err(
+            c.sn.commit("new", "view", opt()),
+            Class::FailedPrecondition,
+            "commit of a view",
+        );
+        expect_err(
+            c.sn.commit("new", "base", opt()),
+            Class::FailedPrecondition,
+            "commit of a committed",
+        );
+        expect_err(
+            c.sn.commit("view", "active", opt()),
+            Class::AlreadyExists,
+            "commit onto a view's key",
+        );
 
         // Mounts exist for Active and View only (bolt.go GetSnapshot).
-        expect_err(c.sn.mounts("base"), Class::FailedPrecondition, "mounts of a committed snapshot");
-        assert!(!c.sn.mounts("active").expect("mounts of an active").is_empty());
+        expect_err(
+            c.sn.mounts("base"),
+            Class::FailedPrecondition,
+            "mounts of a committed snapshot",
+        );
+        assert!(!c
+            .sn
+            .mounts("active")
+            .expect("mounts of an active")
+            .is_empty());
         assert!(!c.sn.mounts("view").expect("mounts of a view").is_empty());
 
-        expect_err(c.sn.remove("base"), Class::FailedPrecondition, "remove with children");
+        expect_err(
+            c.sn.remove("base"),
+            Class::FailedPrecondition,
+            "remove with children",
+        );
         let mut info = c.sn.stat("active").expect("stat");
         info.labels = labels(&[("k", "v")]);
-        expect_err(c.sn.update(info.clone(), &["kind"]), Class::InvalidArgument, "update kind");
-        expect_err(c.sn.update(info, &["labels.k", "name"]), Class::InvalidArgument, "update name");
-        assert_eq!(c.sn.stat("active").expect("stat").labels, opt(), "a refused update changed nothing");
+        expect_err(
+            c.sn.update(info.clone(), &["kind"]),
+            Class::InvalidArgument,
+            "update kind",
+        );
+        expect_err(
+            c.sn.update(info, &["labels.k", "name"]),
+            Class::InvalidArgument,
+            "update name",
+        );
+        assert_eq!(
+            c.sn.stat("active").expect("stat").labels,
+            opt(),
+            "a refused update changed nothing"
+        );
         assert_eq!(c.sn.walk(&[]).expect("walk").len(), 3);
     }
 
@@ -740,7 +1041,15 @@ mod cases {
     /// its diff, vfs its full copy; an active one is measured when asked.
     pub fn usage(c: &Ctx) {
         let m = c.prepare_mount("base-a", None);
-        apply(m.path(), &[dir("/d", 0o755), file("/d/five", b"12345", 0o644), file("/three", b"abc", 0o644)]).expect("apply");
+        apply(
+            m.path(),
+            &[
+                dir("/d", 0o755),
+                file("/d/five", b"12345", 0o644),
+                file("/three", b"abc", 0o644),
+            ],
+        )
+        .expect("apply");
         m.unmount();
         c.sn.commit("base", "base-a", opt()).expect("commit");
         let u = c.sn.usage("base").expect("usage");
@@ -753,7 +1062,11 @@ mod cases {
         std::fs::write(m.path().join("seven"), b"0123456").expect("write");
         let active2 = c.sn.usage("child-a").expect("usage of an active");
         m.unmount();
-        assert_eq!(active2.size_bytes, active.size_bytes + 7, "an active's usage is measured when asked");
+        assert_eq!(
+            active2.size_bytes,
+            active.size_bytes + 7,
+            "an active's usage is measured when asked"
+        );
         assert_eq!(active2.inodes, active.inodes + 1);
         c.sn.commit("child", "child-a", opt()).expect("commit");
         let u = c.sn.usage("child").expect("usage");
@@ -762,7 +1075,11 @@ mod cases {
             DriverKind::Vfs => (25, 6),
         };
         assert_eq!((u.size_bytes, u.inodes), want, "child");
-        assert_eq!(c.sn.usage("base").expect("usage").size_bytes, 8, "the parent's usage is unchanged");
+        assert_eq!(
+            c.sn.usage("base").expect("usage").size_bytes,
+            8,
+            "the parent's usage is unchanged"
+        );
     }
 }
 

@@ -24,15 +24,23 @@ pub fn skip(reason: &str) {
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 pub fn options(driver: DriverKind) -> EngineOptions {
-    EngineOptions { driver: Some(driver), ..EngineOptions::default() }
+    EngineOptions {
+        driver: Some(driver),
+        ..EngineOptions::default()
+    }
 }
 
 pub fn open(root: &Path, driver: DriverKind) -> EngineHandle {
-    Engine::open(root, options(driver)).unwrap_or_else(|e| panic!("open {}: {e}", root.display())).0
+    Engine::open(root, options(driver))
+        .unwrap_or_else(|e| panic!("open {}: {e}", root.display()))
+        .0
 }
 
 /// containerd's error classes (errdefs), plus "anything else".
@@ -70,8 +78,13 @@ pub fn run_seeds(test: &str, count: u64, base: u64, case: impl Fn(u64)) {
     let seeds: Vec<u64> = match std::env::var("CAIRN_SEED") {
         Ok(s) => vec![s.parse().expect("CAIRN_SEED must be a u64")],
         Err(_) => {
-            let count = std::env::var("CAIRN_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(count);
-            (0..count).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect()
+            let count = std::env::var("CAIRN_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(count);
+            (0..count)
+                .map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                .collect()
         }
     };
     for seed in seeds {
@@ -95,19 +108,28 @@ impl Mounted {
     /// `None` when the mounts cannot be accessed without root (the caller must skip).
     pub fn new(mounts: &[Mount], work: &Path) -> Option<Mounted> {
         if is_root() {
-            let dir = tempfile::Builder::new().prefix("mnt").tempdir_in(work).expect("mount point").keep();
-            mount_all(mounts, &dir).unwrap_or_else(|e| panic!("mount {mounts:?} on {}: {e}", dir.display()));
+            let dir = tempfile::Builder::new()
+                .prefix("mnt")
+                .tempdir_in(work)
+                .expect("mount point")
+                .keep();
+            mount_all(mounts, &dir)
+                .unwrap_or_else(|e| panic!("mount {mounts:?} on {}: {e}", dir.display()));
             return Some(Mounted { dir, mounted: true });
         }
         match mounts {
-            [m] if m.kind == "bind" => Some(Mounted { dir: m.source.clone(), mounted: false }),
+            [m] if m.kind == "bind" => Some(Mounted {
+                dir: m.source.clone(),
+                mounted: false,
+            }),
             _ => None,
         }
     }
 
     /// Like `new`, panicking if a mount is needed without root.
     pub fn must(mounts: &[Mount], work: &Path) -> Mounted {
-        Mounted::new(mounts, work).expect("these mounts need root; the test should have been skipped")
+        Mounted::new(mounts, work)
+            .expect("these mounts need root; the test should have been skipped")
     }
 
     pub fn path(&self) -> &Path {
@@ -130,6 +152,21 @@ impl Drop for Mounted {
             let _ = unmount(&self.dir);
         }
     }
+}
+
+/// A temp dir for roots whose durability is not under test: on tmpfs (/dev/shm) when there is
+/// one, where fsync is free, so semantic tests run fast on a busy machine.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir_in(shm)
+        {
+            return t;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
 }
 
 /// continuity's fstest appliers.
@@ -190,7 +227,9 @@ pub fn apply(root: &Path, ops: &[FsOp]) -> io::Result<()> {
                     Err(e) => return Err(e),
                 }
             }
-            FsOp::Chown(p, uid, gid) => std::os::unix::fs::lchown(under(root, p), Some(*uid), Some(*gid))?,
+            FsOp::Chown(p, uid, gid) => {
+                std::os::unix::fs::lchown(under(root, p), Some(*uid), Some(*gid))?
+            }
             FsOp::Rename(from, to) => std::fs::rename(under(root, from), under(root, to))?,
             FsOp::Link(old, new) => std::fs::hard_link(under(root, old), under(root, new))?,
         }
@@ -217,7 +256,9 @@ pub fn manifest(root: &Path) -> (BTreeMap<PathBuf, Entry>, BTreeSet<Vec<PathBuf>
     let mut inodes: BTreeMap<(u64, u64), Vec<PathBuf>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("readdir {}: {e}", d.display())) {
+        for entry in
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("readdir {}: {e}", d.display()))
+        {
             let path = entry.expect("dirent").path();
             let rel = path.strip_prefix(root).expect("under root").to_path_buf();
             let meta = std::fs::symlink_metadata(&path).expect("lstat");
@@ -233,7 +274,10 @@ pub fn manifest(root: &Path) -> (BTreeMap<PathBuf, Entry>, BTreeSet<Vec<PathBuf>
                 "special"
             };
             if !ft.is_dir() && meta.nlink() > 1 {
-                inodes.entry((meta.dev(), meta.ino())).or_default().push(rel.clone());
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(rel.clone());
             }
             let xattrs = xattr::list(&path)
                 .map(|names| {
@@ -249,11 +293,17 @@ pub fn manifest(root: &Path) -> (BTreeMap<PathBuf, Entry>, BTreeSet<Vec<PathBuf>
                 rel,
                 Entry {
                     kind,
-                    mode: if ft.is_symlink() { 0 } else { meta.mode() & 0o7777 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        meta.mode() & 0o7777
+                    },
                     uid: meta.uid(),
                     gid: meta.gid(),
                     content: ft.is_file().then(|| std::fs::read(&path).expect("read")),
-                    target: ft.is_symlink().then(|| std::fs::read_link(&path).expect("readlink")),
+                    target: ft
+                        .is_symlink()
+                        .then(|| std::fs::read_link(&path).expect("readlink")),
                     rdev: if kind == "special" { meta.rdev() } else { 0 },
                     xattrs,
                 },
@@ -281,7 +331,9 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, what: &str) {
     for (p, ee) in &e {
         match a.get(p) {
             None => diffs.push(format!("missing {}", p.display())),
-            Some(ae) if ae != ee => diffs.push(format!("{}: expected {ee:?}, got {ae:?}", p.display())),
+            Some(ae) if ae != ee => {
+                diffs.push(format!("{}: expected {ee:?}, got {ae:?}", p.display()))
+            }
             Some(_) => {}
         }
     }
@@ -291,5 +343,11 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, what: &str) {
     if eg != ag {
         diffs.push(format!("hardlinks: expected {eg:?}, got {ag:?}"));
     }
-    assert!(diffs.is_empty(), "{what}: {} differs from {}:\n  {}", actual.display(), expected.display(), diffs.join("\n  "));
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differs from {}:\n  {}",
+        actual.display(),
+        expected.display(),
+        diffs.join("\n  ")
+    );
 }
