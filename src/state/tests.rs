@@ -93,7 +93,11 @@ fn prepare_commit_view_remove_follow_containerd() {
     m.commit("base", "a").expect("commit");
     assert!(m.state.get("a").is_err());
     let base = m.state.get("base").expect("base");
-    assert_eq!((base.created_ns, base.updated_ns), (20, 20), "a commit's times are new and equal");
+    assert_eq!(
+        (base.created_ns, base.updated_ns),
+        (20, 20),
+        "a commit's times are new and equal"
+    );
     let base = m.state.get("base").expect("base");
     assert_eq!((base.kind, base.usage.is_some()), (Kind::Committed, true));
     m.create("v", Some("base"), Kind::View).expect("view");
