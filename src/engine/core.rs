@@ -539,7 +539,7 @@ impl Core {
         let inv = self.driver.inventory()?;
         let ids: std::collections::BTreeSet<SnapshotId> = self.state.snapshots.values().map(|s| s.id).collect();
         let mut report = CleanupReport::default();
-        for (id, _) in &inv.installed {
+        for id in inv.installed.keys() {
             if !ids.contains(id) {
                 self.driver.remove(*id)?;
                 report.snapshots_removed.push(*id);
