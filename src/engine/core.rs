@@ -280,7 +280,16 @@ impl Core {
                         // Active trees change under the caller: measure now, off this thread.
                         let (driver, id) = (Arc::clone(&self.driver), snap.id);
                         self.workers.spawn(move || {
-                            let r = driver.usage(id).map(Response::Usage).map_err(EngineError::from);
+                            let measured = driver.usage(id);
+                            // A remove may have been applied meanwhile. It renames the tree away
+                            // before deleting anything, so if the tree is still in place the walk
+                            // saw all of it; if not, the remove came first: NotFound, not an I/O
+                            // error or a count of a half-deleted tree.
+                            let r = if std::fs::symlink_metadata(driver.tree(id)).is_err() {
+                                Err(StateError::NotFound { key }.into())
+                            } else {
+                                measured.map(Response::Usage).map_err(EngineError::from)
+                            };
                             let _ = reply.send(r);
                         });
                     }
