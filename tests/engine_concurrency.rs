@@ -418,3 +418,61 @@ fn run_case(seed: u64) {
 fn sixteen_clients_share_one_handle() {
     common::run_seeds("engine_concurrency", 2, 0x0C0C_0C0C_1616, run_case);
 }
+
+/// `usage` of an active measures its tree off the engine thread; a `remove` racing with it
+/// must look like one happened before the other: the usage is a number or NotFound, never an
+/// I/O error from a tree deleted under the walk.
+#[test]
+fn usage_racing_remove_is_ok_or_not_found() {
+    let tmp = common::fast_tempdir();
+    let root = tmp.path().join("root");
+    let (sn, _) = Engine::open(&root, common::options(DriverKind::Vfs)).expect("open");
+    let mut outcomes: BTreeMap<Result<(), Class>, u32> = BTreeMap::new();
+    for round in 0..20 {
+        let key = format!("busy-{round}");
+        let mounts = sn.prepare(&key, None, Labels::new()).expect("prepare");
+        for d in 0..20 {
+            let dir = mounts[0].source.join(format!("d{d}"));
+            std::fs::create_dir(&dir).expect("mkdir");
+            for f in 0..20 {
+                std::fs::write(dir.join(format!("f{f}")), b"x").expect("write");
+            }
+        }
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let reader = {
+            let (sn, key) = (sn.clone(), key.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                loop {
+                    let r = sn.usage(&key);
+                    let gone = matches!(&r, Err(e) if class(e) == Class::NotFound);
+                    seen.push(r.map(|u| u.inodes).map_err(|e| (class(&e), e.to_string())));
+                    if gone || stop_rx.try_recv().is_ok() {
+                        return seen;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        sn.remove(&key).expect("remove");
+        let _ = stop_tx.send(());
+        for r in reader.join().expect("reader") {
+            match r {
+                Ok(inodes) => {
+                    assert_eq!(
+                        inodes,
+                        1 + 20 + 400,
+                        "round {round}: a usage saw a partial tree"
+                    );
+                    *outcomes.entry(Ok(())).or_default() += 1;
+                }
+                Err((Class::NotFound, _)) => {
+                    *outcomes.entry(Err(Class::NotFound)).or_default() += 1
+                }
+                Err((c, e)) => panic!("round {round}: usage racing a remove answered {c:?}: {e}"),
+            }
+        }
+    }
+    println!("usage outcomes: {outcomes:?}");
+    sn.close().expect("close");
+}
