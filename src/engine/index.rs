@@ -24,13 +24,27 @@ fn snap_key(key: &str) -> Vec<u8> {
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index, EngineError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(|source| EngineError::Index { path: path.to_path_buf(), source })?;
-        Ok(Index { db, path: path.to_path_buf() })
+        // The caller holds the root lock, so a held sled lock can only be a previous engine of
+        // this process whose sled background threads still hold the db for a moment after it
+        // was dropped (sled 0.34 releases its file lock when its flusher thread exits, up to
+        // flush_every_ms later). Wait for it rather than fail a reopen after a clean close.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::LowSpace)
+                .cache_capacity(16 << 20)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Index { db, path: path.to_path_buf() }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => return Err(EngineError::Index { path: path.to_path_buf(), source }),
+            }
+        }
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> EngineError + '_ {
