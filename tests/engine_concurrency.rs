@@ -476,3 +476,87 @@ fn usage_racing_remove_is_ok_or_not_found() {
     println!("usage outcomes: {outcomes:?}");
     sn.close().expect("close");
 }
+
+/// `close` while 8 clients keep sending: every call returns (Ok or ShutDown, never hangs),
+/// and after a reopen every acknowledged prepare and commit is there.
+#[test]
+fn close_under_load() {
+    common::run_seeds("engine_concurrency", 2, 0xC105_E000, |seed| {
+        let tmp = common::fast_tempdir();
+        let root = tmp.path().join("root");
+        let options = EngineOptions {
+            queue_capacity: 4,
+            ..common::options(DriverKind::Vfs)
+        };
+        let (sn, _) = Engine::open(&root, options.clone()).expect("open");
+        let (done_tx, done_rx) = mpsc::channel();
+        for t in 0..8 {
+            let (sn, done_tx) = (sn.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut acked: Vec<(String, Kind)> = Vec::new();
+                    for i in 0.. {
+                        let key = format!("t{t}-{i}");
+                        match sn.prepare(&key, None, Labels::new()) {
+                            Ok(_) => acked.push((key.clone(), Kind::Active)),
+                            Err(EngineError::ShutDown) => return acked,
+                            Err(e) => panic!("prepare {key}: {e}"),
+                        }
+                        if i % 2 == 0 {
+                            let name = format!("{key}-c");
+                            match sn.commit(&name, &key, Labels::new()) {
+                                Ok(()) => {
+                                    acked.pop();
+                                    acked.push((name, Kind::Committed));
+                                }
+                                Err(EngineError::ShutDown) => return acked,
+                                Err(e) => panic!("commit {key}: {e}"),
+                            }
+                        }
+                    }
+                    unreachable!()
+                }));
+                let _ = done_tx.send(r);
+            });
+        }
+        drop(done_tx);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..300)));
+        sn.close().expect("close");
+        let deadline = Instant::now() + WATCHDOG;
+        let mut acked = Vec::new();
+        for _ in 0..8 {
+            match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(a)) => acked.extend(a),
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => panic!("watchdog: a client is still blocked {WATCHDOG:?} after close"),
+            }
+        }
+        let (sn, _) = Engine::open(&root, options).expect("reopen");
+        let walk: BTreeMap<String, Kind> = sn
+            .walk(&[])
+            .expect("walk")
+            .into_iter()
+            .map(|i| (i.key, i.kind))
+            .collect();
+        println!(
+            "seed {seed}: {} acknowledged, {} after reopen",
+            acked.len(),
+            walk.len()
+        );
+        assert!(
+            !acked.is_empty(),
+            "no client got anything done before close"
+        );
+        for (key, kind) in &acked {
+            assert_eq!(
+                walk.get(key),
+                Some(kind),
+                "seed {seed}: acknowledged {key} lost by close"
+            );
+        }
+        let report = sn.fsck(false).expect("fsck");
+        assert!(report.is_clean(), "seed {seed}: {report:?}");
+        sn.close().expect("close");
+    });
+}

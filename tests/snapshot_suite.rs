@@ -1012,6 +1012,42 @@ mod cases {
             .is_empty());
         assert!(!c.sn.mounts("view").expect("mounts of a view").is_empty());
 
+        // containerd's labels.Validate: key and value together at most 4096 bytes.
+        let at_limit = labels(&[("k", &"v".repeat(4095))]);
+        let over = labels(&[("k", &"v".repeat(4096))]);
+        expect_err(
+            c.sn.prepare("big", None, over.clone()),
+            Class::InvalidArgument,
+            "prepare with a too long label",
+        );
+        expect_err(
+            c.sn.view("big", Some("base"), over.clone()),
+            Class::InvalidArgument,
+            "view with a too long label",
+        );
+        expect_err(
+            c.sn.commit("big", "active", over.clone()),
+            Class::InvalidArgument,
+            "commit with a too long label",
+        );
+        let mut info = c.sn.stat("active").expect("stat");
+        info.labels = over;
+        expect_err(
+            c.sn.update(info.clone(), &[]),
+            Class::InvalidArgument,
+            "update with a too long label",
+        );
+        info.labels = at_limit;
+        assert_eq!(
+            c.sn.update(info, &["labels.k"])
+                .expect("update at the limit")
+                .labels["k"]
+                .len(),
+            4095
+        );
+        let mut info = c.sn.stat("active").expect("stat");
+        info.labels = opt();
+        c.sn.update(info, &["labels"]).expect("restore labels");
         expect_err(
             c.sn.remove("base"),
             Class::FailedPrecondition,
