@@ -39,6 +39,9 @@ impl Waiter {
     }
 }
 
+/// What a created snapshot's mounts are computed from.
+type MountsOf = (SnapshotId, Kind, Vec<SnapshotId>);
+
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
@@ -46,7 +49,10 @@ struct Batch {
     touched: Vec<String>,
     replies: Vec<(Reply, Result<Response, EngineError>)>,
     begun: Vec<(TxId, Waiter)>,
-    completed: Vec<(Waiter, Result<(), EngineError>)>,
+    /// Completed waiters; a created snapshot's id, kind and parents as of its completion.
+    completed: Vec<(Waiter, Result<Option<MountsOf>, EngineError>)>,
+    /// How many of `effects` come from completions (they precede the requests' effects).
+    done_effects: usize,
     checkpoint: Vec<Reply>,
 }
 
@@ -161,6 +167,7 @@ impl Core {
             for done in dones {
                 self.handle_done(done, &mut batch);
             }
+            batch.done_effects = batch.effects.len();
             for msg in msgs {
                 match msg {
                     Msg::Request(req, reply) => self.handle_request(req, reply, &mut batch),
@@ -385,6 +392,15 @@ impl Core {
             .expect("a completion follows a pending transaction");
         batch.effects.extend(effects.into_iter().map(|e| (e, None)));
         if let Some(w) = waiter {
+            // Read now: a remove or commit of the same key later in this batch must not turn
+            // the acknowledged creation into NotFound.
+            let outcome = outcome.map(|()| match &w {
+                Waiter::Mounts { key, .. } => self.state.get(key).ok().and_then(|snap| {
+                    let parents = self.state.parent_ids(key).ok()?;
+                    Some((snap.id, snap.kind, parents))
+                }),
+                Waiter::Done { .. } => None,
+            });
             batch.completed.push((w, outcome));
         }
     }
@@ -431,17 +447,27 @@ impl Core {
         for (txid, waiter) in batch.begun {
             self.waiting.insert(txid, waiter);
         }
-        for (effect, reply) in std::mem::take(&mut batch.effects) {
+        let mut effects = std::mem::take(&mut batch.effects);
+        let later = effects.split_off(batch.done_effects.min(effects.len()));
+        for (effect, reply) in effects {
             self.run_effect(effect, reply);
         }
-        self.update_index(!batch.records.is_empty(), &batch.touched);
+        // Completed creations are installed now; answer them before the requests' effects
+        // (a Delete of the same snapshot later in this batch) run.
         for (waiter, outcome) in batch.completed {
-            let response = outcome.and_then(|()| match &waiter {
-                Waiter::Mounts { key, .. } => self.mounts(key).map(Response::Mounts),
-                Waiter::Done { .. } => Ok(Response::Done),
+            let response = outcome.and_then(|of| match (&waiter, of) {
+                (Waiter::Mounts { .. }, Some((id, kind, parents))) => {
+                    self.driver.mounts(id, kind, &parents).map(Response::Mounts).map_err(EngineError::from)
+                }
+                (Waiter::Mounts { key, .. }, None) => self.mounts(key).map(Response::Mounts),
+                (Waiter::Done { .. }, _) => Ok(Response::Done),
             });
             let _ = waiter.reply().send(response);
         }
+        for (effect, reply) in later {
+            self.run_effect(effect, reply);
+        }
+        self.update_index(!batch.records.is_empty(), &batch.touched);
         for (reply, response) in batch.replies {
             let _ = reply.send(response);
         }
