@@ -560,3 +560,42 @@ fn close_under_load() {
         sn.close().expect("close");
     });
 }
+
+/// A prepare acknowledged in the same engine batch as a remove (or commit) of its key still
+/// answers with its mounts: the creation happened, the remove came after it.
+#[test]
+fn prepare_racing_remove_of_its_key_succeeds() {
+    let tmp = common::fast_tempdir();
+    let root = tmp.path().join("root");
+    let (sn, _) = Engine::open(&root, common::options(DriverKind::Vfs)).expect("open");
+    for round in 0..150 {
+        let key = format!("k{round}");
+        let remover = {
+            let (sn, key) = (sn.clone(), key.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    match sn.remove(&key) {
+                        Ok(()) => return true,
+                        Err(e) if class(&e) == Class::NotFound => std::thread::yield_now(),
+                        Err(e) => panic!("remove {key}: {e}"),
+                    }
+                }
+                false
+            })
+        };
+        let r = sn.prepare(&key, None, Labels::new());
+        assert!(
+            r.is_ok(),
+            "round {round}: prepare of a free key answered {r:?}"
+        );
+        assert!(
+            remover.join().expect("remover"),
+            "round {round}: never removed"
+        );
+        assert_eq!(class(&sn.stat(&key).expect_err("removed")), Class::NotFound);
+    }
+    let report = sn.fsck(false).expect("fsck");
+    assert!(report.is_clean(), "{report:?}");
+    sn.close().expect("close");
+}
