@@ -150,6 +150,9 @@ impl EngineHandle {
         if self.tx.send(Msg::Shutdown(tx)).is_ok() {
             let _ = self.wait(&rx);
         }
+        // Every closer, not only the one that joins the thread, returns once the engine has
+        // let go of the root (lock, log, index): `stopped` disconnects when run() has returned.
+        let _ = self.stopped.recv();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
