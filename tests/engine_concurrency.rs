@@ -599,3 +599,36 @@ fn prepare_racing_remove_of_its_key_succeeds() {
     assert!(report.is_clean(), "{report:?}");
     sn.close().expect("close");
 }
+
+/// Two clones closed at once: each close returns only when the engine has let go of the root,
+/// so either closer can reopen it right away.
+#[test]
+fn concurrent_closes_both_release_the_root() {
+    for round in 0..5 {
+        let tmp = common::fast_tempdir();
+        let root = tmp.path().join("root");
+        let options = common::options(DriverKind::Vfs);
+        let (sn, _) = Engine::open(&root, options.clone()).expect("open");
+        sn.prepare("k", None, Labels::new()).expect("prepare");
+        let reopen = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let closers: Vec<_> = (0..2)
+            .map(|i| {
+                let (sn, root, options, reopen) =
+                    (sn.clone(), root.clone(), options.clone(), reopen.clone());
+                std::thread::spawn(move || {
+                    sn.close().expect("close");
+                    let _one_at_a_time = reopen.lock().expect("lock");
+                    let (again, _) = Engine::open(&root, options).unwrap_or_else(|e| {
+                        panic!("round {round}: closer {i} could not reopen: {e}")
+                    });
+                    assert_eq!(again.walk(&[]).expect("walk").len(), 1);
+                    again.close().expect("close again");
+                })
+            })
+            .collect();
+        drop(sn);
+        for c in closers {
+            c.join().expect("closer");
+        }
+    }
+}
