@@ -632,3 +632,46 @@ fn concurrent_closes_both_release_the_root() {
         }
     }
 }
+
+/// `cleanup` racing removes: the trees being deleted belong to acknowledged or in-flight
+/// removes, not to cleanup; both must succeed and leave a clean root.
+#[test]
+fn cleanup_racing_removes() {
+    let tmp = common::fast_tempdir();
+    let root = tmp.path().join("root");
+    let (sn, _) = Engine::open(&root, common::options(DriverKind::Vfs)).expect("open");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        let mounts = sn.prepare(key, None, Labels::new()).expect("prepare");
+        for d in 0..5 {
+            let dir = mounts[0].source.join(format!("d{d}"));
+            std::fs::create_dir(&dir).expect("mkdir");
+            for f in 0..30 {
+                std::fs::write(dir.join(format!("f{f}")), b"x").expect("write");
+            }
+        }
+    }
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let cleaner = {
+        let sn = sn.clone();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while stop_rx.try_recv().is_err() {
+                sn.cleanup()
+                    .unwrap_or_else(|e| panic!("cleanup #{runs} racing removes: {e}"));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    for key in &keys {
+        sn.remove(key).expect("remove");
+    }
+    let _ = stop_tx.send(());
+    let runs = cleaner.join().expect("cleaner");
+    println!("{runs} cleanups");
+    assert!(sn.walk(&[]).expect("walk").is_empty());
+    let report = sn.fsck(false).expect("fsck");
+    assert!(report.is_clean(), "{report:?}");
+    sn.close().expect("close");
+}
