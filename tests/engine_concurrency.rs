@@ -643,10 +643,10 @@ fn cleanup_racing_removes() {
     let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
     for key in &keys {
         let mounts = sn.prepare(key, None, Labels::new()).expect("prepare");
-        for d in 0..5 {
+        for d in 0..10 {
             let dir = mounts[0].source.join(format!("d{d}"));
             std::fs::create_dir(&dir).expect("mkdir");
-            for f in 0..30 {
+            for f in 0..60 {
                 std::fs::write(dir.join(format!("f{f}")), b"x").expect("write");
             }
         }
