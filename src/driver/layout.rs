@@ -20,6 +20,17 @@ pub const TREE: &str = "fs";
 /// The overlay work dir inside a snapshot directory.
 pub const WORK: &str = "work";
 
+/// containerd's snapshotters give a new snapshot's root directory mode 0755.
+const TREE_ROOT_MODE: u32 = 0o755;
+
+/// Creates the root directory of a new, empty tree with mode 0755 whatever the umask.
+pub(crate) fn create_tree_root(tree: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir(tree).map_err(|e| DriverError::io("mkdir", tree, e))?;
+    fs::set_permissions(tree, fs::Permissions::from_mode(TREE_ROOT_MODE))
+        .map_err(|e| DriverError::io("chmod", tree, e))
+}
+
 /// What `inventory` found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {

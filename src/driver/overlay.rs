@@ -102,7 +102,7 @@ impl Driver for OverlayDriver {
         }
         let dir = self.layout.begin_stage(txid)?;
         let tree = dir.join(TREE);
-        fs::create_dir(&tree).map_err(|e| DriverError::io("mkdir", &tree, e))?;
+        super::layout::create_tree_root(&tree)?;
         if kind == Kind::Active {
             // Every Active gets a work dir, with or without parents: an Active without parents
             // is bind-mounted today, but its upper must be usable by overlay in every case.

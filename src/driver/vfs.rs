@@ -6,7 +6,6 @@ use super::layout::{Inventory, Layout, TREE};
 use super::sync::{fsync_dir, SyncMode};
 use super::{Driver, WhiteoutStyle};
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -60,7 +59,7 @@ impl Driver for VfsDriver {
                 fail::fail_point!("driver::stage::after_copy");
             }
             _ => {
-                fs::create_dir(&tree).map_err(|e| DriverError::io("mkdir", &tree, e))?;
+                super::layout::create_tree_root(&tree)?;
                 // Invariant: the empty tree exists after a crash once stage returns (its
                 // entry in staging/<txid> is synced by finish_stage).
                 fsync_dir(&tree)?;

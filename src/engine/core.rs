@@ -52,6 +52,21 @@ impl Waiter {
     }
 }
 
+/// What a created snapshot's mounts are computed from.
+type MountsOf = (SnapshotId, Kind, Vec<SnapshotId>);
+
+/// What a completed waiter is answered with.
+#[derive(Debug)]
+enum Answer {
+    /// Known at completion (an import's result).
+    Response(Response),
+    /// A created snapshot's mounts, from its id, kind and parents as of its completion.
+    Mounts(MountsOf),
+    /// Look the key up when answering.
+    Lookup,
+    Done,
+}
+
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
@@ -59,8 +74,10 @@ struct Batch {
     touched: Vec<String>,
     replies: Vec<(Reply, Result<Response, EngineError>)>,
     begun: Vec<(TxId, Waiter)>,
-    /// Completed transactions' waiters, with the response if it is known before the effects.
-    completed: Vec<(Waiter, Result<Option<Response>, EngineError>)>,
+    /// Completed waiters and what they are answered with.
+    completed: Vec<(Waiter, Result<Answer, EngineError>)>,
+    /// How many of `effects` come from completions (they precede the requests' effects).
+    done_effects: usize,
     checkpoint: Vec<Reply>,
 }
 
@@ -181,6 +198,7 @@ impl Core {
             for done in dones {
                 self.handle_done(done, &mut batch);
             }
+            batch.done_effects = batch.effects.len();
             for msg in msgs {
                 match msg {
                     Msg::Request(req, reply) => self.handle_request(req, reply, &mut batch),
@@ -306,7 +324,15 @@ impl Core {
                 batch.replies.push((reply, r.map_err(Into::into)));
             }
             Request::Mounts { key } => {
-                let r = self.mounts(&key).map(Response::Mounts);
+                // containerd's Mounts (storage.GetSnapshot) answers for Active and View only.
+                let r = match self.state.get(&key) {
+                    Ok(s) if s.kind == Kind::Committed => Err(EngineError::from(StateError::FailedPrecondition {
+                        key: key.clone(),
+                        reason: crate::state::Precondition::NoMounts,
+                    })),
+                    _ => self.mounts(&key),
+                }
+                .map(Response::Mounts);
                 batch.replies.push((reply, r));
             }
             Request::Usage { key } => match self.state.get(&key) {
@@ -318,10 +344,16 @@ impl Core {
                         // Active trees change under the caller: measure now, off this thread.
                         let (driver, id) = (Arc::clone(&self.driver), snap.id);
                         self.workers.spawn(move || {
-                            let r = driver
-                                .usage(id)
-                                .map(Response::Usage)
-                                .map_err(EngineError::from);
+                            let measured = driver.usage(id);
+                            // A remove may have been applied meanwhile. It renames the tree away
+                            // before deleting anything, so if the tree is still in place the walk
+                            // saw all of it; if not, the remove came first: NotFound, not an I/O
+                            // error or a count of a half-deleted tree.
+                            let r = if std::fs::symlink_metadata(driver.tree(id)).is_err() {
+                                Err(StateError::NotFound { key }.into())
+                            } else {
+                                measured.map(Response::Usage).map_err(EngineError::from)
+                            };
                             let _ = reply.send(r);
                         });
                     }
@@ -662,6 +694,19 @@ impl Core {
             if continues {
                 batch.begun.push((record_txid, w));
             } else {
+                // Read now: a remove or commit of the same key later in this batch must not
+                // turn the acknowledged creation into NotFound.
+                let outcome = outcome.map(|known| match (known, &w) {
+                    (Some(response), _) => Answer::Response(response),
+                    (None, Waiter::Mounts { key, .. }) => match self.state.get(key) {
+                        Ok(snap) => match self.state.parent_ids(key) {
+                            Ok(parents) => Answer::Mounts((snap.id, snap.kind, parents)),
+                            Err(_) => Answer::Lookup,
+                        },
+                        Err(_) => Answer::Lookup,
+                    },
+                    (None, _) => Answer::Done,
+                });
                 batch.completed.push((w, outcome));
             }
         }
@@ -696,7 +741,7 @@ impl Core {
                     usage: done.usage,
                 };
                 batch.touched.push(imported.chain_id.clone());
-                (op, Ok(Some(Response::Imported(imported))))
+                (op, Ok(Answer::Response(Response::Imported(imported))))
             }
             Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
@@ -766,18 +811,30 @@ impl Core {
         for (txid, waiter) in batch.begun {
             self.waiting.insert(txid, waiter);
         }
-        for (effect, reply) in std::mem::take(&mut batch.effects) {
+        let mut effects = std::mem::take(&mut batch.effects);
+        let later = effects.split_off(batch.done_effects.min(effects.len()));
+        for (effect, reply) in effects {
             self.run_effect(effect, reply);
         }
-        self.update_index(!batch.records.is_empty(), &batch.touched);
+        // Completed creations are installed now; answer them before the requests' effects
+        // (a Delete of the same snapshot later in this batch) run.
         for (waiter, outcome) in batch.completed {
-            let response = outcome.and_then(|known| match (known, &waiter) {
-                (Some(response), _) => Ok(response),
-                (None, Waiter::Mounts { key, .. }) => self.mounts(key).map(Response::Mounts),
-                (None, _) => Ok(Response::Done),
+            let response = outcome.and_then(|answer| match (answer, &waiter) {
+                (Answer::Response(response), _) => Ok(response),
+                (Answer::Mounts((id, kind, parents)), _) => self
+                    .driver
+                    .mounts(id, kind, &parents)
+                    .map(Response::Mounts)
+                    .map_err(EngineError::from),
+                (Answer::Lookup, Waiter::Mounts { key, .. }) => self.mounts(key).map(Response::Mounts),
+                (_, _) => Ok(Response::Done),
             });
             let _ = waiter.reply().send(response);
         }
+        for (effect, reply) in later {
+            self.run_effect(effect, reply);
+        }
+        self.update_index(!batch.records.is_empty(), &batch.touched);
         for (reply, response) in batch.replies {
             let _ = reply.send(response);
         }

@@ -80,7 +80,8 @@ pub fn matches_any(filters: &[Filter], info: &Info) -> bool {
         || filters.iter().any(|Filter(conds)| {
             conds.iter().all(|c| match c {
                 Cond::Eq(f, v) => value(info, f).as_deref() == Some(v.as_str()),
-                Cond::Ne(f, v) => value(info, f).as_deref() != Some(v.as_str()),
+                // containerd's selector: a missing field has the value "" for `!=`.
+                Cond::Ne(f, v) => value(info, f).unwrap_or_default() != *v,
                 Cond::Present(f) => value(info, f).is_some(),
             })
         })
@@ -122,6 +123,10 @@ mod tests {
         let f = parse_all(&["labels.a".into(), "parent!=p".into()]).expect("parse");
         assert!(matches_any(&f, &info("y", Kind::View, None)));
         assert!(parse_all(&["bogus==1".into()]).is_err());
+        let f = parse_all(&["parent!=\"\"".into()]).expect("parse");
+        assert!(!matches_any(&f, &info("no-parent", Kind::Active, None)), "a missing parent is \"\"");
+        let f = parse_all(&["labels.a!=1".into()]).expect("parse");
+        assert!(matches_any(&f, &info("no-label", Kind::Active, None)));
         assert!(matches_any(&[], &info("z", Kind::View, None)));
     }
 }

@@ -10,35 +10,47 @@ use super::error::EngineError;
 use super::fsck::FsckReport;
 use crate::state::Labels;
 use crate::types::{Kind, Mount, Usage};
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     tx: Sender<Msg>,
+    /// Disconnected when the engine thread has exited. A request that reached the queue after
+    /// the engine stopped reading it is never answered (the queue keeps it, and its reply
+    /// sender, while any handle lives), so waiting for a reply also watches this.
+    stopped: Receiver<()>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl EngineHandle {
     pub(crate) fn start(core: Core, queue_capacity: usize) -> EngineHandle {
         let (tx, rx) = bounded(queue_capacity.max(1));
+        let (alive, stopped) = bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("cairn-engine".into())
-            .spawn(move || core.run(rx))
+            .spawn(move || {
+                // Dropped when run returns: after every reply (workers included) was sent.
+                let _alive = alive;
+                core.run(rx)
+            })
             .expect("spawn the engine thread");
-        EngineHandle {
-            tx,
-            thread: Arc::new(Mutex::new(Some(thread))),
+        EngineHandle { tx, stopped, thread: Arc::new(Mutex::new(Some(thread))) }
+    }
+
+    /// Waits for `rx`, or for the engine thread to exit; a reply sent before it exited wins.
+    fn wait<T>(&self, rx: &Receiver<T>) -> Option<T> {
+        select! {
+            recv(rx) -> r => r.ok(),
+            recv(self.stopped) -> _ => rx.try_recv().ok(),
         }
     }
 
     fn call(&self, req: Request) -> Result<Response, EngineError> {
         let (reply, rx) = bounded(1);
-        self.tx
-            .send(Msg::Request(req, reply))
-            .map_err(|_| EngineError::ShutDown)?;
-        rx.recv().map_err(|_| EngineError::ShutDown)?
+        self.tx.send(Msg::Request(req, reply)).map_err(|_| EngineError::ShutDown)?;
+        self.wait(&rx).ok_or(EngineError::ShutDown)?
     }
 
     /// Create an Active snapshot on `parent` (a committed snapshot) and return its mounts.
@@ -305,8 +317,11 @@ impl EngineHandle {
     pub fn close(self) -> Result<(), EngineError> {
         let (tx, rx) = bounded(1);
         if self.tx.send(Msg::Shutdown(tx)).is_ok() {
-            let _ = rx.recv();
+            let _ = self.wait(&rx);
         }
+        // Every closer, not only the one that joins the thread, returns once the engine has
+        // let go of the root (lock, log, index): `stopped` disconnects when run() has returned.
+        let _ = self.stopped.recv();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();

@@ -35,6 +35,8 @@ pub enum Precondition {
     OwnedByContainer { name: String },
     #[error("it is the snapshot of layer {chain_id}; remove the layer instead")]
     OwnedByLayer { chain_id: String },
+    #[error("it is committed (only active and view snapshots have mounts)")]
+    NoMounts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

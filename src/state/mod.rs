@@ -174,9 +174,8 @@ impl State {
                 if !matches!(kind, Kind::Active | Kind::View) {
                     return Err(invalid(Invalid::BadKind { kind: *kind }));
                 }
-                if self.is_taken(key) {
-                    return Err(StateError::AlreadyExists { key: key.clone() });
-                }
+                // containerd's order (storage.CreateSnapshot): the parent is checked before
+                // the key, so an existing key on a bad parent is NotFound / InvalidArgument.
                 let parent_id = match parent {
                     None => None,
                     Some(p) => {
@@ -193,6 +192,9 @@ impl State {
                         Some(snap.id)
                     }
                 };
+                if self.is_taken(key) {
+                    return Err(StateError::AlreadyExists { key: key.clone() });
+                }
                 assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
                 self.next_id += 1;
                 let snapshot = Snapshot {
@@ -284,6 +286,9 @@ impl State {
                         snap.kind = Kind::Committed;
                         snap.labels = labels;
                         snap.usage = *usage;
+                        // containerd (storage.CommitActive) gives the committed snapshot new
+                        // times: created == updated == the commit's time.
+                        snap.created_ns = time_ns;
                         snap.updated_ns = time_ns;
                         snap.txid = *of;
                         self.snapshots.insert(name, snap);

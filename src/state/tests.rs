@@ -78,8 +78,26 @@ fn prepare_commit_view_remove_follow_containerd() {
         m.create("b", Some("nope"), Kind::Active),
         Err(StateError::NotFound { .. })
     ));
+    m.create("a2", None, Kind::Active).expect("prepare a2");
+    // containerd checks the parent before the key.
+    assert!(matches!(
+        m.create("a2", Some("nope"), Kind::Active),
+        Err(StateError::NotFound { .. })
+    ));
+    assert!(matches!(
+        m.create("a2", Some("a"), Kind::Active),
+        Err(StateError::InvalidArgument {
+            reason: Invalid::ParentNotCommitted { .. }
+        })
+    ));
     m.commit("base", "a").expect("commit");
     assert!(m.state.get("a").is_err());
+    let base = m.state.get("base").expect("base");
+    assert_eq!(
+        (base.created_ns, base.updated_ns),
+        (20, 20),
+        "a commit's times are new and equal"
+    );
     let base = m.state.get("base").expect("base");
     assert_eq!((base.kind, base.usage.is_some()), (Kind::Committed, true));
     m.create("v", Some("base"), Kind::View).expect("view");
@@ -118,6 +136,7 @@ fn prepare_commit_view_remove_follow_containerd() {
     let (_, effects) = m.apply(Op::Remove { key: "c".into() }).expect("rm c");
     assert!(matches!(effects[..], [Effect::Delete { .. }]));
     m.apply(Op::Remove { key: "base".into() }).expect("rm base");
+    m.apply(Op::Remove { key: "a2".into() }).expect("rm a2");
     assert!(m.state.snapshots.is_empty());
 }
 
