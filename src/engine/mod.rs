@@ -8,7 +8,7 @@
 
 mod api;
 mod atomic;
-mod checkpoint;
+pub mod checkpoint;
 mod core;
 mod error;
 mod filter;
