@@ -48,6 +48,9 @@ struct Batch {
     begun: Vec<(TxId, Waiter)>,
     completed: Vec<(Waiter, Result<(), EngineError>)>,
     checkpoint: Vec<Reply>,
+    /// Cleanup and fsck compare the disk with the state: they run after the batch's records are
+    /// journaled and applied on disk, never against a state ahead of the log.
+    deferred: Vec<(Request, Reply)>,
 }
 
 pub(crate) struct Core {
@@ -292,14 +295,7 @@ impl Core {
                 });
                 batch.replies.push((reply, r));
             }
-            Request::Cleanup => {
-                let r = self.cleanup().map(Response::Cleanup);
-                batch.replies.push((reply, r));
-            }
-            Request::Fsck { repair } => {
-                let r = super::fsck::run(self, repair).map(Response::Fsck);
-                batch.replies.push((reply, r));
-            }
+            req @ (Request::Cleanup | Request::Fsck { .. }) => batch.deferred.push((req, reply)),
             Request::Checkpoint => batch.checkpoint.push(reply),
         }
     }
@@ -409,6 +405,9 @@ impl Core {
             for reply in batch.checkpoint {
                 let _ = reply.send(failed());
             }
+            for (_, reply) in batch.deferred {
+                let _ = reply.send(failed());
+            }
             return;
         }
         for (txid, waiter) in batch.begun {
@@ -418,6 +417,17 @@ impl Core {
             self.run_effect(effect, reply);
         }
         self.update_index(!batch.records.is_empty(), &batch.touched);
+        for (req, reply) in std::mem::take(&mut batch.deferred) {
+            if let Some(cause) = &self.failed {
+                let _ = reply.send(Err(EngineError::Failed { cause: cause.clone() }));
+                continue;
+            }
+            let r = match req {
+                Request::Fsck { repair } => super::fsck::run(self, repair).map(Response::Fsck),
+                _ => self.cleanup().map(Response::Cleanup),
+            };
+            let _ = reply.send(r);
+        }
         for (waiter, outcome) in batch.completed {
             let response = outcome.and_then(|()| match &waiter {
                 Waiter::Mounts { key, .. } => self.mounts(key).map(Response::Mounts),
