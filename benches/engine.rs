@@ -130,13 +130,7 @@ fn child(spec: &str) {
                 ..options()
             };
             let (engine, _) = Engine::open(&root, options).expect("open the recovery root");
-            run_clients(
-                &engine,
-                CLIENTS,
-                "rec",
-                |engine, tag, i| prepare_commit(engine, tag, i),
-                RECOVERY_OPS,
-            );
+            run_clients(&engine, CLIENTS, "rec", prepare_commit, RECOVERY_OPS);
             let expected = RECOVERY_OPS * RECORDS_PER_OP;
             eprintln!("recovery root: {expected} records journaled; exiting without close");
             // Like a crash, minus the torn tail: every acknowledged record is durable.
