@@ -413,9 +413,19 @@ impl Core {
         for (txid, waiter) in batch.begun {
             self.waiting.insert(txid, waiter);
         }
+        // Consecutive installs share one pair of directory fsyncs; any other effect waits for
+        // the installs before it, so effects still happen in order.
+        let mut installs = Vec::new();
         for (effect, reply) in std::mem::take(&mut batch.effects) {
-            self.run_effect(effect, reply);
+            match effect {
+                Effect::Install { txid, id } => installs.push((txid, id)),
+                other => {
+                    self.install(&mut installs);
+                    self.run_effect(other, reply);
+                }
+            }
         }
+        self.install(&mut installs);
         self.update_index(!batch.records.is_empty(), &batch.touched);
         for (req, reply) in std::mem::take(&mut batch.deferred) {
             if let Some(cause) = &self.failed {
@@ -477,6 +487,22 @@ impl Core {
         fail::fail_point!("engine::index::after_apply");
     }
 
+    /// Install the staged trees of completed creations (and empty `installs`).
+    fn install(&mut self, installs: &mut Vec<(TxId, SnapshotId)>) {
+        if installs.is_empty() || self.failed.is_some() {
+            installs.clear();
+            return;
+        }
+        fail::fail_point!("engine::effect::before_install");
+        if let Err(e) = self.driver.install_many(installs) {
+            // The completions are durable; recovery installs them again.
+            let which: Vec<String> = installs.iter().map(|(txid, id)| format!("{id} ({txid})")).collect();
+            self.fail(format!("install of snapshots {} failed: {e}", which.join(", ")));
+        }
+        fail::fail_point!("engine::effect::after_install");
+        installs.clear();
+    }
+
     fn run_effect(&mut self, effect: Effect, reply: Option<Reply>) {
         match effect {
             Effect::Stage { txid, kind, parent } => {
@@ -493,14 +519,7 @@ impl Core {
                     let _ = done.send(Done::Sealed { txid, result });
                 });
             }
-            Effect::Install { txid, id } => {
-                fail::fail_point!("engine::effect::before_install");
-                if let Err(e) = self.driver.install(txid, id) {
-                    // The completion is durable; recovery installs it again.
-                    self.fail(format!("install of snapshot {id} ({txid}) failed: {e}"));
-                }
-                fail::fail_point!("engine::effect::after_install");
-            }
+            Effect::Install { txid, id } => self.install(&mut vec![(txid, id)]),
             Effect::Discard { txid } => {
                 if let Err(e) = self.driver.discard(txid) {
                     tracing::warn!(%txid, error = %e, "discarding staging failed; recovery removes it");
@@ -541,7 +560,7 @@ impl Core {
         let inv = self.driver.inventory()?;
         let ids: std::collections::BTreeSet<SnapshotId> = self.state.snapshots.values().map(|s| s.id).collect();
         let mut report = CleanupReport::default();
-        for (id, _) in &inv.installed {
+        for id in inv.installed.keys() {
             if !ids.contains(id) {
                 self.driver.remove(*id)?;
                 report.snapshots_removed.push(*id);

@@ -58,11 +58,33 @@ impl Index {
         self.db.apply_batch(batch).map_err(self.err())
     }
 
-    /// Replace everything with the given state.
+    /// Make the index hold exactly the given state. Only what differs is written (after a
+    /// crash the index lags by a few batches at most), in one atomic batch with the txid.
     pub fn rebuild(&self, state: &State) -> Result<(), EngineError> {
-        self.db.clear().map_err(self.err())?;
-        let keys: Vec<String> = state.snapshots.keys().cloned().collect();
-        self.apply(state, &keys)
+        let mut batch = sled::Batch::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(self.err())?;
+            let current = k
+                .strip_prefix(SNAP_PREFIX)
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .and_then(|key| state.snapshots.get_key_value(key));
+            match current {
+                Some((key, snap)) if v.as_ref() == encode(snap).as_slice() => {
+                    seen.insert(key.as_str());
+                }
+                Some(_) => {}
+                // Anything else (removed snapshots, unknown keys) goes; the txid is rewritten.
+                None => batch.remove(k),
+            }
+        }
+        for (key, snap) in &state.snapshots {
+            if !seen.contains(key.as_str()) {
+                batch.insert(snap_key(key), encode(snap));
+            }
+        }
+        batch.insert(APPLIED_TXID, &state.last_txid.0.to_le_bytes());
+        self.db.apply_batch(batch).map_err(self.err())
     }
 
     /// Every snapshot the index holds, for fsck.

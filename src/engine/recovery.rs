@@ -160,7 +160,8 @@ pub(crate) fn recover(
     }
     fail::fail_point!("engine::recovery::after_abort");
 
-    let inv = driver.inventory()?;
+    // Names only: the rows below never look at markers (fsck does).
+    let inv = driver.inventory_names()?;
     let mut staging: BTreeSet<TxId> = inv.staging.iter().copied().collect();
     // Row "replay": a completed creation whose tree is still staged is installed again.
     for snap in state.snapshots.values() {
