@@ -68,6 +68,12 @@ fn main() {
     figure("prepare_commit_ops_per_s_16_clients", sixteen, 0);
     let removed = remove_ops_per_s(&engine);
     figure("remove_ops_per_s", removed, 0);
+    // Whatever the figures cost, the root must be consistent after them.
+    let fsck = engine.fsck(false).expect("fsck");
+    assert!(
+        fsck.is_clean(),
+        "fsck after the throughput figures: {fsck:?}"
+    );
     engine.close().expect("close the throughput root");
 
     let recovery_root = dir.path().join("recovery");
