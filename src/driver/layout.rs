@@ -168,6 +168,30 @@ impl Layout {
     }
 
     pub fn install(&self, txid: TxId, id: SnapshotId) -> Result<(), DriverError> {
+        self.install_many(&[(txid, id)])
+    }
+
+    /// `install` of several staged trees with one pair of directory fsyncs for all of them: each
+    /// rename is durable once the fsyncs after the last one return.
+    pub fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        for &(txid, id) in items {
+            self.install_rename(txid, id)?;
+        }
+        // Also on the idempotent path: a previous call may have renamed and then failed before
+        // its syncs, and the caller journals the install as done once this returns.
+        // Invariant: snapshots/<id> survives a crash once install returns.
+        fsync_dir(&self.snapshots)?;
+        // Invariant: staging/<txid> does not reappear after a crash (on filesystems that
+        // journal the two directories separately).
+        fsync_dir(&self.staging)?;
+        fail::fail_point!("driver::install::after_dir_sync");
+        Ok(())
+    }
+
+    fn install_rename(&self, txid: TxId, id: SnapshotId) -> Result<(), DriverError> {
         let staged = self.staging_dir(txid);
         let installed = self.snapshot_dir(id);
         if exists(&staged)? {
@@ -191,14 +215,6 @@ impl Layout {
                 installed,
             });
         }
-        // Also on the idempotent path: a previous call may have renamed and then failed before
-        // its syncs, and the caller journals the install as done once this returns.
-        // Invariant: snapshots/<id> survives a crash once install returns.
-        fsync_dir(&self.snapshots)?;
-        // Invariant: staging/<txid> does not reappear after a crash (on filesystems that
-        // journal the two directories separately).
-        fsync_dir(&self.staging)?;
-        fail::fail_point!("driver::install::after_dir_sync");
         Ok(())
     }
 
@@ -286,6 +302,16 @@ impl Layout {
     }
 
     pub fn inventory(&self) -> Result<Inventory, DriverError> {
+        self.inventory_with(true)
+    }
+
+    /// `inventory` without reading the markers (every `installed` value is `None`): one
+    /// readdir per directory instead of a file read per snapshot. Recovery needs only names.
+    pub fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.inventory_with(false)
+    }
+
+    fn inventory_with(&self, markers: bool) -> Result<Inventory, DriverError> {
         let mut inv = Inventory::default();
         for (dir, slot) in [(&self.snapshots, 0u8), (&self.staging, 1), (&self.trash, 2)] {
             let entries = fs::read_dir(dir).map_err(|e| DriverError::io("readdir", dir, e))?;
@@ -303,7 +329,7 @@ impl Layout {
                 match slot {
                     0 => {
                         // A marker that cannot be read is reported as None: fsck decides.
-                        let txid = marker::read(&path).ok().flatten();
+                        let txid = if markers { marker::read(&path).ok().flatten() } else { None };
                         inv.installed.insert(SnapshotId(n), txid);
                     }
                     1 => inv.staging.push(TxId(n)),

@@ -49,6 +49,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// rename(staging/<txid>, snapshots/<id>) then fsync(snapshots/). Idempotent: if staging/<txid>
     /// is gone and snapshots/<id> exists, Ok(()). Error if neither exists.
     fn install(&self, txid: TxId, id: SnapshotId) -> Result<(), DriverError>;
+    /// `install` of each (txid, id) in order, with the directory fsyncs done once for all: the
+    /// engine thread installs every completion of a journal batch at once.
+    fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        items.iter().try_for_each(|&(txid, id)| self.install(txid, id))
+    }
     /// Remove staging/<txid> if present (idempotent), fsync staging/.
     fn discard(&self, txid: TxId) -> Result<(), DriverError>;
     /// Before a commit is journaled as complete: make every file and directory of snapshot id's own
@@ -75,6 +80,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// What is on disk, for recovery and fsck: installed ids with their marker txid (None if the
     /// marker is missing or unreadable), staging txids, trash ids, and any unexpected names.
     fn inventory(&self) -> Result<Inventory, DriverError>;
+    /// `inventory` without the markers (each `installed` value `None`): what recovery needs,
+    /// without a file read per snapshot.
+    fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.inventory()
+    }
     /// The snapshot's own tree (vfs: full tree; overlay: its diff/upper dir).
     fn tree(&self, id: SnapshotId) -> PathBuf;
     /// How a layer's whiteouts must be written into this driver's trees.

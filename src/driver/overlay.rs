@@ -128,6 +128,10 @@ impl Driver for OverlayDriver {
         self.layout.install(txid, id)
     }
 
+    fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        self.layout.install_many(items)
+    }
+
     fn discard(&self, txid: TxId) -> Result<(), DriverError> {
         self.layout.discard(txid)
     }
@@ -173,6 +177,10 @@ impl Driver for OverlayDriver {
 
     fn inventory(&self) -> Result<Inventory, DriverError> {
         self.layout.inventory()
+    }
+
+    fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.layout.inventory_names()
     }
 
     fn tree(&self, id: SnapshotId) -> PathBuf {

@@ -81,6 +81,10 @@ impl Driver for VfsDriver {
         self.layout.install(txid, id)
     }
 
+    fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        self.layout.install_many(items)
+    }
+
     fn discard(&self, txid: TxId) -> Result<(), DriverError> {
         self.layout.discard(txid)
     }
@@ -120,6 +124,10 @@ impl Driver for VfsDriver {
 
     fn inventory(&self) -> Result<Inventory, DriverError> {
         self.layout.inventory()
+    }
+
+    fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.layout.inventory_names()
     }
 
     fn tree(&self, id: SnapshotId) -> PathBuf {

@@ -2,7 +2,7 @@
 //!
 //! Layout (little-endian; docs/engine-format.md): magic `CAIRNCKP` (8), u16 version (1),
 //! 6 reserved bytes, u128 store id, u64 LSN covered, u64 txid, u64 payload length, u32 CRC-32 of
-//! bytes 0..56 followed by the payload, 4 reserved bytes, then the payload: postcard of
+//! bytes 0..56 followed by the payload, 4 reserved bytes (zero, checked), then the payload: postcard of
 //! [`State`].
 
 use super::error::{CheckpointProblem, EngineError};
@@ -68,6 +68,10 @@ pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointP
     let len = u64_at(bytes, 48);
     if len != (bytes.len() - HEADER_BYTES) as u64 {
         return Err(CheckpointProblem::Truncated { len: bytes.len() });
+    }
+    // Not under the CRC: written as zeros, so anything else is damage.
+    if bytes[60..64] != [0u8; 4] {
+        return Err(CheckpointProblem::Reserved);
     }
     let payload = &bytes[HEADER_BYTES..];
     let stored = u32::from_le_bytes([bytes[56], bytes[57], bytes[58], bytes[59]]);

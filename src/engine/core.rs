@@ -79,6 +79,9 @@ struct Batch {
     /// How many of `effects` come from completions (they precede the requests' effects).
     done_effects: usize,
     checkpoint: Vec<Reply>,
+    /// Cleanup and fsck compare the disk with the state: they run after the batch's records are
+    /// journaled and applied on disk, never against a state ahead of the log.
+    deferred: Vec<(Request, Reply)>,
 }
 
 pub(crate) struct Core {
@@ -373,14 +376,7 @@ impl Core {
                 });
                 batch.replies.push((reply, r));
             }
-            Request::Cleanup => {
-                let r = self.cleanup().map(Response::Cleanup);
-                batch.replies.push((reply, r));
-            }
-            Request::Fsck { repair } => {
-                let r = super::fsck::run(self, repair).map(Response::Fsck);
-                batch.replies.push((reply, r));
-            }
+            req @ (Request::Cleanup | Request::Fsck { .. }) => batch.deferred.push((req, reply)),
             Request::Checkpoint => batch.checkpoint.push(reply),
             Request::ImportLayer { input, options } => {
                 self.begin_import(input, options, reply, batch)
@@ -806,6 +802,9 @@ impl Core {
             for reply in batch.checkpoint {
                 let _ = reply.send(failed());
             }
+            for (_, reply) in batch.deferred {
+                let _ = reply.send(failed());
+            }
             return;
         }
         for (txid, waiter) in batch.begun {
@@ -813,9 +812,7 @@ impl Core {
         }
         let mut effects = std::mem::take(&mut batch.effects);
         let later = effects.split_off(batch.done_effects.min(effects.len()));
-        for (effect, reply) in effects {
-            self.run_effect(effect, reply);
-        }
+        self.run_effects(effects);
         // Completed creations are installed now; answer them before the requests' effects
         // (a Delete of the same snapshot later in this batch) run.
         for (waiter, outcome) in batch.completed {
@@ -831,10 +828,19 @@ impl Core {
             });
             let _ = waiter.reply().send(response);
         }
-        for (effect, reply) in later {
-            self.run_effect(effect, reply);
-        }
+        self.run_effects(later);
         self.update_index(!batch.records.is_empty(), &batch.touched);
+        for (req, reply) in std::mem::take(&mut batch.deferred) {
+            if let Some(cause) = &self.failed {
+                let _ = reply.send(Err(EngineError::Failed { cause: cause.clone() }));
+                continue;
+            }
+            let r = match req {
+                Request::Fsck { repair } => super::fsck::run(self, repair).map(Response::Fsck),
+                _ => self.cleanup().map(Response::Cleanup),
+            };
+            let _ = reply.send(r);
+        }
         for (reply, response) in batch.replies {
             let _ = reply.send(response);
         }
@@ -854,6 +860,22 @@ impl Core {
                 self.fail(format!("checkpoint failed: {e}"));
             }
         }
+    }
+
+    /// Run effects in order; consecutive installs share one pair of directory fsyncs, and any
+    /// other effect waits for the installs before it.
+    fn run_effects(&mut self, effects: Vec<(Effect, Option<Reply>)>) {
+        let mut installs = Vec::new();
+        for (effect, reply) in effects {
+            match effect {
+                Effect::Install { txid, id } => installs.push((txid, id)),
+                other => {
+                    self.install(&mut installs);
+                    self.run_effect(other, reply);
+                }
+            }
+        }
+        self.install(&mut installs);
     }
 
     fn update_index(&mut self, journaled: bool, touched: &[String]) {
@@ -878,6 +900,22 @@ impl Core {
             }
         }
         fail::fail_point!("engine::index::after_apply");
+    }
+
+    /// Install the staged trees of completed creations (and empty `installs`).
+    fn install(&mut self, installs: &mut Vec<(TxId, SnapshotId)>) {
+        if installs.is_empty() || self.failed.is_some() {
+            installs.clear();
+            return;
+        }
+        fail::fail_point!("engine::effect::before_install");
+        if let Err(e) = self.driver.install_many(installs) {
+            // The completions are durable; recovery installs them again.
+            let which: Vec<String> = installs.iter().map(|(txid, id)| format!("{id} ({txid})")).collect();
+            self.fail(format!("install of snapshots {} failed: {e}", which.join(", ")));
+        }
+        fail::fail_point!("engine::effect::after_install");
+        installs.clear();
     }
 
     fn run_effect(&mut self, effect: Effect, reply: Option<Reply>) {
@@ -922,14 +960,7 @@ impl Core {
                     let _ = done.send(Done::Sealed { txid, result });
                 });
             }
-            Effect::Install { txid, id } => {
-                fail::fail_point!("engine::effect::before_install");
-                if let Err(e) = self.driver.install(txid, id) {
-                    // The completion is durable; recovery installs it again.
-                    self.fail(format!("install of snapshot {id} ({txid}) failed: {e}"));
-                }
-                fail::fail_point!("engine::effect::after_install");
-            }
+            Effect::Install { txid, id } => self.install(&mut vec![(txid, id)]),
             Effect::Discard { txid } => {
                 if let Err(e) = self.driver.discard(txid) {
                     tracing::warn!(%txid, error = %e, "discarding staging failed; recovery removes it");

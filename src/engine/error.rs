@@ -84,6 +84,8 @@ pub enum CheckpointProblem {
     Version(u16),
     #[error("checksum mismatch")]
     Checksum,
+    #[error("reserved header bytes are not zero")]
+    Reserved,
     #[error("it belongs to store {found:032x}, not {expected:032x}")]
     Store { expected: u128, found: u128 },
     #[error("truncated at {len} bytes")]

@@ -24,40 +24,13 @@ fn snap_key(key: &str) -> Vec<u8> {
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index, EngineError> {
-        // The caller holds the root's LOCK, so a held sled lock can only be this process's own
-        // index of a root just closed: sled releases its file lock from background threads a
-        // moment after the last handle is dropped. Wait for it (bounded) instead of failing a
-        // close-then-reopen.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut discarded = false;
-        loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .mode(sled::Mode::LowSpace)
-                .cache_capacity(16 << 20)
-                .open();
-            match opened {
-                Ok(db) => return Ok(Index { db, path: path.to_path_buf() }),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(source) if !discarded => {
-                    // The index is derived and this process holds the root: an index sled
-                    // cannot open (damaged files) is discarded and rebuilt from the journal
-                    // (docs/recovery.md, row R28).
-                    tracing::warn!(path = %path.display(), error = %source, "index unreadable; rebuilding it");
-                    discarded = true;
-                    match std::fs::remove_dir_all(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(EngineError::io("remove damaged index", path)(e)),
-                    }
-                }
-                Err(source) => return Err(EngineError::Index { path: path.to_path_buf(), source }),
-            }
-        }
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(|source| EngineError::Index { path: path.to_path_buf(), source })?;
+        Ok(Index { db, path: path.to_path_buf() })
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> EngineError + '_ {
@@ -85,13 +58,33 @@ impl Index {
         self.db.apply_batch(batch).map_err(self.err())
     }
 
-    /// Replace everything with the given state.
+    /// Make the index hold exactly the given state. Only what differs is written (after a
+    /// crash the index lags by a few batches at most), in one atomic batch with the txid.
     pub fn rebuild(&self, state: &State) -> Result<(), EngineError> {
-        self.db.clear().map_err(self.err())?;
-        // A crash here leaves an index without its applied txid: the next open rebuilds it.
-        fail::fail_point!("engine::index::after_clear");
-        let keys: Vec<String> = state.snapshots.keys().cloned().collect();
-        self.apply(state, &keys)
+        let mut batch = sled::Batch::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(self.err())?;
+            let current = k
+                .strip_prefix(SNAP_PREFIX)
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .and_then(|key| state.snapshots.get_key_value(key));
+            match current {
+                Some((key, snap)) if v.as_ref() == encode(snap).as_slice() => {
+                    seen.insert(key.as_str());
+                }
+                Some(_) => {}
+                // Anything else (removed snapshots, unknown keys) goes; the txid is rewritten.
+                None => batch.remove(k),
+            }
+        }
+        for (key, snap) in &state.snapshots {
+            if !seen.contains(key.as_str()) {
+                batch.insert(snap_key(key), encode(snap));
+            }
+        }
+        batch.insert(APPLIED_TXID, &state.last_txid.0.to_le_bytes());
+        self.db.apply_batch(batch).map_err(self.err())
     }
 
     /// Every snapshot the index holds, for fsck.

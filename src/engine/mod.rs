@@ -8,7 +8,7 @@
 
 mod api;
 mod atomic;
-mod checkpoint;
+pub mod checkpoint;
 mod core;
 pub mod dump;
 mod error;
@@ -54,6 +54,9 @@ pub struct EngineOptions {
     pub wal: WalOptions,
 }
 
+/// The engine's default WAL segment size.
+pub const ENGINE_SEGMENT_BYTES: u64 = 16 << 20;
+
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
         EngineOptions {
@@ -62,7 +65,17 @@ impl Default for EngineOptions {
             max_batch: 256,
             workers: 8,
             queue_capacity: 1024,
-            wal: WalOptions::default(),
+            // Recovery reads the active segment whole, twice (scan, then replay), preallocated
+            // zeros included: 64 MiB segments cost 128 MiB of fresh memory per open (most of
+            // `recovery_ms_10k_records`). 16 MiB segments keep the record limit at 16 MiB less
+            // the framing.
+            wal: WalOptions {
+                segment_size_bytes: ENGINE_SEGMENT_BYTES,
+                max_record_bytes: (ENGINE_SEGMENT_BYTES as usize
+                    - cairn_wal::format::HEADER_BYTES
+                    - cairn_wal::format::RECORD_HEADER_BYTES) as u32,
+                ..WalOptions::default()
+            },
         }
     }
 }

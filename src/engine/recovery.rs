@@ -94,6 +94,41 @@ pub fn replay(
     Ok(())
 }
 
+/// Row "pending" of the decision table: abort every transaction begun without a durable
+/// completion, applying the aborts to `state`; returns the `Abort` records to journal (at
+/// `next_lsn` onward). Used by recovery and the fuzz target.
+pub fn abort_pending(state: &mut State, next_lsn: Lsn) -> Result<Vec<Record>, EngineError> {
+    let pending: Vec<TxId> = state.pending.keys().copied().collect();
+    let mut aborts = Vec::with_capacity(pending.len());
+    for (i, of) in pending.into_iter().enumerate() {
+        let lsn = Lsn(next_lsn.0.saturating_add(i as u64));
+        // A journal that ends at the largest txid leaves none for the abort: a typed error,
+        // not an overflow.
+        let Some(txid) = state.last_txid.0.checked_add(1).map(TxId) else {
+            return Err(EngineError::Sequence {
+                lsn,
+                reason: SequenceProblem::TxId { last: state.last_txid, found: state.last_txid },
+            });
+        };
+        let record = Record { txid, op: Op::Abort { of } };
+        state
+            .apply(&record)
+            .map_err(|source| EngineError::Replay { lsn, txid, source })?;
+        aborts.push(record);
+    }
+    Ok(aborts)
+}
+
+fn state_dropped(aborts: &[Record]) -> Vec<TxId> {
+    aborts
+        .iter()
+        .filter_map(|r| match r.op {
+            Op::Abort { of } => Some(of),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) struct Recovered {
     pub wal: Wal,
     pub state: State,
@@ -139,22 +174,12 @@ pub(crate) fn recover(
     // Row "pending": a begun transaction without a durable completion is dropped. The abort
     // is journaled first, so a crash from here on finds nothing pending and removes the
     // staging area as a stray.
-    let pending: Vec<TxId> = state.pending.keys().copied().collect();
-    if !pending.is_empty() {
-        let mut payloads = Vec::new();
-        for of in &pending {
-            let record = Record {
-                txid: state.last_txid.next(),
-                op: Op::Abort { of: *of },
-            };
-            state
-                .apply(&record)
-                .expect("aborting a pending transaction always applies");
-            payloads.push(journal::encode(&record));
-        }
+    let aborts = abort_pending(&mut state, wal.next_lsn())?;
+    if !aborts.is_empty() {
+        let payloads: Vec<Vec<u8>> = aborts.iter().map(journal::encode).collect();
         wal.append_batch(&payloads)?;
         wal.sync()?;
-        report.dropped = pending;
+        report.dropped = state_dropped(&aborts);
     }
     // Row "stranded container": a container whose creation stopped with nothing pending (its
     // read-write step never began) is removed whole.
@@ -192,7 +217,8 @@ pub(crate) fn recover(
     }
     fail::fail_point!("engine::recovery::after_abort");
 
-    let inv = driver.inventory()?;
+    // Names only: the rows below never look at markers (fsck does).
+    let inv = driver.inventory_names()?;
     let mut staging: BTreeSet<TxId> = inv.staging.iter().copied().collect();
     // Row "replay": a completed creation whose tree is still staged is installed again.
     for snap in state.snapshots.values() {
