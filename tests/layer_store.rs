@@ -157,9 +157,11 @@ fn verify_names_a_changed_file_and_bad_input_changes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let engine = open(&tmp.path().join("root"));
     let l = import(&engine, tar_of(&[("f", b"original")], &[]), None);
-    let tree = engine.mounts(&l.chain_id).expect("mounts")[0]
+    // A vfs View binds the layer's own tree: tamper with it there.
+    let tree = engine.view("look", Some(&l.chain_id), Default::default()).expect("view")[0]
         .source
         .clone();
+    engine.remove("look").expect("rm view");
     std::fs::write(tree.join("f"), b"tampered").expect("tamper");
     let v = engine.verify(Some(&l.chain_id)).expect("verify");
     let problem = v[0].problem.clone().expect("a difference");

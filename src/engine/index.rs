@@ -24,13 +24,40 @@ fn snap_key(key: &str) -> Vec<u8> {
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index, EngineError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(|source| EngineError::Index { path: path.to_path_buf(), source })?;
-        Ok(Index { db, path: path.to_path_buf() })
+        // The caller holds the root's LOCK, so a held sled lock can only be this process's own
+        // index of a root just closed: sled releases its file lock from background threads a
+        // moment after the last handle is dropped. Wait for it (bounded) instead of failing a
+        // close-then-reopen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut discarded = false;
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::LowSpace)
+                .cache_capacity(16 << 20)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Index { db, path: path.to_path_buf() }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(source) if !discarded => {
+                    // The index is derived and this process holds the root: an index sled
+                    // cannot open (damaged files) is discarded and rebuilt from the journal
+                    // (docs/recovery.md, row R28).
+                    tracing::warn!(path = %path.display(), error = %source, "index unreadable; rebuilding it");
+                    discarded = true;
+                    match std::fs::remove_dir_all(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(EngineError::io("remove damaged index", path)(e)),
+                    }
+                }
+                Err(source) => return Err(EngineError::Index { path: path.to_path_buf(), source }),
+            }
+        }
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> EngineError + '_ {
