@@ -179,3 +179,27 @@ fn verify_names_a_changed_file_and_bad_input_changes_nothing() {
     let fsck = engine.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "nothing left behind: {fsck:?}");
 }
+
+#[test]
+fn a_chain_deeper_than_125_layers_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let engine = open(&tmp.path().join("root"));
+    let mut parent: Option<String> = None;
+    for i in 0..cairn::state::MAX_LAYER_DEPTH {
+        let name = format!("f{i}");
+        let l = import(&engine, tar_of(&[(name.as_str(), b"x")], &[]), parent.as_deref());
+        parent = Some(l.chain_id);
+    }
+    let before = engine.layers().expect("layers");
+    assert_eq!(before.len(), cairn::state::MAX_LAYER_DEPTH);
+    let options = ImportOptions { parent: parent.clone(), pin: true, expected_diff_id: None };
+    let tar = tar_of(&[("one-too-many", b"x")], &[]);
+    let err = engine.import_layer(Box::new(std::io::Cursor::new(tar)), options).expect_err("too deep");
+    assert!(
+        matches!(err, EngineError::State(StateError::InvalidArgument { .. })),
+        "{err}"
+    );
+    assert_eq!(engine.layers().expect("layers"), before);
+    let fsck = engine.fsck(false).expect("fsck");
+    assert!(fsck.is_clean(), "{fsck:?}");
+}
