@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 /// A transaction id: assigned by the engine thread to every accepted mutation, strictly
 /// increasing, journaled in the record. `TxId(0)` means "none".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TxId(pub u64);
 
 impl TxId {

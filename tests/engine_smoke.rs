@@ -12,8 +12,13 @@ fn prepare_commit_reopen_remove_on_vfs() {
     assert_eq!(mounts.len(), 1);
     std::fs::write(mounts[0].source.join("hello"), b"world").expect("write");
     engine.commit("base", "a", Labels::new()).expect("commit");
-    let child = engine.prepare("b", Some("base"), Labels::new()).expect("prepare child");
-    assert_eq!(std::fs::read(child[0].source.join("hello")).expect("read"), b"world");
+    let child = engine
+        .prepare("b", Some("base"), Labels::new())
+        .expect("prepare child");
+    assert_eq!(
+        std::fs::read(child[0].source.join("hello")).expect("read"),
+        b"world"
+    );
     let info = engine.stat("base").expect("stat");
     assert_eq!(info.kind, Kind::Committed);
     assert_eq!(engine.usage("base").expect("usage").size_bytes, 5);
