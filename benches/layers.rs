@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Instant;
 
 const SEED: u64 = 0x0ca1_12b5;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 const CHILD_ENV: &str = "CAIRN_LAYERS_BENCH_CHILD_IMPORT";
 const CHILD_ROOT_ENV: &str = "CAIRN_LAYERS_BENCH_CHILD_ROOT";
 

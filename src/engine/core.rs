@@ -859,7 +859,7 @@ impl Core {
         let ids: std::collections::BTreeSet<SnapshotId> =
             self.state.snapshots.values().map(|s| s.id).collect();
         let mut report = CleanupReport::default();
-        for (id, _) in &inv.installed {
+        for id in inv.installed.keys() {
             if !ids.contains(id) {
                 self.driver.remove(*id)?;
                 report.snapshots_removed.push(*id);
