@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod export;
 pub mod extract;
+mod hashpipe;
 pub mod header;
 pub mod meta;
 pub mod safepath;
