@@ -166,6 +166,11 @@ pub(crate) enum Request {
         chain_id: String,
         out: Output,
     },
+    /// A snapshot's changes against its parent, as a layer tar.
+    Diff {
+        key: String,
+        out: Output,
+    },
     Layers,
     RemoveLayer {
         chain_id: String,

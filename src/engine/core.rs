@@ -394,6 +394,7 @@ impl Core {
                     Err(e) => batch.replies.push((reply, Err(e))),
                 }
             }
+            Request::Diff { key, out } => self.begin_diff(&key, out, reply, batch),
             Request::Layers => {
                 let r = self
                     .state
@@ -501,6 +502,35 @@ impl Core {
                     Err(e) => batch.replies.push((reply, Err(e))),
                 }
             }
+        }
+    }
+
+    /// `snapshot diff`: the trees are resolved here, the walk runs on a worker.
+    fn begin_diff(&mut self, key: &str, out: super::api::Output, reply: Reply, batch: &mut Batch) {
+        let target = self
+            .state
+            .get(key)
+            .map_err(EngineError::from)
+            .and_then(|snap| {
+                if snap.kind == Kind::View {
+                    return Err(StateError::FailedPrecondition {
+                        key: key.to_owned(),
+                        reason: crate::state::Precondition::NotActive,
+                    }
+                    .into());
+                }
+                let parents = self.state.parent_ids(key)?;
+                Ok((snap.id, parents.first().copied()))
+            });
+        match target {
+            Ok((id, parent)) => {
+                let driver = Arc::clone(&self.driver);
+                self.workers.spawn(move || {
+                    let r = super::layers::diff(driver.as_ref(), id, parent, out.0);
+                    let _ = reply.send(r.map(|d| Response::Digest(d.to_string())));
+                });
+            }
+            Err(e) => batch.replies.push((reply, Err(e))),
         }
     }
 

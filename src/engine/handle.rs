@@ -211,6 +211,24 @@ impl EngineHandle {
         }
     }
 
+    /// Write the changes of snapshot `key` (Active or Committed) against its parent as an
+    /// uncompressed OCI layer tar, with whiteouts for deletions; returns its DiffID. A snapshot
+    /// without a parent gives its whole tree. The output is deterministic for a given tree.
+    pub fn diff(
+        &self,
+        key: &str,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> Result<String, EngineError> {
+        let req = Request::Diff {
+            key: key.to_owned(),
+            out: Output(out),
+        };
+        match self.call(req)? {
+            Response::Digest(d) => Ok(d),
+            other => unreachable!("diff answered {other:?}"),
+        }
+    }
+
     pub fn layers(&self) -> Result<Vec<LayerInfo>, EngineError> {
         match self.call(Request::Layers)? {
             Response::Layers(l) => Ok(l),

@@ -116,6 +116,26 @@ pub(crate) fn export(
     Ok(digest)
 }
 
+/// Write snapshot `id`'s changes against `parent` (its nearest committed ancestor) as a
+/// layer tar; returns its DiffID.
+pub(crate) fn diff(
+    driver: &dyn Driver,
+    id: SnapshotId,
+    parent: Option<SnapshotId>,
+    out: Box<dyn Write + Send>,
+) -> Result<Digest, EngineError> {
+    let tree = driver.tree(id);
+    let lower = parent.map(|p| driver.tree(p));
+    let source = match driver.whiteout_style() {
+        layer::WhiteoutStyle::Delete => layer::DiffSource::Trees {
+            lower: lower.as_deref(),
+            upper: &tree,
+        },
+        layer::WhiteoutStyle::OverlayCharDevice => layer::DiffSource::OverlayUpper(&tree),
+    };
+    Ok(layer::diff(source, out)?.diff_id)
+}
+
 /// Re-export a layer into nothing, checking its DiffID.
 pub(crate) fn verify(
     driver: &dyn Driver,

@@ -53,7 +53,7 @@ fn lossy(b: &[u8]) -> String {
 /// The uncompressed stream: counts and hashes every byte read.
 struct TarIn<R: Read> {
     r: Decoder<R>,
-    hash: Sha256,
+    hash: super::hashpipe::HashPipe,
     offset: u64,
     format: Compression,
 }
@@ -178,7 +178,7 @@ pub fn extract<R: Read>(
     let mut ex = Ex {
         tin: TarIn {
             r,
-            hash: Sha256::new(),
+            hash: super::hashpipe::HashPipe::new(),
             offset: 0,
             format,
         },
@@ -200,7 +200,12 @@ pub fn extract<R: Read>(
     ex.run()?;
     ex.finish_dirs()?;
     ex.flush_raw()?;
-    let diff_id = Digest(ex.tin.hash.clone().finalize().into());
+    let hash = std::mem::replace(&mut ex.tin.hash, super::hashpipe::HashPipe::new());
+    let diff_id = Digest(hash.finalize().ok_or_else(|| LayerError::Read {
+        path: NO_ENTRY.to_string(),
+        offset: ex.tin.offset,
+        source: std::io::Error::other("the DiffID hashing thread failed"),
+    })?);
     let done = Extracted {
         diff_id,
         size_bytes: ex.tin.offset,

@@ -4,21 +4,25 @@
 //! - [`extract`] reads a layer (plain, gzip or zstd) once, materializes it under a target
 //!   directory without ever touching anything outside it, and writes metadata.
 //! - [`export`] rebuilds the exact original tar from that metadata and the tree.
+//! - [`diff`] writes a snapshot's changes against its parent as a layer tar.
 //! - [`Digest`] and [`chain_id`] are the OCI DiffID / ChainID.
 //!
 //! The metadata format is specified in `docs/layer-format.md`.
 
 pub mod decompress;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod export;
 pub mod extract;
+mod hashpipe;
 pub mod header;
 pub mod meta;
 pub mod safepath;
 pub mod whiteout;
 
 pub use decompress::Compression;
+pub use diff::{diff, DiffSource, Diffed};
 pub use digest::{chain_id, Digest};
 pub use error::LayerError;
 pub use export::export;
