@@ -13,6 +13,13 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
+    /// Write the changes of an Active snapshot against its parent as an OCI layer tar (whiteouts
+    /// for deletions), to standard output or FILE; `layer import --parent` takes it back.
+    Diff {
+        key: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Create an active (writable) snapshot on PARENT, a committed snapshot, and print its mounts.
     Prepare {
         /// The new snapshot's key.
@@ -209,6 +216,20 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
                 (Some(_), Some(one)) => out.result(one, human),
                 _ => out.result(&usages, human),
             }
+        }
+        SnapshotCmd::Diff { key, output } => {
+            let out: Box<dyn std::io::Write + Send> = match &output {
+                Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
+                    CliError::new(super::error::ErrorKind::Other, format!("{}: {e}", path.display()))
+                })?),
+                None => Box::new(std::io::stdout()),
+            };
+            let diff_id = ctx.with_engine(|e| Ok(e.diff(&key, out)?))?;
+            if let Some(path) = output {
+                let value = serde_json::json!({ "key": key, "diff_id": diff_id, "file": path });
+                ctx.out.result(&value, || ctx.out.line(&diff_id))?;
+            }
+            Ok(())
         }
         SnapshotCmd::Tree => {
             let infos = ctx.with_engine(|e| Ok(e.walk(&[])?))?;
