@@ -48,10 +48,31 @@ fn load_list_export_import_container_diff_verify() {
 
     // Export is byte for byte; importing it again is recognised.
     let exported = tmp.path().join("top.tar");
-    let diff_id = ok(&root, &["layer", "export", &top, "-o", exported.to_str().expect("path")]);
-    assert_eq!(diff_id.trim(), inspect["diff_id"].as_str().expect("diff id"));
+    let diff_id = ok(
+        &root,
+        &[
+            "layer",
+            "export",
+            &top,
+            "-o",
+            exported.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(
+        diff_id.trim(),
+        inspect["diff_id"].as_str().expect("diff id")
+    );
     let parent = inspect["parent"].as_str().expect("parent").to_owned();
-    let again = ok(&root, &["layer", "import", exported.to_str().expect("path"), "--parent", &parent]);
+    let again = ok(
+        &root,
+        &[
+            "layer",
+            "import",
+            exported.to_str().expect("path"),
+            "--parent",
+            &parent,
+        ],
+    );
     assert_eq!(again.trim(), top);
 
     // A container on the image, its diff, and the diff imported as a layer.
@@ -59,8 +80,21 @@ fn load_list_export_import_container_diff_verify() {
     let rw = Path::new(mounts[0]["source"].as_str().expect("source")).to_path_buf();
     std::fs::write(rw.join("added"), b"new").expect("write");
     let diff = tmp.path().join("web.tar");
-    ok(&root, &["snapshot", "diff", "web", "-o", diff.to_str().expect("path")]);
-    let listing = Command::new("tar").arg("tf").arg(&diff).output().expect("tar");
+    ok(
+        &root,
+        &[
+            "snapshot",
+            "diff",
+            "web",
+            "-o",
+            diff.to_str().expect("path"),
+        ],
+    );
+    let listing = Command::new("tar")
+        .arg("tf")
+        .arg(&diff)
+        .output()
+        .expect("tar");
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("added"), "{listing}");
     let containers = json(&root, &["container", "ls"]);
@@ -74,7 +108,13 @@ fn load_list_export_import_container_diff_verify() {
     ok(&root, &["image", "rm", "hello:1"]);
     // The user pinned the top by importing it; releasing it releases the base too.
     ok(&root, &["layer", "rm", &top]);
-    assert_eq!(json(&root, &["layer", "ls"]).as_array().expect("array").len(), 0);
+    assert_eq!(
+        json(&root, &["layer", "ls"])
+            .as_array()
+            .expect("array")
+            .len(),
+        0
+    );
     assert!(ok(&root, &["fsck"]).contains("clean"));
 }
 
@@ -90,8 +130,24 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("cairn: "), "{stderr}");
     let out = cairn(&root, &["image", "load", junk.to_str().expect("path")]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(cairn(&root, &["layer", "inspect", "sha256:0000"]).status.code(), Some(3));
-    assert_eq!(json(&root, &["layer", "ls"]).as_array().expect("array").len(), 0);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cairn(&root, &["layer", "inspect", "sha256:0000"])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        json(&root, &["layer", "ls"])
+            .as_array()
+            .expect("array")
+            .len(),
+        0
+    );
     assert!(ok(&root, &["fsck"]).contains("clean"));
 }

@@ -96,7 +96,9 @@ fn import_export_chain_dedupe_and_cascade() {
     assert_eq!(export(&engine, &l0.chain_id), base);
     assert_eq!(export(&engine, &l1.chain_id), top);
     // The merged view of the top layer: the file replaced, the other deleted.
-    let view = engine.view("look", Some(&l1.chain_id), Default::default()).expect("view");
+    let view = engine
+        .view("look", Some(&l1.chain_id), Default::default())
+        .expect("view");
     if view.len() == 1 && view[0].kind == "bind" {
         let tree = &view[0].source;
         assert_eq!(std::fs::read(tree.join("etc/conf")).expect("read"), b"v2");
@@ -158,7 +160,9 @@ fn verify_names_a_changed_file_and_bad_input_changes_nothing() {
     let engine = open(&tmp.path().join("root"));
     let l = import(&engine, tar_of(&[("f", b"original")], &[]), None);
     // A vfs View binds the layer's own tree: tamper with it there.
-    let tree = engine.view("look", Some(&l.chain_id), Default::default()).expect("view")[0]
+    let tree = engine
+        .view("look", Some(&l.chain_id), Default::default())
+        .expect("view")[0]
         .source
         .clone();
     engine.remove("look").expect("rm view");
@@ -187,14 +191,24 @@ fn a_chain_deeper_than_125_layers_is_refused_and_changes_nothing() {
     let mut parent: Option<String> = None;
     for i in 0..cairn::state::MAX_LAYER_DEPTH {
         let name = format!("f{i}");
-        let l = import(&engine, tar_of(&[(name.as_str(), b"x")], &[]), parent.as_deref());
+        let l = import(
+            &engine,
+            tar_of(&[(name.as_str(), b"x")], &[]),
+            parent.as_deref(),
+        );
         parent = Some(l.chain_id);
     }
     let before = engine.layers().expect("layers");
     assert_eq!(before.len(), cairn::state::MAX_LAYER_DEPTH);
-    let options = ImportOptions { parent: parent.clone(), pin: true, expected_diff_id: None };
+    let options = ImportOptions {
+        parent: parent.clone(),
+        pin: true,
+        expected_diff_id: None,
+    };
     let tar = tar_of(&[("one-too-many", b"x")], &[]);
-    let err = engine.import_layer(Box::new(std::io::Cursor::new(tar)), options).expect_err("too deep");
+    let err = engine
+        .import_layer(Box::new(std::io::Cursor::new(tar)), options)
+        .expect_err("too deep");
     assert!(
         matches!(err, EngineError::State(StateError::InvalidArgument { .. })),
         "{err}"

@@ -17,7 +17,9 @@ use std::sync::Arc;
 /// A committed snapshot's mounts, read through a View: containerd (and cairn) refuse `mounts`
 /// of a committed snapshot. On vfs the View binds the committed tree itself.
 fn committed_tree(h: &EngineHandle, key: &str) -> Vec<cairn::types::Mount> {
-    let m = h.view("__committed_tree", Some(key), Labels::new()).unwrap();
+    let m = h
+        .view("__committed_tree", Some(key), Labels::new())
+        .unwrap();
     h.remove("__committed_tree").unwrap();
     m
 }

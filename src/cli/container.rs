@@ -27,7 +27,9 @@ pub enum ContainerCmd {
 pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> Result<(), CliError> {
     match cmd {
         ContainerCmd::Create { name, image, layer } => {
-            let mounts = ctx.with_engine(|e| Ok(e.create_container(&name, layer.as_deref(), image.as_deref())?))?;
+            let mounts = ctx.with_engine(|e| {
+                Ok(e.create_container(&name, layer.as_deref(), image.as_deref())?)
+            })?;
             ctx.out.result(&mounts_json(&mounts), || {
                 for m in &mounts {
                     ctx.out.line(&mount_text(m))?;
@@ -39,8 +41,10 @@ pub fn run(ctx: &Ctx, cmd: ContainerCmd) -> Result<(), CliError> {
         ContainerCmd::Ls => {
             let list = ctx.with_engine(|e| Ok(e.containers()?))?;
             ctx.out.result(&list, || {
-                let rows: Vec<Vec<String>> =
-                    list.iter().map(|c| vec![c.name.clone(), c.layer.clone(), c.ready.to_string()]).collect();
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|c| vec![c.name.clone(), c.layer.clone(), c.ready.to_string()])
+                    .collect();
                 ctx.out.table(&["NAME", "LAYER", "READY"], &rows)
             })
         }

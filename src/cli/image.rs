@@ -24,7 +24,12 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             let bar = progress::bytes(ctx.out.json, 0, "load");
             let loaded = ctx.with_engine(|e| {
                 let progress = |event: crate::image::Event<'_>| {
-                    let crate::image::Event::Layer { image, index, count, size_bytes } = event;
+                    let crate::image::Event::Layer {
+                        image,
+                        index,
+                        count,
+                        size_bytes,
+                    } = event;
                     bar.set_message(format!("{image}: layer {}/{count}", index + 1));
                     bar.inc(size_bytes);
                 };
@@ -37,7 +42,10 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                     let names = image.names.join(", ");
                     let reused = image.reused;
                     let count = image.layers.len();
-                    ctx.out.line(&format!("loaded {names}: {count} layers ({reused} already present), top {}", image.top))?;
+                    ctx.out.line(&format!(
+                        "loaded {names}: {count} layers ({reused} already present), top {}",
+                        image.top
+                    ))?;
                 }
                 Ok(())
             })
@@ -47,7 +55,14 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             ctx.out.result(&images, || {
                 let rows: Vec<Vec<String>> = images
                     .iter()
-                    .map(|i| vec![i.name.clone(), i.top.clone(), i.layers.len().to_string(), time_text(i.created_ns)])
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            i.top.clone(),
+                            i.layers.len().to_string(),
+                            time_text(i.created_ns),
+                        ]
+                    })
                     .collect();
                 ctx.out.table(&["NAME", "TOP", "LAYERS", "CREATED"], &rows)
             })

@@ -34,7 +34,11 @@ pub enum LayerCmd {
 }
 
 fn short(digest: &str) -> String {
-    digest.trim_start_matches("sha256:").chars().take(12).collect()
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
 }
 
 pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
@@ -43,24 +47,31 @@ pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
             let (input, size): (Box<dyn Read + Send>, u64) = if file.as_os_str() == "-" {
                 (Box::new(std::io::stdin()), 0)
             } else {
-                let f = std::fs::File::open(&file)
-                    .map_err(|e| CliError::new(ErrorKind::NotFound, format!("{}: {e}", file.display())))?;
+                let f = std::fs::File::open(&file).map_err(|e| {
+                    CliError::new(ErrorKind::NotFound, format!("{}: {e}", file.display()))
+                })?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 (Box::new(f), size)
             };
             let bar = progress::bytes(ctx.out.json, size, "import");
             let input = Box::new(bar.wrap_read(input));
-            let options = ImportOptions { parent, pin: true, expected_diff_id: None };
+            let options = ImportOptions {
+                parent,
+                pin: true,
+                expected_diff_id: None,
+            };
             let imported = ctx.with_engine(|e| Ok(e.import_layer(input, options)?));
             bar.finish_and_clear();
             let imported = imported?;
-            ctx.out.result(&imported, || ctx.out.line(&imported.chain_id))
+            ctx.out
+                .result(&imported, || ctx.out.line(&imported.chain_id))
         }
         LayerCmd::Export { chain_id, output } => {
             let (out, to_stdout): (Box<dyn std::io::Write + Send>, bool) = match &output {
                 Some(path) => {
-                    let f = std::fs::File::create(path)
-                        .map_err(|e| CliError::new(ErrorKind::Other, format!("{}: {e}", path.display())))?;
+                    let f = std::fs::File::create(path).map_err(|e| {
+                        CliError::new(ErrorKind::Other, format!("{}: {e}", path.display()))
+                    })?;
                     (Box::new(f), false)
                 }
                 None => (Box::new(std::io::stdout()), true),
@@ -71,7 +82,8 @@ pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
             bar.finish_and_clear();
             let digest = digest?;
             if let Some(path) = output {
-                let value = serde_json::json!({ "chain_id": chain_id, "diff_id": digest, "file": path });
+                let value =
+                    serde_json::json!({ "chain_id": chain_id, "diff_id": digest, "file": path });
                 ctx.out.result(&value, || ctx.out.line(&digest))?;
             }
             Ok(())
@@ -90,7 +102,8 @@ pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
                         ]
                     })
                     .collect();
-                ctx.out.table(&["CHAIN_ID", "PARENT", "SIZE", "REFS"], &rows)
+                ctx.out
+                    .table(&["CHAIN_ID", "PARENT", "SIZE", "REFS"], &rows)
             })
         }
         LayerCmd::Inspect { chain_id } => {
@@ -100,7 +113,14 @@ pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
                     ("ChainID", layer.chain_id.clone()),
                     ("DiffID", layer.diff_id.clone()),
                     ("Parent", layer.parent.clone().unwrap_or_else(|| "-".into())),
-                    ("Size", format!("{} ({} bytes)", size_text(layer.size_bytes), layer.size_bytes)),
+                    (
+                        "Size",
+                        format!(
+                            "{} ({} bytes)",
+                            size_text(layer.size_bytes),
+                            layer.size_bytes
+                        ),
+                    ),
                     (
                         "Refcount",
                         format!(
@@ -130,7 +150,10 @@ pub fn verify(ctx: &Ctx, chain_id: Option<String>) -> Result<u8, CliError> {
                 Some(p) => ctx.out.line(&format!("{} DIFFERS: {p}", v.chain_id))?,
             }
         }
-        ctx.out.line(&format!("verify: {} layers checked, {bad} differ", results.len()))
+        ctx.out.line(&format!(
+            "verify: {} layers checked, {bad} differ",
+            results.len()
+        ))
     })?;
     Ok(u8::from(bad > 0))
 }

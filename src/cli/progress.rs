@@ -10,7 +10,11 @@ pub fn bytes(json: bool, total_bytes: u64, message: &str) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = if total_bytes > 0 { ProgressBar::new(total_bytes) } else { ProgressBar::new_spinner() };
+    let bar = if total_bytes > 0 {
+        ProgressBar::new(total_bytes)
+    } else {
+        ProgressBar::new_spinner()
+    };
     let template = if total_bytes > 0 {
         "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"
     } else {

@@ -220,7 +220,10 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
         SnapshotCmd::Diff { key, output } => {
             let out: Box<dyn std::io::Write + Send> = match &output {
                 Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
-                    CliError::new(super::error::ErrorKind::Other, format!("{}: {e}", path.display()))
+                    CliError::new(
+                        super::error::ErrorKind::Other,
+                        format!("{}: {e}", path.display()),
+                    )
                 })?),
                 None => Box::new(std::io::stdout()),
             };

@@ -329,7 +329,11 @@ impl Layout {
                 match slot {
                     0 => {
                         // A marker that cannot be read is reported as None: fsck decides.
-                        let txid = if markers { marker::read(&path).ok().flatten() } else { None };
+                        let txid = if markers {
+                            marker::read(&path).ok().flatten()
+                        } else {
+                            None
+                        };
                         inv.installed.insert(SnapshotId(n), txid);
                     }
                     1 => inv.staging.push(TxId(n)),

@@ -52,7 +52,9 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// `install` of each (txid, id) in order, with the directory fsyncs done once for all: the
     /// engine thread installs every completion of a journal batch at once.
     fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
-        items.iter().try_for_each(|&(txid, id)| self.install(txid, id))
+        items
+            .iter()
+            .try_for_each(|&(txid, id)| self.install(txid, id))
     }
     /// Remove staging/<txid> if present (idempotent), fsync staging/.
     fn discard(&self, txid: TxId) -> Result<(), DriverError>;

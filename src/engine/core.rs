@@ -329,10 +329,12 @@ impl Core {
             Request::Mounts { key } => {
                 // containerd's Mounts (storage.GetSnapshot) answers for Active and View only.
                 let r = match self.state.get(&key) {
-                    Ok(s) if s.kind == Kind::Committed => Err(EngineError::from(StateError::FailedPrecondition {
-                        key: key.clone(),
-                        reason: crate::state::Precondition::NoMounts,
-                    })),
+                    Ok(s) if s.kind == Kind::Committed => {
+                        Err(EngineError::from(StateError::FailedPrecondition {
+                            key: key.clone(),
+                            reason: crate::state::Precondition::NoMounts,
+                        }))
+                    }
                     _ => self.mounts(&key),
                 }
                 .map(Response::Mounts);
@@ -853,7 +855,9 @@ impl Core {
                     .mounts(id, kind, &parents)
                     .map(Response::Mounts)
                     .map_err(EngineError::from),
-                (Answer::Lookup, Waiter::Mounts { key, .. }) => self.mounts(key).map(Response::Mounts),
+                (Answer::Lookup, Waiter::Mounts { key, .. }) => {
+                    self.mounts(key).map(Response::Mounts)
+                }
                 (_, _) => Ok(Response::Done),
             });
             let _ = waiter.reply().send(response);
@@ -862,7 +866,9 @@ impl Core {
         self.update_index(!batch.records.is_empty(), &batch.touched);
         for (req, reply) in std::mem::take(&mut batch.deferred) {
             if let Some(cause) = &self.failed {
-                let _ = reply.send(Err(EngineError::Failed { cause: cause.clone() }));
+                let _ = reply.send(Err(EngineError::Failed {
+                    cause: cause.clone(),
+                }));
                 continue;
             }
             let r = match req {
@@ -941,8 +947,14 @@ impl Core {
         fail::fail_point!("engine::effect::before_install");
         if let Err(e) = self.driver.install_many(installs) {
             // The completions are durable; recovery installs them again.
-            let which: Vec<String> = installs.iter().map(|(txid, id)| format!("{id} ({txid})")).collect();
-            self.fail(format!("install of snapshots {} failed: {e}", which.join(", ")));
+            let which: Vec<String> = installs
+                .iter()
+                .map(|(txid, id)| format!("{id} ({txid})"))
+                .collect();
+            self.fail(format!(
+                "install of snapshots {} failed: {e}",
+                which.join(", ")
+            ));
         }
         fail::fail_point!("engine::effect::after_install");
         installs.clear();

@@ -124,7 +124,10 @@ mod tests {
         assert!(matches_any(&f, &info("y", Kind::View, None)));
         assert!(parse_all(&["bogus==1".into()]).is_err());
         let f = parse_all(&["parent!=\"\"".into()]).expect("parse");
-        assert!(!matches_any(&f, &info("no-parent", Kind::Active, None)), "a missing parent is \"\"");
+        assert!(
+            !matches_any(&f, &info("no-parent", Kind::Active, None)),
+            "a missing parent is \"\""
+        );
         let f = parse_all(&["labels.a!=1".into()]).expect("parse");
         assert!(matches_any(&f, &info("no-label", Kind::Active, None)));
         assert!(matches_any(&[], &info("z", Kind::View, None)));

@@ -36,7 +36,11 @@ impl EngineHandle {
                 core.run(rx)
             })
             .expect("spawn the engine thread");
-        EngineHandle { tx, stopped, thread: Arc::new(Mutex::new(Some(thread))) }
+        EngineHandle {
+            tx,
+            stopped,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
     }
 
     /// Waits for `rx`, or for the engine thread to exit; a reply sent before it exited wins.
@@ -49,7 +53,9 @@ impl EngineHandle {
 
     fn call(&self, req: Request) -> Result<Response, EngineError> {
         let (reply, rx) = bounded(1);
-        self.tx.send(Msg::Request(req, reply)).map_err(|_| EngineError::ShutDown)?;
+        self.tx
+            .send(Msg::Request(req, reply))
+            .map_err(|_| EngineError::ShutDown)?;
         self.wait(&rx).ok_or(EngineError::ShutDown)?
     }
 

@@ -37,9 +37,15 @@ impl Index {
                 .cache_capacity(16 << 20)
                 .open();
             match opened {
-                Ok(db) => return Ok(Index { db, path: path.to_path_buf() }),
+                Ok(db) => {
+                    return Ok(Index {
+                        db,
+                        path: path.to_path_buf(),
+                    })
+                }
                 Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -55,13 +61,21 @@ impl Index {
                         Err(e) => return Err(EngineError::io("remove damaged index", path)(e)),
                     }
                 }
-                Err(source) => return Err(EngineError::Index { path: path.to_path_buf(), source }),
+                Err(source) => {
+                    return Err(EngineError::Index {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
             }
         }
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> EngineError + '_ {
-        |source| EngineError::Index { path: self.path.clone(), source }
+        |source| EngineError::Index {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The transaction the index reflects; `None` if it has never been written or is unreadable.

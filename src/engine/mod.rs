@@ -16,8 +16,8 @@ mod filter;
 pub mod fsck;
 mod handle;
 mod index;
-mod layers;
 pub mod journal;
+mod layers;
 mod lock;
 pub mod recovery;
 mod rootmeta;
@@ -73,7 +73,8 @@ impl Default for EngineOptions {
                 segment_size_bytes: ENGINE_SEGMENT_BYTES,
                 max_record_bytes: (ENGINE_SEGMENT_BYTES as usize
                     - cairn_wal::format::HEADER_BYTES
-                    - cairn_wal::format::RECORD_HEADER_BYTES) as u32,
+                    - cairn_wal::format::RECORD_HEADER_BYTES)
+                    as u32,
                 ..WalOptions::default()
             },
         }
@@ -81,17 +82,27 @@ impl Default for EngineOptions {
 }
 
 /// The store id of a log left in `root/wal` by an interrupted creation, if there is one.
-fn leftover_log_store(storage: &Arc<dyn Storage>, root: &Path, wal: &WalOptions) -> Result<Option<StoreId>, EngineError> {
+fn leftover_log_store(
+    storage: &Arc<dyn Storage>,
+    root: &Path,
+    wal: &WalOptions,
+) -> Result<Option<StoreId>, EngineError> {
     let dir = root.join("wal");
     let has_segment = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".wal")),
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".wal")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(EngineError::io("read", &dir)(e)),
     };
     if !has_segment {
         return Ok(None);
     }
-    let options = WalOptions { create_if_missing: false, store_id: None, ..wal.clone() };
+    let options = WalOptions {
+        create_if_missing: false,
+        store_id: None,
+        ..wal.clone()
+    };
     let (log, _, _) = cairn_wal::Wal::open(Arc::clone(storage), &dir, options)?;
     Ok(Some(log.store_id()))
 }
@@ -102,7 +113,10 @@ pub struct Engine;
 
 impl Engine {
     /// Open (recovering) or create the root and start its engine thread.
-    pub fn open(root: &Path, options: EngineOptions) -> Result<(EngineHandle, RecoveryReport), EngineError> {
+    pub fn open(
+        root: &Path,
+        options: EngineOptions,
+    ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
         Engine::open_with_storage(root, options, Arc::new(FsStorage))
     }
 
@@ -112,7 +126,9 @@ impl Engine {
         storage: Arc<dyn Storage>,
     ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
         std::fs::create_dir_all(root).map_err(EngineError::io("create root", root))?;
-        let root: PathBuf = root.canonicalize().map_err(EngineError::io("resolve root", root))?;
+        let root: PathBuf = root
+            .canonicalize()
+            .map_err(EngineError::io("resolve root", root))?;
         let lock = lock::RootLock::acquire(&root)?;
         let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
             Some(meta) => {
@@ -140,17 +156,29 @@ impl Engine {
                         source: std::io::Error::other(e.to_string()),
                     })?,
                 };
-                let meta = rootmeta::RootMeta { driver: options.driver.unwrap_or(DriverKind::Vfs), store_id };
+                let meta = rootmeta::RootMeta {
+                    driver: options.driver.unwrap_or(DriverKind::Vfs),
+                    store_id,
+                };
                 (meta, true)
             }
         };
-        let driver: Arc<dyn crate::driver::Driver> = Arc::from(crate::driver::open_driver(meta.driver, &root)?);
+        let driver: Arc<dyn crate::driver::Driver> =
+            Arc::from(crate::driver::open_driver(meta.driver, &root)?);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
         for name in ["checkpoint.tmp", "cairn.meta.tmp"] {
             let _ = std::fs::remove_file(root.join(name));
         }
-        let recovered = recovery::recover(&root, Arc::clone(&storage), meta.store_id, creating, driver.as_ref(), &index, options.wal.clone())?;
+        let recovered = recovery::recover(
+            &root,
+            Arc::clone(&storage),
+            meta.store_id,
+            creating,
+            driver.as_ref(),
+            &index,
+            options.wal.clone(),
+        )?;
         if creating {
             // Invariant: the meta file names the store only once its log exists, so a root with
             // a meta file always has a log to recover from.
@@ -169,6 +197,9 @@ impl Engine {
             recovered.checkpoint_lsn,
             lock,
         );
-        Ok((handle::EngineHandle::start(core, options.queue_capacity), report))
+        Ok((
+            handle::EngineHandle::start(core, options.queue_capacity),
+            report,
+        ))
     }
 }

@@ -107,10 +107,16 @@ pub fn abort_pending(state: &mut State, next_lsn: Lsn) -> Result<Vec<Record>, En
         let Some(txid) = state.last_txid.0.checked_add(1).map(TxId) else {
             return Err(EngineError::Sequence {
                 lsn,
-                reason: SequenceProblem::TxId { last: state.last_txid, found: state.last_txid },
+                reason: SequenceProblem::TxId {
+                    last: state.last_txid,
+                    found: state.last_txid,
+                },
             });
         };
-        let record = Record { txid, op: Op::Abort { of } };
+        let record = Record {
+            txid,
+            op: Op::Abort { of },
+        };
         state
             .apply(&record)
             .map_err(|source| EngineError::Replay { lsn, txid, source })?;

@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
-
 use super::decompress::{Compression, Decoder};
 use super::digest::Digest;
 use super::error::{LayerError, NO_ENTRY};
