@@ -406,19 +406,33 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         .iter()
         .filter(|o| matches!(o, Op::Write { .. }))
         .collect();
-    for (key, snap) in m.snaps.clone() {
-        let mounts = h
-            .mounts(&key)
-            .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
-        let Some(dir) = own_dir(&mounts) else {
+    for (n, (key, snap)) in m.snaps.clone().into_iter().enumerate() {
+        // A Committed snapshot has no mounts of its own (containerd's FailedPrecondition): read
+        // it through a View on it (vfs: a bind of the committed tree; overlay: a bind of the
+        // parent's own dir when it is the only layer, else a read-only overlay, skipped), and
+        // remove the View again before the state is compared with a second reopen.
+        let (mounts, probe) = if snap.kind == Kind::Committed {
+            let probe = format!("crashkit-probe-view-{n}");
+            let mounts = h
+                .view(&probe, Some(&key), Labels::default())
+                .unwrap_or_else(|e| panic!("view of committed {key}: {e}"));
+            (mounts, Some(probe))
+        } else {
+            let mounts = h
+                .mounts(&key)
+                .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
+            (mounts, None)
+        };
+        let dir = own_dir(&mounts);
+        let on_disk = dir.as_ref().map(|d| (d.is_dir(), read_tree(d)));
+        if let Some(probe) = &probe {
+            h.remove(probe)
+                .unwrap_or_else(|e| panic!("remove probe view {probe}: {e}"));
+        }
+        let (Some(dir), Some((is_dir, on_disk))) = (dir, on_disk) else {
             continue;
         };
-        assert!(
-            dir.is_dir(),
-            "{key}: mount source {} missing",
-            dir.display()
-        );
-        let on_disk = read_tree(&dir);
+        assert!(is_dir, "{key}: mount source {} missing", dir.display());
         let expected = match (snap.kind, &snap.parent) {
             (Kind::View, Some(p)) => m.snaps[p].files.clone(),
             _ => snap.files.clone(),
