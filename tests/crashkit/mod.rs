@@ -920,8 +920,36 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)
                 .expect("symlink");
-        } else {
+        } else if ft.is_file() {
             std::fs::copy(e.path(), &dst).expect("copy");
+        } else {
+            // Device nodes (overlay whiteouts are char 0/0) and fifos: make the same node.
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::symlink_metadata(e.path()).expect("stat");
+            nix::sys::stat::mknod(
+                &dst,
+                nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT),
+                nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+                md.rdev(),
+            )
+            .expect("mknod");
+        }
+        copy_meta(&e.path(), &dst, ft.is_symlink());
+    }
+    copy_meta(from, to, false);
+}
+
+/// Copy the permission bits and the extended attributes (overlay's opaque and redirect
+/// markers, the layer store's own) of `from` to `to`.
+fn copy_meta(from: &Path, to: &Path, symlink: bool) {
+    if symlink {
+        return;
+    }
+    let perms = std::fs::symlink_metadata(from).expect("stat").permissions();
+    std::fs::set_permissions(to, perms).expect("chmod");
+    for name in xattr::list(from).expect("list xattrs") {
+        if let Some(v) = xattr::get(from, &name).expect("get xattr") {
+            xattr::set(to, &name, &v).expect("set xattr");
         }
     }
 }
