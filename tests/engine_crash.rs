@@ -77,6 +77,75 @@ mod crash {
         }
     }
 
+    /// The layers the workloads import: name -> parent name.
+    fn layer_parent(name: &str) -> Option<&'static str> {
+        match name {
+            "L1" => Some("L0"),
+            "L2" => Some("L1"),
+            "T1" => Some("B0"),
+            _ => None,
+        }
+    }
+
+    /// A layer's entries: a few files, and on a parent a whiteout of one of its files.
+    fn layer_entries(name: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = (0..3)
+            .map(|i| {
+                let data = format!("{name} file {i} ")
+                    .into_bytes()
+                    .into_iter()
+                    .cycle()
+                    .take(700 * (i + 1))
+                    .collect();
+                (format!("{name}/d{i}/f{i}"), data)
+            })
+            .collect();
+        out.push((format!("etc/{name}.conf"), name.as_bytes().to_vec()));
+        if let Some(p) = layer_parent(name) {
+            out.push((format!("{p}/d1/.wh.f1"), Vec::new()));
+        }
+        out
+    }
+
+    fn chain(name: &str) -> String {
+        let parent = layer_parent(name).map(chain);
+        layer_ids(&layer_tar(&layer_entries(name)), parent.as_deref()).1
+    }
+
+    fn imp(name: &str, pin: bool) -> Op {
+        let parent = layer_parent(name);
+        Op::ImportLayer {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            parent_chain: parent.map(chain),
+            entries: layer_entries(name),
+            pin,
+        }
+    }
+    fn lrm(name: &str) -> Op {
+        Op::RemoveLayer { chain: chain(name) }
+    }
+    fn img(image: &str, top: &str) -> Op {
+        Op::PutImage {
+            image: image.into(),
+            top: chain(top),
+        }
+    }
+    fn irm(image: &str) -> Op {
+        Op::RemoveImage {
+            image: image.into(),
+        }
+    }
+    fn ctr(name: &str, image: &str) -> Op {
+        Op::CreateContainer {
+            name: name.into(),
+            image: image.into(),
+        }
+    }
+    fn crm(name: &str) -> Op {
+        Op::RemoveContainer { name: name.into() }
+    }
+
     /// A root with a committed base, an active child of it and a view of it.
     fn base_setup() -> Vec<Op> {
         vec![
@@ -190,6 +259,46 @@ mod crash {
                 vec![up("base", "1"), p("k0", Some("base")), Op::Close],
             ),
         ];
+        out.extend([
+            workload(
+                "import",
+                vec![],
+                vec![
+                    imp("L0", true),
+                    imp("L1", true),
+                    imp("L1", true),
+                    imp("L2", true),
+                ],
+            ),
+            workload(
+                "layer_rm_cascade",
+                vec![imp("B0", true)],
+                vec![imp("T1", false), img("img", "T1"), irm("img"), lrm("B0")],
+            ),
+            workload(
+                "image",
+                vec![imp("L0", true), imp("L1", true)],
+                vec![
+                    img("i1", "L1"),
+                    img("i2", "L0"),
+                    img("i1", "L0"),
+                    irm("i2"),
+                    lrm("L1"),
+                    irm("i1"),
+                ],
+            ),
+            workload(
+                "container",
+                vec![imp("L0", true), imp("L1", false), img("i1", "L1")],
+                vec![
+                    ctr("c1", "i1"),
+                    ctr("c2", "i1"),
+                    irm("i1"),
+                    crm("c1"),
+                    crm("c2"),
+                ],
+            ),
+        ]);
         let mut auto = workload(
             "auto_checkpoint",
             vec![],
@@ -233,6 +342,16 @@ mod crash {
                 "pending_commit",
                 vec![c("X", "act")],
                 "driver::seal::after_marker",
+            ),
+            (
+                "pending_import",
+                vec![imp("L0", true), imp("L1", true)],
+                "engine::import::after_tree_sync",
+            ),
+            (
+                "import_install",
+                vec![imp("L0", true)],
+                "engine::effect::before_install",
             ),
         ] {
             let mut wl = workload(
@@ -554,6 +673,11 @@ mod crash {
         let allowed_missing = [
             "driver::sync_staged::before_sync",
             "driver::sync_staged::after_sync",
+            // These fire only when `staging/<txid>` already exists at stage time, which the
+            // engine never produces (txids are never reused); the driver's own
+            // `tests/driver_failpoints.rs` covers them.
+            "driver::stage::before_clear",
+            "driver::stage::after_clear",
         ];
         let missing: Vec<&String> = missing
             .iter()
@@ -584,6 +708,10 @@ mod crash {
                 "commit",
                 "remove",
                 "recover_staged_install",
+                "import",
+                "layer_rm_cascade",
+                "container",
+                "recover_pending_import",
             ]),
             1,
         );

@@ -43,6 +43,77 @@ pub enum Op {
     },
     Checkpoint,
     Close,
+    /// Import the tar `layer_tar(entries)` on the layer `parent_chain` (the layer named
+    /// `parent`); `pin` as `layer import` does.
+    ImportLayer {
+        name: String,
+        parent: Option<String>,
+        parent_chain: Option<String>,
+        entries: Vec<(String, Vec<u8>)>,
+        pin: bool,
+    },
+    RemoveLayer {
+        chain: String,
+    },
+    PutImage {
+        image: String,
+        top: String,
+    },
+    RemoveImage {
+        image: String,
+    },
+    CreateContainer {
+        name: String,
+        image: String,
+    },
+    RemoveContainer {
+        name: String,
+    },
+}
+
+/// A deterministic layer tar: a directory per entry path, regular files with their data; an
+/// entry whose base name starts with `.wh.` is a whiteout (empty).
+pub fn layer_tar(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = BTreeSet::new();
+    for (path, data) in entries {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for d in &parts[..parts.len() - 1] {
+            acc.push_str(d);
+            acc.push('/');
+            if dirs.insert(acc.clone()) {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_mtime(1_600_000_000);
+                h.set_size(0);
+                b.append_data(&mut h, &acc, std::io::empty()).unwrap();
+            }
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// DiffID and ChainID (text forms) of a layer's tar on the layer `parent_chain`.
+pub fn layer_ids(tar: &[u8], parent_chain: Option<&str>) -> (String, String) {
+    use cairn::layer::{chain_id, Digest};
+    let diff = Digest::of(tar);
+    let parent: Option<Digest> = parent_chain.map(|p| p.parse().expect("parent chain id"));
+    (
+        diff.to_string(),
+        chain_id(parent.as_ref(), &diff).to_string(),
+    )
+}
+
+fn fake_digest(what: &str) -> String {
+    cairn::layer::Digest::of(what.as_bytes()).to_string()
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -98,6 +169,42 @@ pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
         }
         Op::Checkpoint => h.checkpoint().map_err(|e| e.to_string()),
         Op::Close => Ok(()),
+        Op::ImportLayer {
+            parent_chain,
+            entries,
+            pin,
+            ..
+        } => {
+            let tar = layer_tar(entries);
+            let (diff, chain) = layer_ids(&tar, parent_chain.as_deref());
+            let options = cairn::engine::ImportOptions {
+                parent: parent_chain.clone(),
+                pin: *pin,
+                expected_diff_id: None,
+            };
+            let got = h
+                .import_layer(Box::new(std::io::Cursor::new(tar)), options)
+                .map_err(|e| e.to_string())?;
+            if got.chain_id != chain || got.diff_id != diff {
+                return Err(format!("import answered {got:?}, expected {chain} {diff}"));
+            }
+            Ok(())
+        }
+        Op::RemoveLayer { chain } => h.remove_layer(chain).map_err(|e| e.to_string()),
+        Op::PutImage { image, top } => h
+            .put_image(
+                image,
+                top,
+                &fake_digest(&format!("manifest {image}")),
+                &fake_digest(&format!("config {image}")),
+            )
+            .map_err(|e| e.to_string()),
+        Op::RemoveImage { image } => h.remove_image(image).map_err(|e| e.to_string()),
+        Op::CreateContainer { name, image } => h
+            .create_container(name, None, Some(image))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Op::RemoveContainer { name } => h.remove_container(name).map_err(|e| e.to_string()),
     }
 }
 
@@ -186,8 +293,22 @@ pub struct MSnap {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MLayer {
+    pub diff_id: String,
+    pub parent: Option<String>,
+    pub pinned: bool,
+    pub tar: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
     pub snaps: BTreeMap<String, MSnap>,
+    /// Layers by ChainID.
+    pub layers: BTreeMap<String, MLayer>,
+    /// Image name -> top layer.
+    pub images: BTreeMap<String, String>,
+    /// Container name -> layer.
+    pub containers: BTreeMap<String, String>,
     /// vfs: a child's tree starts as a copy of its parent's.
     pub full_copy: bool,
 }
@@ -196,6 +317,9 @@ impl Model {
     pub fn new(driver: DriverKind) -> Model {
         Model {
             snaps: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            images: BTreeMap::new(),
+            containers: BTreeMap::new(),
             full_copy: driver == DriverKind::Vfs,
         }
     }
@@ -246,7 +370,195 @@ impl Model {
                     .labels = labels.clone();
             }
             Op::Checkpoint | Op::Close => {}
+            Op::ImportLayer {
+                parent_chain,
+                entries,
+                pin,
+                ..
+            } => {
+                let tar = layer_tar(entries);
+                let (diff_id, chain) = layer_ids(&tar, parent_chain.as_deref());
+                if let Some(l) = self.layers.get_mut(&chain) {
+                    // A dedupe: the existing layer is pinned if asked.
+                    l.pinned |= *pin;
+                    return;
+                }
+                self.layers.insert(
+                    chain.clone(),
+                    MLayer {
+                        diff_id,
+                        parent: parent_chain.clone(),
+                        pinned: *pin,
+                        tar,
+                    },
+                );
+                self.snaps.insert(
+                    chain,
+                    MSnap {
+                        kind: Kind::Committed,
+                        parent: parent_chain.clone(),
+                        labels: Labels::default(),
+                        files: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::RemoveLayer { chain } => {
+                if self.children(chain) > 0 || self.holders(chain) > 0 {
+                    return; // refused
+                }
+                if let Some(l) = self.layers.get_mut(chain) {
+                    l.pinned = false;
+                    self.release(chain);
+                }
+            }
+            Op::PutImage { image, top } => {
+                if !self.layers.contains_key(top) {
+                    return;
+                }
+                if let Some(old) = self.images.insert(image.clone(), top.clone()) {
+                    self.release(&old);
+                }
+            }
+            Op::RemoveImage { image } => {
+                if let Some(old) = self.images.remove(image) {
+                    self.release(&old);
+                }
+            }
+            Op::CreateContainer { name, image } => {
+                let Some(top) = self.images.get(image).cloned() else {
+                    return;
+                };
+                self.containers.insert(name.clone(), top.clone());
+                let init = format!("{name}-init");
+                self.snaps.insert(
+                    init.clone(),
+                    MSnap {
+                        kind: Kind::Committed,
+                        parent: Some(top),
+                        labels: Labels::default(),
+                        files: BTreeMap::new(),
+                    },
+                );
+                self.snaps.insert(
+                    name.clone(),
+                    MSnap {
+                        kind: Kind::Active,
+                        parent: Some(init),
+                        labels: Labels::default(),
+                        files: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::RemoveContainer { name } => {
+                if let Some(layer) = self.containers.remove(name) {
+                    self.snaps.remove(name);
+                    self.snaps.remove(&format!("{name}-init"));
+                    self.release(&layer);
+                }
+            }
         }
+    }
+
+    fn children(&self, chain: &str) -> usize {
+        self.layers
+            .values()
+            .filter(|l| l.parent.as_deref() == Some(chain))
+            .count()
+    }
+
+    fn holders(&self, chain: &str) -> usize {
+        self.images.values().filter(|t| *t == chain).count()
+            + self.containers.values().filter(|t| *t == chain).count()
+    }
+
+    fn count(&self, chain: &str) -> usize {
+        usize::from(self.layers[chain].pinned) + self.children(chain) + self.holders(chain)
+    }
+
+    /// A reference to `chain` was dropped: delete it and each parent whose count is zero.
+    fn release(&mut self, chain: &str) {
+        let mut at = Some(chain.to_owned());
+        while let Some(c) = at {
+            if !self.layers.contains_key(&c) || self.count(&c) > 0 {
+                break;
+            }
+            let l = self.layers.remove(&c).expect("layer");
+            self.snaps.remove(&c);
+            at = l.parent;
+        }
+    }
+
+    /// Recovery collects every layer nothing holds (an import not yet recorded as held).
+    pub fn collect_unheld(&mut self) {
+        loop {
+            let unheld: Vec<String> = self
+                .layers
+                .keys()
+                .filter(|c| self.count(c) == 0)
+                .cloned()
+                .collect();
+            if unheld.is_empty() {
+                break;
+            }
+            for c in unheld {
+                self.release(&c);
+            }
+        }
+    }
+
+    /// Snapshots whose files the model does not track (layers: checked by export; container
+    /// snapshots: checked for their init files).
+    fn opaque(&self, key: &str) -> bool {
+        self.layers.contains_key(key)
+            || self.containers.contains_key(key)
+            || key
+                .strip_suffix("-init")
+                .is_some_and(|n| self.containers.contains_key(n))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn store(
+        &self,
+    ) -> (
+        BTreeMap<String, (String, Option<String>, u64, bool, usize, usize)>,
+        BTreeMap<String, (String, Vec<String>)>,
+        BTreeMap<String, (String, String, String, bool)>,
+    ) {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(c, l)| {
+                (
+                    c.clone(),
+                    (
+                        l.diff_id.clone(),
+                        l.parent.clone(),
+                        l.tar.len() as u64,
+                        l.pinned,
+                        self.children(c),
+                        self.holders(c),
+                    ),
+                )
+            })
+            .collect();
+        let images = self
+            .images
+            .iter()
+            .map(|(n, top)| {
+                let mut chain = vec![top.clone()];
+                while let Some(p) = self.layers[chain.last().expect("top")].parent.clone() {
+                    chain.push(p);
+                }
+                chain.reverse();
+                (n.clone(), (top.clone(), chain))
+            })
+            .collect();
+        let containers = self
+            .containers
+            .iter()
+            .map(|(n, l)| (n.clone(), (l.clone(), format!("{n}-init"), n.clone(), true)))
+            .collect();
+        (layers, images, containers)
     }
 
     fn meta(&self) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
@@ -255,6 +567,47 @@ impl Model {
             .map(|(k, s)| (k.clone(), (s.kind, s.parent.clone(), s.labels.clone())))
             .collect()
     }
+}
+
+#[allow(clippy::type_complexity)]
+fn actual_store(
+    h: &EngineHandle,
+) -> (
+    BTreeMap<String, (String, Option<String>, u64, bool, usize, usize)>,
+    BTreeMap<String, (String, Vec<String>)>,
+    BTreeMap<String, (String, String, String, bool)>,
+) {
+    let layers = h
+        .layers()
+        .expect("layers")
+        .into_iter()
+        .map(|l| {
+            (
+                l.chain_id,
+                (
+                    l.diff_id,
+                    l.parent,
+                    l.size_bytes,
+                    l.pinned,
+                    l.children as usize,
+                    l.holders as usize,
+                ),
+            )
+        })
+        .collect();
+    let images = h
+        .images()
+        .expect("images")
+        .into_iter()
+        .map(|i| (i.name, (i.top, i.layers)))
+        .collect();
+    let containers = h
+        .containers()
+        .expect("containers")
+        .into_iter()
+        .map(|c| (c.name, (c.layer, c.init_key, c.key, c.ready)))
+        .collect();
+    (layers, images, containers)
 }
 
 fn actual_meta(infos: &[Info]) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
@@ -350,7 +703,7 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
                             .file_name()
                             .to_string_lossy()
                             .into_owned();
-                        if !matches!(inner.as_str(), "fs" | "txid" | "work") {
+                        if !matches!(inner.as_str(), "fs" | "txid" | "work" | "layer.meta") {
                             bad.push(format!("snapshots/{sn}/{inner}"));
                         }
                     }
@@ -379,6 +732,7 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
     assert!(report.unexpected.is_empty(), "unexpected names: {report:?}");
     let infos = h.walk(&[]).expect("walk");
     let actual = actual_meta(&infos);
+    let actual_layers = actual_store(&h);
     // Each in-flight operation happened wholly or not at all: find the combination that
     // matches (operations of different threads touch different keys, so order is free).
     let n = inflight.len();
@@ -390,15 +744,18 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
                 m.apply(op);
             }
         }
-        if m.meta() == actual {
+        m.collect_unheld();
+        if m.meta() == actual && m.store() == actual_layers {
             found = Some(m);
             break;
         }
     }
     let Some(mut m) = found else {
         panic!(
-            "state after recovery matches no outcome of the in-flight operations\n in flight: {inflight:?}\n expected (acknowledged only): {:#?}\n actual: {actual:#?}",
-            model.meta()
+            "state after recovery matches no outcome of the in-flight operations\n in flight: {:?}\n expected (acknowledged only): {:#?}\n {:#?}\n actual: {actual:#?}\n {actual_layers:#?}",
+            inflight.iter().map(op_text).collect::<Vec<_>>(),
+            model.meta(),
+            model.store(),
         );
     };
     // An interrupted write leaves its file absent or a prefix of what was written.
@@ -406,19 +763,42 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         .iter()
         .filter(|o| matches!(o, Op::Write { .. }))
         .collect();
-    for (key, snap) in m.snaps.clone() {
-        let mounts = h
-            .mounts(&key)
-            .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
-        let Some(dir) = own_dir(&mounts) else {
+    for (n, (key, snap)) in m.snaps.clone().into_iter().enumerate() {
+        // A Committed snapshot has no mounts of its own (containerd's FailedPrecondition): read
+        // it through a View on it (vfs: a bind of the committed tree; overlay: a bind of the
+        // parent's own dir when it is the only layer, else a read-only overlay, skipped), and
+        // remove the View again before the state is compared with a second reopen.
+        let (mounts, probe) = if snap.kind == Kind::Committed {
+            let probe = format!("crashkit-probe-view-{n}");
+            let mounts = h
+                .view(&probe, Some(&key), Labels::default())
+                .unwrap_or_else(|e| panic!("view of committed {key}: {e}"));
+            (mounts, Some(probe))
+        } else {
+            let mounts = h
+                .mounts(&key)
+                .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
+            (mounts, None)
+        };
+        let dir = own_dir(&mounts);
+        let on_disk = dir.as_ref().map(|d| (d.is_dir(), read_tree(d)));
+        if let Some(probe) = &probe {
+            h.remove(probe)
+                .unwrap_or_else(|e| panic!("remove probe view {probe}: {e}"));
+        }
+        let (Some(dir), Some((is_dir, on_disk))) = (dir, on_disk) else {
             continue;
         };
-        assert!(
-            dir.is_dir(),
-            "{key}: mount source {} missing",
-            dir.display()
-        );
-        let on_disk = read_tree(&dir);
+        assert!(is_dir, "{key}: mount source {} missing", dir.display());
+        if m.opaque(&key) {
+            // A container's read-write tree (vfs: a copy of its init snapshot) has its files.
+            if m.containers.contains_key(&key) && m.full_copy {
+                for f in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
+                    assert!(on_disk.contains_key(f), "container {key}: no {f}");
+                }
+            }
+            continue;
+        }
         let expected = match (snap.kind, &snap.parent) {
             (Kind::View, Some(p)) => m.snaps[p].files.clone(),
             _ => snap.files.clone(),
@@ -462,6 +842,23 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
             );
         }
     }
+    // Every layer exports to exactly the tar imported.
+    for (chain, l) in &m.layers {
+        let out = SharedBuf::default();
+        let diff = h
+            .export_layer(chain, Box::new(out.clone()))
+            .unwrap_or_else(|e| panic!("export {chain}: {e}"));
+        assert_eq!(diff, l.diff_id, "export of {chain}");
+        assert!(
+            out.0.lock().unwrap().as_slice() == l.tar.as_slice(),
+            "export of {chain} differs from the imported tar"
+        );
+    }
+    let verified = h.verify(None).expect("verify");
+    assert!(
+        verified.iter().all(|v| v.problem.is_none()) && verified.len() == m.layers.len(),
+        "verify after recovery: {verified:?}"
+    );
     let fsck = h.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "fsck after recovery: {fsck:?}");
     h.close().expect("close");
@@ -487,6 +884,30 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
     m
 }
 
+/// A writer the test keeps a handle on.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn op_text(o: &Op) -> String {
+    match o {
+        Op::Write { key, file, data } => format!("Write {key}/{file} {}", data.len()),
+        Op::ImportLayer {
+            name, parent, pin, ..
+        } => format!("ImportLayer {name} on {parent:?} pin {pin}"),
+        o => format!("{o:?}"),
+    }
+}
+
 /// Copy a directory tree (a closed root) to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -499,8 +920,36 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)
                 .expect("symlink");
-        } else {
+        } else if ft.is_file() {
             std::fs::copy(e.path(), &dst).expect("copy");
+        } else {
+            // Device nodes (overlay whiteouts are char 0/0) and fifos: make the same node.
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::symlink_metadata(e.path()).expect("stat");
+            nix::sys::stat::mknod(
+                &dst,
+                nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT),
+                nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+                md.rdev(),
+            )
+            .expect("mknod");
+        }
+        copy_meta(&e.path(), &dst, ft.is_symlink());
+    }
+    copy_meta(from, to, false);
+}
+
+/// Copy the permission bits and the extended attributes (overlay's opaque and redirect
+/// markers, the layer store's own) of `from` to `to`.
+fn copy_meta(from: &Path, to: &Path, symlink: bool) {
+    if symlink {
+        return;
+    }
+    let perms = std::fs::symlink_metadata(from).expect("stat").permissions();
+    std::fs::set_permissions(to, perms).expect("chmod");
+    for name in xattr::list(from).expect("list xattrs") {
+        if let Some(v) = xattr::get(from, &name).expect("get xattr") {
+            xattr::set(to, &name, &v).expect("set xattr");
         }
     }
 }
