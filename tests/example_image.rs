@@ -1,22 +1,13 @@
 //! The image that ships in examples/ (the README's main job) loads, and its layers come back
 //! byte for byte. Needs nothing outside the repository.
 
+#[path = "layer_common.rs"]
+mod common;
+
 use cairn::engine::{Engine, EngineOptions};
-use std::io::{Read, Write};
+use common::Sink;
+use std::io::Read;
 use std::path::Path;
-
-#[derive(Clone, Default)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("sink").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn hello_image_loads_and_exports_its_layers() {

@@ -116,3 +116,23 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A writer a worker thread can own while the test keeps a handle on what was written.
+#[derive(Clone, Debug, Default)]
+pub struct Sink(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Sink {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().expect("sink").clone()
+    }
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("sink").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -2,8 +2,12 @@
 //! ChainIDs, dedupe, references and cascade removal, images, verify. Uses tars built here;
 //! the shared corpus has its own tests.
 
+#[path = "layer_common.rs"]
+mod common;
+
 use cairn::engine::{Engine, EngineError, EngineHandle, EngineOptions, ImportOptions};
 use cairn::state::{Precondition, StateError};
+use common::Sink;
 use std::io::Write;
 use std::path::Path;
 
@@ -42,19 +46,6 @@ fn import(engine: &EngineHandle, bytes: Vec<u8>, parent: Option<&str>) -> cairn:
     engine
         .import_layer(Box::new(std::io::Cursor::new(bytes)), options)
         .expect("import")
-}
-
-#[derive(Clone, Default)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("sink").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn export(engine: &EngineHandle, chain: &str) -> Vec<u8> {

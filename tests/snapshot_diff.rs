@@ -10,27 +10,13 @@ mod common;
 use cairn::engine::{Engine, EngineError, EngineHandle, EngineOptions, ImportOptions};
 use cairn::state::{Precondition, StateError};
 use cairn::types::{DriverKind, Mount};
-use common::is_root;
+use common::{is_root, Sink};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-#[derive(Clone, Default)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("sink").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn drivers() -> Vec<DriverKind> {
     if is_root() {

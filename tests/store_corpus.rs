@@ -7,22 +7,8 @@ mod common;
 
 use cairn::engine::{Engine, EngineHandle, EngineOptions, ImportOptions};
 use cairn::types::DriverKind;
-use common::{corpus, is_root, tree_listing, uncompressed};
-use std::io::Write;
+use common::{corpus, is_root, tree_listing, uncompressed, Sink};
 use std::path::Path;
-
-#[derive(Clone, Default)]
-struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("sink").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn drivers() -> Vec<DriverKind> {
     if is_root() {

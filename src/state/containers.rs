@@ -59,23 +59,17 @@ impl State {
         }
         self.layer(layer)?;
         let parent_id = self.get(layer)?.id;
-        assert_eq!(
-            init_id.0, self.next_id,
-            "snapshot ids are assigned in order"
-        );
-        self.next_id += 1;
+        self.take_id(init_id);
         self.layers.get_mut(layer).expect("checked").holders += 1;
-        let snapshot = Snapshot {
-            id: init_id,
-            kind: Kind::Committed,
-            parent: Some(layer.to_owned()),
-            labels: Default::default(),
-            created_ns: time_ns,
-            updated_ns: time_ns,
-            usage: None,
-            created_txid: txid,
+        let parent = Some(layer.to_owned());
+        let snapshot = Snapshot::created(
+            init_id,
+            Kind::Committed,
+            parent,
+            Default::default(),
+            time_ns,
             txid,
-        };
+        );
         self.pending.insert(
             txid,
             Pending::Create {
@@ -114,18 +108,16 @@ impl State {
         let (rw_key, created_ns) = (container.key.clone(), container.created_ns);
         let init = self.get(key).expect("just inserted").id;
         let id = SnapshotId(self.next_id);
-        self.next_id += 1;
-        let snapshot = Snapshot {
+        self.take_id(id);
+        let parent = Some(key.to_owned());
+        let snapshot = Snapshot::created(
             id,
-            kind: Kind::Active,
-            parent: Some(key.to_owned()),
-            labels: Default::default(),
+            Kind::Active,
+            parent,
+            Default::default(),
             created_ns,
-            updated_ns: created_ns,
-            usage: None,
-            created_txid: txid,
             txid,
-        };
+        );
         self.pending.insert(
             txid,
             Pending::Create {

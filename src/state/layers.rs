@@ -83,19 +83,15 @@ impl State {
                 Some(self.get(p)?.id)
             }
         };
-        assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
-        self.next_id += 1;
-        let snapshot = Snapshot {
+        self.take_id(id);
+        let snapshot = Snapshot::created(
             id,
-            kind: Kind::Committed,
-            parent: parent.clone(),
-            labels: Default::default(),
-            created_ns: time_ns,
-            updated_ns: time_ns,
-            usage: None,
-            created_txid: txid,
+            Kind::Committed,
+            parent.clone(),
+            Default::default(),
+            time_ns,
             txid,
-        };
+        );
         self.pending.insert(
             txid,
             Pending::Import {

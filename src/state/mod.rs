@@ -81,12 +81,43 @@ pub struct State {
     pub containers: BTreeMap<String, Container>,
 }
 
+impl Snapshot {
+    /// A snapshot created by transaction `txid` at `time_ns`, not yet committed.
+    pub fn created(
+        id: SnapshotId,
+        kind: Kind,
+        parent: Option<String>,
+        labels: Labels,
+        time_ns: i64,
+        txid: TxId,
+    ) -> Snapshot {
+        Snapshot {
+            id,
+            kind,
+            parent,
+            labels,
+            created_ns: time_ns,
+            updated_ns: time_ns,
+            usage: None,
+            created_txid: txid,
+            txid,
+        }
+    }
+}
+
 impl State {
     pub fn new() -> State {
         State {
             next_id: 1,
             ..State::default()
         }
+    }
+
+    /// Use up snapshot id `id`: the engine puts the next id in the record, so any other id is a
+    /// bug (replay checks it first and reports a typed error).
+    fn take_id(&mut self, id: SnapshotId) {
+        assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
+        self.next_id += 1;
     }
 
     pub fn get(&self, key: &str) -> Result<&Snapshot, StateError> {
@@ -195,19 +226,9 @@ impl State {
                 if self.is_taken(key) {
                     return Err(StateError::AlreadyExists { key: key.clone() });
                 }
-                assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
-                self.next_id += 1;
-                let snapshot = Snapshot {
-                    id: *id,
-                    kind: *kind,
-                    parent: parent.clone(),
-                    labels: labels.clone(),
-                    created_ns: *time_ns,
-                    updated_ns: *time_ns,
-                    usage: None,
-                    created_txid: txid,
-                    txid,
-                };
+                self.take_id(*id);
+                let snapshot =
+                    Snapshot::created(*id, *kind, parent.clone(), labels.clone(), *time_ns, txid);
                 self.pending.insert(
                     txid,
                     Pending::Create {
