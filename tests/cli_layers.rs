@@ -151,3 +151,32 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
     );
     assert!(ok(&root, &["fsck"]).contains("clean"));
 }
+
+#[test]
+fn importing_a_stored_layer_file_again_is_a_no_op() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "hello", &b"world"[..])
+        .expect("append");
+    let layer = tmp.path().join("layer.tar");
+    std::fs::write(&layer, b.into_inner().expect("tar")).expect("write");
+    let path = layer.to_str().expect("path");
+    let first = json(&root, &["layer", "import", path]);
+    assert_eq!(first["existed"], false);
+    let walk_before = ok(&root, &["snapshot", "ls"]);
+    let wal_before = ok(&root, &["wal", "dump"]);
+    let again = json(&root, &["layer", "import", path]);
+    assert_eq!(again["existed"], true);
+    assert_eq!(again["chain_id"], first["chain_id"]);
+    assert_eq!(ok(&root, &["snapshot", "ls"]), walk_before);
+    assert_eq!(
+        ok(&root, &["wal", "dump"]),
+        wal_before,
+        "nothing was journaled"
+    );
+}

@@ -33,6 +33,25 @@ pub enum LayerCmd {
     Rm { chain_id: String },
 }
 
+/// The DiffID of a layer file: sha256 of its uncompressed stream, read once, nothing written.
+fn diff_id_of(
+    file: std::fs::File,
+    path: &std::path::Path,
+) -> Result<crate::layer::Digest, CliError> {
+    use sha2::Digest as _;
+    let bad = |e: std::io::Error| {
+        CliError::new(
+            ErrorKind::InvalidArgument,
+            format!("{}: {e}", path.display()),
+        )
+    };
+    let mut decoder =
+        crate::layer::decompress::Decoder::new(std::io::BufReader::new(file)).map_err(bad)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut decoder, &mut hasher).map_err(bad)?;
+    Ok(crate::layer::Digest(hasher.finalize().into()))
+}
+
 fn short(digest: &str) -> String {
     digest
         .trim_start_matches("sha256:")
@@ -44,21 +63,28 @@ fn short(digest: &str) -> String {
 pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
     match cmd {
         LayerCmd::Import { file, parent } => {
-            let (input, size): (Box<dyn Read + Send>, u64) = if file.as_os_str() == "-" {
-                (Box::new(std::io::stdin()), 0)
-            } else {
-                let f = std::fs::File::open(&file).map_err(|e| {
-                    CliError::new(ErrorKind::NotFound, format!("{}: {e}", file.display()))
-                })?;
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                (Box::new(f), size)
-            };
+            let (input, size, expected_diff_id): (Box<dyn Read + Send>, u64, _) =
+                if file.as_os_str() == "-" {
+                    (Box::new(std::io::stdin()), 0, None)
+                } else {
+                    let open = |path: &std::path::Path| {
+                        std::fs::File::open(path).map_err(|e| {
+                            CliError::new(ErrorKind::NotFound, format!("{}: {e}", path.display()))
+                        })
+                    };
+                    // A file can be read twice: learn its DiffID first, so a layer already in
+                    // the store is recognised without extracting anything.
+                    let diff_id = diff_id_of(open(&file)?, &file)?;
+                    let f = open(&file)?;
+                    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    (Box::new(f), size, Some(diff_id))
+                };
             let bar = progress::bytes(ctx.out.json, size, "import");
             let input = Box::new(bar.wrap_read(input));
             let options = ImportOptions {
                 parent,
                 pin: true,
-                expected_diff_id: None,
+                expected_diff_id,
             };
             let imported = ctx.with_engine(|e| Ok(e.import_layer(input, options)?));
             bar.finish_and_clear();
