@@ -103,6 +103,9 @@ pub(crate) struct Core {
     waiting: BTreeMap<TxId, Waiter>,
     /// Layer imports begun in the current batch, waiting for their staging effect.
     imports: BTreeMap<TxId, super::layers::ImportJob>,
+    /// Snapshots whose trees a worker is deleting right now: cleanup and fsck leave them to it,
+    /// so two deletions of one tree never race.
+    deleting: Arc<std::sync::Mutex<std::collections::BTreeSet<SnapshotId>>>,
     /// Container init snapshots begun in the current batch: staged with placeholder files.
     inits: std::collections::BTreeSet<TxId>,
     failed: Option<String>,
@@ -149,6 +152,7 @@ impl Core {
             waiting: BTreeMap::new(),
             imports: BTreeMap::new(),
             inits: std::collections::BTreeSet::new(),
+            deleting: Arc::default(),
             failed: None,
             index_stale: false,
         }
@@ -1010,11 +1014,14 @@ impl Core {
             }
             Effect::Delete { id } => {
                 let driver = Arc::clone(&self.driver);
+                let deleting = Arc::clone(&self.deleting);
+                lock(&deleting).insert(id);
                 self.workers.spawn(move || {
                     if let Err(e) = driver.remove(id) {
                         // The removal is durable; cleanup and recovery delete what is left.
                         tracing::warn!(%id, error = %e, "deleting a removed snapshot's tree failed");
                     }
+                    lock(&deleting).remove(&id);
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(Response::Done));
                     }
@@ -1043,23 +1050,60 @@ impl Core {
 
     /// Remove every tree and staging area on disk that the state does not name.
     pub(crate) fn cleanup(&mut self) -> Result<CleanupReport, EngineError> {
+        let strays = self.strays()?;
+        for id in strays.trees.iter().chain(&strays.trash) {
+            self.driver.remove(*id)?;
+        }
+        for txid in &strays.staging {
+            self.driver.discard(*txid)?;
+        }
+        Ok(CleanupReport {
+            snapshots_removed: strays.trees,
+            staging_removed: strays.staging,
+        })
+    }
+
+    /// What the driver holds that the state does not name, leaving out trees a worker is
+    /// deleting right now (their removal is journaled; the worker finishes it).
+    pub(crate) fn strays(&self) -> Result<Strays, EngineError> {
         let inv = self.driver.inventory()?;
+        let deleting = lock(&self.deleting).clone();
         let ids: std::collections::BTreeSet<SnapshotId> =
             self.state.snapshots.values().map(|s| s.id).collect();
-        let mut report = CleanupReport::default();
-        for id in inv.installed.keys() {
-            if !ids.contains(id) {
-                self.driver.remove(*id)?;
-                report.snapshots_removed.push(*id);
-            }
-        }
-        for txid in &inv.staging {
-            if !self.state.pending.contains_key(txid) {
-                self.driver.discard(*txid)?;
-                report.staging_removed.push(*txid);
-            }
-        }
-        self.driver.purge_trash()?;
-        Ok(report)
+        Ok(Strays {
+            trees: inv
+                .installed
+                .keys()
+                .filter(|id| !ids.contains(id) && !deleting.contains(id))
+                .copied()
+                .collect(),
+            staging: inv
+                .staging
+                .iter()
+                .filter(|t| !self.state.pending.contains_key(t))
+                .copied()
+                .collect(),
+            trash: inv
+                .trash
+                .iter()
+                .filter(|id| !deleting.contains(id))
+                .copied()
+                .collect(),
+            unexpected: inv.unexpected,
+        })
     }
+}
+
+/// Trees, staging areas and trash on disk that nothing in the state names.
+#[derive(Debug)]
+pub(crate) struct Strays {
+    pub trees: Vec<SnapshotId>,
+    pub staging: Vec<TxId>,
+    pub trash: Vec<SnapshotId>,
+    pub unexpected: Vec<PathBuf>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked holding it has already failed a test; the set stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -153,7 +153,6 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
 
     // Driver trees.
     let inv = core.driver.inventory()?;
-    let ids: BTreeSet<SnapshotId> = core.state.snapshots.values().map(|s| s.id).collect();
     for (key, snap) in &core.state.snapshots {
         match inv.installed.get(&snap.id) {
             None => found(
@@ -181,35 +180,28 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
             }
         }
     }
-    for id in inv.installed.keys() {
-        if !ids.contains(id) {
-            if repair {
-                core.driver.remove(*id)?;
-            }
-            found(
-                Problem::OrphanTree {
-                    id: *id,
-                    path: core.driver.tree(*id).display().to_string(),
-                },
-                repair,
-            );
+    // Trees a worker is deleting right now are not strays: their removal is journaled.
+    let strays = core.strays()?;
+    for id in &strays.trees {
+        if repair {
+            core.driver.remove(*id)?;
         }
+        let path = core.driver.tree(*id).display().to_string();
+        found(Problem::OrphanTree { id: *id, path }, repair);
     }
-    for txid in &inv.staging {
-        if !core.state.pending.contains_key(txid) {
-            if repair {
-                core.driver.discard(*txid)?;
-            }
-            found(Problem::StrayStaging { txid: *txid }, repair);
+    for txid in &strays.staging {
+        if repair {
+            core.driver.discard(*txid)?;
         }
+        found(Problem::StrayStaging { txid: *txid }, repair);
     }
-    for id in &inv.trash {
+    for id in &strays.trash {
+        if repair {
+            core.driver.remove(*id)?;
+        }
         found(Problem::Trash { id: *id }, repair);
     }
-    if repair && !inv.trash.is_empty() {
-        core.driver.purge_trash()?;
-    }
-    for path in &inv.unexpected {
+    for path in &strays.unexpected {
         found(
             Problem::Unexpected {
                 path: path.display().to_string(),
