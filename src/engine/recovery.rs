@@ -55,7 +55,13 @@ fn check_sequence(state: &State, lsn: Lsn, record: &Record) -> Result<(), Engine
             },
         });
     }
-    if let Op::BeginCreate { id, .. } = &record.op {
+    // Every record that takes a snapshot id must take the next one.
+    let id = match &record.op {
+        Op::BeginCreate { id, .. } | Op::BeginImport { id, .. } => Some(*id),
+        Op::BeginContainer { init_id, .. } => Some(*init_id),
+        _ => None,
+    };
+    if let Some(id) = id {
         if id.0 != state.next_id {
             return Err(EngineError::Sequence {
                 lsn,
@@ -280,4 +286,51 @@ pub(crate) fn recover(
         checkpoint_lsn,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SnapshotId;
+
+    #[test]
+    fn every_op_that_takes_a_snapshot_id_must_take_the_next_one() {
+        let state = State::new();
+        let wrong = SnapshotId(state.next_id + 7);
+        for op in [
+            Op::BeginCreate {
+                key: "k".into(),
+                parent: None,
+                kind: crate::types::Kind::Active,
+                id: wrong,
+                labels: Default::default(),
+                time_ns: 0,
+            },
+            Op::BeginImport {
+                id: wrong,
+                parent: None,
+                pin: true,
+                time_ns: 0,
+            },
+            Op::BeginContainer {
+                name: "c".into(),
+                layer: "l".into(),
+                init_id: wrong,
+                time_ns: 0,
+            },
+        ] {
+            let record = Record { txid: TxId(1), op };
+            let err = check_sequence(&state, Lsn(1), &record).expect_err("wrong id");
+            assert!(
+                matches!(
+                    err,
+                    EngineError::Sequence {
+                        reason: SequenceProblem::SnapshotId { .. },
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+    }
 }
