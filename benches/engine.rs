@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../wal/benches/support.rs"]
+mod support;
+use support::{bench_base_dir, figure, fs_type_of};
+
 const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
 const CLIENTS: usize = 16;
@@ -90,10 +94,6 @@ fn main() {
 
 fn options() -> EngineOptions {
     EngineOptions::default()
-}
-
-fn figure(name: &str, value: f64, decimals: usize) {
-    println!("{name}: {value:.decimals$}");
 }
 
 /// Open `root` (timed) and close it again (not timed: close checkpoints).
@@ -274,39 +274,4 @@ fn raw_fdatasync_ops_per_s(path: &Path) -> f64 {
         ops += 1;
     }
     ops as f64 / start.elapsed().as_secs_f64()
-}
-
-/// `$CAIRN_BENCH_DIR`, else `<target dir>/bench`: the target dir is on the disk the project is
-/// built on, where `/tmp` may be tmpfs.
-fn bench_base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAIRN_BENCH_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("bench");
-    }
-    // The bench runs as `<target>/release/deps/engine-<hash>`.
-    let exe = std::env::current_exe().expect("path of the bench binary");
-    exe.ancestors()
-        .nth(3)
-        .expect("the bench binary lives in <target>/<profile>/deps")
-        .join("bench")
-}
-
-/// The file system type of the mount holding `path`, from `/proc/mounts`.
-fn fs_type_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _device = fields.next()?;
-            let mount_point = fields.next()?;
-            let fs_type = fields.next()?;
-            Some((PathBuf::from(mount_point), fs_type.to_string()))
-        })
-        .filter(|(mount_point, _)| path.starts_with(mount_point))
-        .max_by_key(|(mount_point, _)| mount_point.components().count())
-        .map(|(_, fs_type)| fs_type)
 }

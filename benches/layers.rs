@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "../wal/benches/support.rs"]
+mod support;
+use support::{bench_base_dir, figure, fs_type_of};
+
 const SEED: u64 = 0x0ca1_12b5;
 const ROUNDS: usize = 3;
 const CHILD_ENV: &str = "CAIRN_LAYERS_BENCH_CHILD_IMPORT";
@@ -161,10 +165,6 @@ fn main() {
     figure("ratio_export_vs_gnu_tar", export / create, 2);
 }
 
-fn figure(name: &str, value: f64, decimals: usize) {
-    println!("{name}: {value:.decimals$}");
-}
-
 fn run(cmd: &mut Command) {
     let status = cmd.status().expect("spawn");
     assert!(status.success(), "{cmd:?}: {status}");
@@ -260,37 +260,4 @@ fn generate_tree(root: &Path) -> (u64, u64) {
         bytes += size as u64;
     }
     (files, bytes)
-}
-
-/// `$CAIRN_BENCH_DIR`, else `<target dir>/bench`.
-fn bench_base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAIRN_BENCH_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("bench");
-    }
-    let exe = std::env::current_exe().expect("path of the bench binary");
-    exe.ancestors()
-        .nth(3)
-        .expect("the bench binary lives in <target>/<profile>/deps")
-        .join("bench")
-}
-
-/// The file system type of the mount holding `path`, from `/proc/mounts`.
-fn fs_type_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _device = fields.next()?;
-            let mount_point = fields.next()?;
-            let fs_type = fields.next()?;
-            Some((PathBuf::from(mount_point), fs_type.to_string()))
-        })
-        .filter(|(mount_point, _)| path.starts_with(mount_point))
-        .max_by_key(|(mount_point, _)| mount_point.components().count())
-        .map(|(_, fs_type)| fs_type)
 }

@@ -12,9 +12,13 @@ use cairn_wal::storage::FsStorage;
 use cairn_wal::{Lsn, Wal, WalOptions};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support.rs"]
+mod support;
+use support::{bench_base_dir, figure, fs_type_of};
 
 const MEASURE: Duration = Duration::from_secs(2);
 /// Long enough for the file to have its first blocks and the disk queue to be in steady state.
@@ -69,46 +73,6 @@ fn main() {
 
     figure("ratio_sync_append_vs_raw", sync_append / raw, 2);
     figure("ratio_batch16_vs_sync_append", batch / sync_append, 2);
-}
-
-fn figure(name: &str, value: f64, decimals: usize) {
-    println!("{name}: {value:.decimals$}");
-}
-
-/// `$CAIRN_BENCH_DIR`, else `<target dir>/bench`: the target dir is on the disk the project is
-/// built on, which is the disk we want, where `/tmp` may be tmpfs.
-fn bench_base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAIRN_BENCH_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("bench");
-    }
-    // The bench runs as `<target>/release/deps/wal-<hash>`.
-    let exe = std::env::current_exe().expect("path of the bench binary");
-    exe.ancestors()
-        .nth(3)
-        .expect("the bench binary lives in <target>/<profile>/deps")
-        .join("bench")
-}
-
-/// The file system type of the mount holding `path`, from `/proc/mounts` (longest mount point
-/// that is a prefix), so the output says what kind of disk the numbers are about.
-fn fs_type_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _device = fields.next()?;
-            let mount_point = fields.next()?;
-            let fs_type = fields.next()?;
-            Some((PathBuf::from(mount_point), fs_type.to_string()))
-        })
-        .filter(|(mount_point, _)| path.starts_with(mount_point))
-        .max_by_key(|(mount_point, _)| mount_point.components().count())
-        .map(|(_, fs_type)| fs_type)
 }
 
 /// Run `op` (which returns how many units it did) for the warm-up, then for [`MEASURE`]; units
