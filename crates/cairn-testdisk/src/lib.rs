@@ -409,7 +409,11 @@ impl TestDisk {
     }
 
     fn attach(&mut self) -> Result<(), DiskError> {
-        let a = Attached::mount(&self.work.join("fuse/disk"), self.fs, &self.work.join("mnt"))?;
+        let a = Attached::mount(
+            &self.work.join("fuse/disk"),
+            self.fs,
+            &self.work.join("mnt"),
+        )?;
         self.attached = Some(a);
         Ok(())
     }
@@ -546,14 +550,15 @@ impl CrashImages {
         })?;
         let durable = dir.join("durable.img");
         sparse_copy(base, &durable)?;
-        let durable_file = OpenOptions::new()
-            .write(true)
-            .open(&durable)
-            .map_err(|e| DiskError::Io {
-                op: "open",
-                path: durable.clone(),
-                source: e,
-            })?;
+        let durable_file =
+            OpenOptions::new()
+                .write(true)
+                .open(&durable)
+                .map_err(|e| DiskError::Io {
+                    op: "open",
+                    path: durable.clone(),
+                    source: e,
+                })?;
         Ok(CrashImages {
             log,
             durable,
@@ -577,7 +582,11 @@ impl CrashImages {
         out: &Path,
     ) -> Result<Vec<Fate>, DiskError> {
         assert!(k >= self.at_flush, "cuts are taken in increasing order");
-        assert!(k <= self.log.flushes(), "cut after flush {k} of {}", self.log.flushes());
+        assert!(
+            k <= self.log.flushes(),
+            "cut after flush {k} of {}",
+            self.log.flushes()
+        );
         while self.at_flush < k {
             for w in &self.log.epochs[self.at_flush] {
                 self.log.apply(&self.durable_file, w, None)?;

@@ -65,7 +65,8 @@ impl Log {
         let file = File::open(path).map_err(io)?;
         let total = file.metadata().map_err(io)?.len();
         let mut r = BufReader::new(file);
-        let mut epochs = vec![Vec::new()];
+        let mut epochs = Vec::new();
+        let mut open = Vec::new();
         let mut at = 0u64;
         while at < total {
             let mut h = [0u8; RECORD_HEADER_BYTES];
@@ -92,7 +93,7 @@ impl Log {
                         len_bytes,
                         data_at: at,
                     };
-                    epochs.last_mut().map(|e| e.push(w));
+                    open.push(w);
                     r.seek(SeekFrom::Current(len_bytes as i64)).map_err(io)?;
                     at += len_bytes;
                 }
@@ -103,12 +104,13 @@ impl Log {
                         len_bytes,
                         data_at: 0,
                     };
-                    epochs.last_mut().map(|e| e.push(w));
+                    open.push(w);
                 }
-                KIND_FLUSH => epochs.push(Vec::new()),
+                KIND_FLUSH => epochs.push(std::mem::take(&mut open)),
                 _ => return Err(bad("unknown record kind")),
             }
         }
+        epochs.push(open);
         Ok(Log {
             path: path.to_path_buf(),
             epochs,
@@ -127,7 +129,12 @@ impl Log {
 
     /// Applies `sectors` of write `w` (all when `None`; else a mask over its 512-byte sectors) to
     /// `image`.
-    pub fn apply(&self, image: &File, w: &Write, sectors: Option<&[bool]>) -> Result<(), DiskError> {
+    pub fn apply(
+        &self,
+        image: &File,
+        w: &Write,
+        sectors: Option<&[bool]>,
+    ) -> Result<(), DiskError> {
         let io = |e| DiskError::Io {
             op: "replay a write into a crash image",
             path: self.path.clone(),

@@ -29,14 +29,21 @@ fn durable_file_survives(fs: FsKind) {
     d.sync_all().expect("fsync dir");
     drop((f, d));
     let after = disk.stats().expect("stats");
-    assert!(after.flushes > before.flushes, "an fsync reached the disk as a flush: {before:?} -> {after:?}");
+    assert!(
+        after.flushes > before.flushes,
+        "an fsync reached the disk as a flush: {before:?} -> {after:?}"
+    );
     assert!(after.writes > before.writes, "{before:?} -> {after:?}");
     let synced_at = after.flushes as usize;
     // Written, never synced: may or may not be in a crash image.
     std::fs::write(disk.mountpoint().join("volatile"), b"x").expect("write");
     disk.unmount().expect("unmount");
     let log = disk.log().expect("log");
-    assert!(log.flushes() >= synced_at, "log has {} flushes, stats said {synced_at}", log.flushes());
+    assert!(
+        log.flushes() >= synced_at,
+        "log has {} flushes, stats said {synced_at}",
+        log.flushes()
+    );
     let scratch = disk.scratch();
     let mut images = CrashImages::new(&disk.base_image(), log, &scratch).expect("crash images");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -45,11 +52,16 @@ fn durable_file_survives(fs: FsKind) {
     images.image(0, &mut rng, true, &img).expect("image");
     {
         let a = Attached::mount(&img, fs, &scratch.join("mnt")).expect("mount crash image");
-        assert!(!a.mountpoint.join("durable").exists(), "nothing was durable before the first flush");
+        assert!(
+            !a.mountpoint.join("durable").exists(),
+            "nothing was durable before the first flush"
+        );
         a.release().expect("release");
     }
     fsck(fs, &img).expect("fsck of the image before the first flush");
-    images.image(synced_at, &mut rng, false, &img).expect("image");
+    images
+        .image(synced_at, &mut rng, false, &img)
+        .expect("image");
     {
         let a = Attached::mount(&img, fs, &scratch.join("mnt")).expect("mount crash image");
         let got = std::fs::read(a.mountpoint.join("durable")).expect("the synced file is there");
@@ -83,7 +95,10 @@ fn faults(fs: FsKind) {
     assert_eq!(s.failed_flushes, 1, "{s:?}");
     assert!(r.is_err(), "fsync over a failed flush reported success");
     disk.control("heal").expect("heal");
-    assert!(disk.control("nonsense").is_err(), "a bad control line is refused");
+    assert!(
+        disk.control("nonsense").is_err(),
+        "a bad control line is refused"
+    );
 }
 
 #[test]

@@ -79,7 +79,11 @@ fn cut_workload(fs: FsKind, driver: DriverKind, seed: u64) -> (usize, Vec<String
     let ran = run_steps(&disk, &h, &workload());
     for r in &ran {
         if let Err(e) = &r.result {
-            panic!("{}: step {} failed on a healthy disk: {e}", fs.name(), r.step.name());
+            panic!(
+                "{}: step {} failed on a healthy disk: {e}",
+                fs.name(),
+                r.step.name()
+            );
         }
     }
     h.close().expect("close");
@@ -112,15 +116,17 @@ fn cut_workload(fs: FsKind, driver: DriverKind, seed: u64) -> (usize, Vec<String
         let expect = expect_at(driver, &ran, k as u64);
         let r = check_image(fs, &img, &scratch.join("mnt"), driver, &expect);
         if let Err(e) = r {
-            let kept = fates.iter().filter(|f| **f == cairn_testdisk::Fate::Kept).count();
+            let kept = fates
+                .iter()
+                .filter(|f| **f == cairn_testdisk::Fate::Kept)
+                .count();
             let torn = fates
                 .iter()
                 .filter(|f| matches!(f, cairn_testdisk::Fate::Torn(_)))
                 .count();
             let last_acked = ran
                 .iter()
-                .filter(|r| r.acked_at_flush <= k as u64)
-                .last()
+                .rfind(|r| r.acked_at_flush <= k as u64)
                 .map(|r| r.step.name());
             failures.push(format!(
                 "{} {} cut {i} after flush {k}/{flushes} ({} unflushed writes: {kept} kept, {torn} torn; last acknowledged: {last_acked:?}; in flight: {:?}): {e}",
@@ -139,7 +145,10 @@ fn power_cuts(fs: FsKind) {
         return skip(&why);
     }
     let seed = support::seed();
-    println!("power_cut {}: seed {seed} (replay: CAIRN_SEED={seed})", fs.name());
+    println!(
+        "power_cut {}: seed {seed} (replay: CAIRN_SEED={seed})",
+        fs.name()
+    );
     let mut states = 0;
     let mut failures = Vec::new();
     for driver in support::drivers() {
@@ -148,6 +157,11 @@ fn power_cuts(fs: FsKind) {
         failures.extend(f);
     }
     println!("crash_states_checked: {states} ({})", fs.name());
+    println!(
+        "power_cut {}: crash states with an overlay probe of this pid left in the root: {}",
+        fs.name(),
+        support::OWN_PROBES_LEFT.load(std::sync::atomic::Ordering::Relaxed)
+    );
     for f in &failures {
         println!("FAILED: {f}");
     }
