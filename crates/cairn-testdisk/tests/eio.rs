@@ -28,6 +28,10 @@ struct Kind {
     /// Run on the live disk before the fault is armed (unsynced writes).
     live: Vec<Step>,
     command: Step,
+    /// Another thread calls `syncfs` on the file system in a loop while the command runs (the
+    /// `sync -f` of another process): writeback, and its errors, happen before the command's
+    /// own sync (issue 8, item 3).
+    stealer: bool,
 }
 
 fn kinds() -> Vec<Kind> {
@@ -37,8 +41,23 @@ fn kinds() -> Vec<Kind> {
         template,
         live,
         command,
+        stealer: false,
+    };
+    let stolen = |name, template, live, command| Kind {
+        name,
+        template,
+        live,
+        command,
+        stealer: true,
     };
     vec![
+        stolen("import_syncfs", vec![], vec![], imp("L0", true)),
+        stolen(
+            "commit_syncfs",
+            vec![p("a", None)],
+            vec![w("a", "f1", 20_000), w("a", "f2", 300)],
+            c("base", "a"),
+        ),
         k("prepare", committed(), vec![], p("b", Some("base"))),
         k("view", committed(), vec![], v("v1", "base")),
         k(
@@ -115,7 +134,23 @@ fn case(
     if let Some((what, j)) = fault {
         disk.control(&format!("fail {what} {j} once")).expect("arm");
     }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stealer = kind.stealer.then(|| {
+        let stop = std::sync::Arc::clone(&stop);
+        let dir = std::fs::File::open(disk.mountpoint()).expect("open the mount point");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: syncfs on a descriptor this thread owns.
+                unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    });
     let first = run_steps(&disk, &h, std::slice::from_ref(&kind.command));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = stealer {
+        t.join().expect("the syncfs thread");
+    }
     let during = disk.stats().expect("stats");
     disk.control("heal").expect("heal");
     let retry = if first[0].result.is_err() {
@@ -252,7 +287,7 @@ fn eio(fs: FsKind, strict_release: bool) {
             if flushes > 3 {
                 faults.push(("flush", flushes));
             }
-            if kind.name == "commit" {
+            if kind.name.starts_with("commit") || kind.stealer {
                 // The commit's tree sync is where fsyncgate lives: fail each of its writes.
                 faults.extend((1..=writes.min(24)).map(|j| ("write", j)));
             } else if writes > 0 {

@@ -424,6 +424,9 @@ pub fn check_image(
     driver: DriverKind,
     expect: &Expect,
 ) -> Result<(), String> {
+    if fs.repair_before_mount() {
+        cairn_testdisk::repair(fs, image).map_err(|e| format!("repair before mount: {e}"))?;
+    }
     let a = Attached::mount(image, fs, mnt).map_err(|e| {
         let repair = cairn_testdisk::repair(fs, image);
         format!("the crash image does not mount: {e}; repair: {repair:?}")
