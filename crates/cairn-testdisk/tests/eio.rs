@@ -253,7 +253,7 @@ fn case(
 
 /// `strict_release`: a root still busy after `close` (the engine kept files open) fails the
 /// case; otherwise it is reported on the case's line and counted.
-fn eio(fs: FsKind, strict_release: bool) {
+fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
     if let Some(why) = missing(fs) {
         return skip(&why);
     }
@@ -263,7 +263,7 @@ fn eio(fs: FsKind, strict_release: bool) {
     let mut cases = 0;
     let mut failures = Vec::new();
     for driver in support::drivers() {
-        for kind in kinds() {
+        for kind in kinds().into_iter().filter(only) {
             let dir = std::env::temp_dir().join(format!(
                 "cairn-testdisk-eio-{}-{}-{}-{}",
                 fs.name(),
@@ -324,14 +324,36 @@ fn eio(fs: FsKind, strict_release: bool) {
     );
 }
 
+/// The commands whose tree sync a failed write can hit, each write of them failed in turn.
+fn syncs_trees(k: &Kind) -> bool {
+    k.name.starts_with("commit") || k.stealer
+}
+
 #[test]
 fn eio_ext4() {
-    eio(FsKind::Ext4, false);
+    eio(FsKind::Ext4, false, |k| !syncs_trees(k));
 }
 
 #[test]
 fn eio_xfs() {
-    eio(FsKind::Xfs, false);
+    eio(FsKind::Xfs, false, |k| !syncs_trees(k));
+}
+
+/// fsyncgate: a commit whose tree fsync failed (a write of its data failed) is refused; the
+/// retried commit's fsync returns 0 over the dropped pages and is acknowledged; after a power
+/// cut the committed tree has the right sizes and wrong bytes. Today on main, ext4 and xfs, both
+/// drivers (e.g. `commit: fault write 3: first Err(fsync .../fs/f2: EIO), retry ok => f2
+/// differs`).
+#[test]
+#[ignore = "fails until issue 8 item 2 (fsyncgate: a tree whose sync failed is never acknowledged later) lands from `durable`"]
+fn eio_tree_sync_ext4() {
+    eio(FsKind::Ext4, false, syncs_trees);
+}
+
+#[test]
+#[ignore = "fails until issue 8 item 2 (fsyncgate: a tree whose sync failed is never acknowledged later) lands from `durable`"]
+fn eio_tree_sync_xfs() {
+    eio(FsKind::Xfs, false, syncs_trees);
 }
 
 /// After an EIO turned ext4 read-only, sled 0.34.7's logger unwraps the EROFS of a write
@@ -341,5 +363,5 @@ fn eio_xfs() {
 #[test]
 #[ignore = "engine thread panics inside sled on EROFS and keeps the root busy (issue 8: hostile callers / panics; not yet fixed)"]
 fn eio_root_released_after_close() {
-    eio(FsKind::Ext4, true);
+    eio(FsKind::Ext4, true, |_| true);
 }
