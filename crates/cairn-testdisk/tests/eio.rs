@@ -10,8 +10,8 @@
 
 mod support;
 
-use cairn::engine::Engine;
-use cairn::types::DriverKind;
+use cairn_engine::Engine;
+use cairn_state::types::DriverKind;
 use cairn_testdisk::{missing, CrashImages, FsKind, TestDisk};
 use rand::{Rng, SeedableRng};
 use std::path::Path;

@@ -4,12 +4,12 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-#[path = "../../../../tests/crashkit/mod.rs"]
+#[path = "../../../cairn-engine/tests/crashkit/mod.rs"]
 pub mod crashkit;
 
-use cairn::engine::{Engine, EngineHandle, ImportOptions};
-use cairn::state::Labels;
-use cairn::types::{DriverKind, Kind};
+use cairn_engine::{Engine, EngineHandle, ImportOptions};
+use cairn_state::Labels;
+use cairn_state::types::{DriverKind, Kind};
 use cairn_testdisk::{Attached, FsKind, TestDisk};
 use crashkit::{layer_ids, layer_tar, own_dir, read_tree, MLayer, Model, Op};
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,7 +54,7 @@ pub enum Step {
     Op(Op),
     /// An `Op::ImportLayer`, its tar sent gzip-compressed.
     ImportGz(Op),
-    /// `cairn::image::load` of the repository's `examples/hello-oci`.
+    /// `cairn_image::load` of the repository's `examples/hello-oci`.
     LoadImage,
 }
 
@@ -178,7 +178,7 @@ pub fn exec(h: &EngineHandle, step: &Step) -> (Effect, Result<(), String>) {
                 .layers()
                 .map(|l| l.into_iter().map(|l| l.chain_id).collect())
                 .unwrap_or_default();
-            let r = cairn::image::load(h, &hello_oci(), &|_| {});
+            let r = cairn_image::load(h, &hello_oci(), &|_| {});
             let loaded = match r {
                 Ok(l) => l,
                 Err(e) => {
