@@ -8,8 +8,8 @@
 pub mod crashkit;
 
 use cairn_engine::{Engine, EngineHandle, ImportOptions};
-use cairn_state::Labels;
 use cairn_state::types::{DriverKind, Kind};
+use cairn_state::Labels;
 use cairn_testdisk::{Attached, FsKind, TestDisk};
 use crashkit::{layer_ids, layer_tar, own_dir, read_tree, MLayer, Model, Op};
 use std::collections::{BTreeMap, BTreeSet};
