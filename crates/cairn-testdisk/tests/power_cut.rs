@@ -114,7 +114,7 @@ fn cut_workload(fs: FsKind, driver: DriverKind, seed: u64) -> (usize, Vec<String
             .image(k, &mut rng, false, &img)
             .expect("build a crash image");
         let expect = expect_at(driver, &ran, k as u64);
-        let r = check_image(fs, &img, &scratch.join("mnt"), driver, &expect);
+        let r = check_image(fs, &img, &scratch.join("mnt"), driver, &expect, false);
         if let Err(e) = r {
             let kept = fates
                 .iter()
