@@ -60,12 +60,6 @@ pub enum DiskError {
 pub enum FsKind {
     Ext4,
     Xfs,
-    /// ext4 without its journal: nothing orders metadata, so only what was fsynced (a file, and
-    /// a new file's parent directory) is durable. A missing directory fsync after a rename,
-    /// which ext4's and xfs's journals mask (their fsync commits every earlier metadata change
-    /// too), loses the name here. Crash images are repaired with `e2fsck -fy` before mounting,
-    /// as a boot would.
-    Ext4NoJournal,
 }
 
 impl FsKind {
@@ -73,27 +67,13 @@ impl FsKind {
         match self {
             FsKind::Ext4 => "ext4",
             FsKind::Xfs => "xfs",
-            FsKind::Ext4NoJournal => "ext4-nojournal",
         }
-    }
-
-    /// The `mount -t` type.
-    pub fn mount_type(self) -> &'static str {
-        match self {
-            FsKind::Ext4 | FsKind::Ext4NoJournal => "ext4",
-            FsKind::Xfs => "xfs",
-        }
-    }
-
-    /// Whether a crash image needs an fsck repair before it mounts (no journal to replay).
-    pub fn repair_before_mount(self) -> bool {
-        self == FsKind::Ext4NoJournal
     }
 
     /// The smallest image the file system is happy on (mkfs.xfs refuses below 300 MiB).
     pub fn image_bytes(self) -> u64 {
         match self {
-            FsKind::Ext4 | FsKind::Ext4NoJournal => 128 << 20,
+            FsKind::Ext4 => 128 << 20,
             FsKind::Xfs => 320 << 20,
         }
     }
@@ -108,7 +88,7 @@ pub fn missing(fs: FsKind) -> Option<String> {
         return Some("no /dev/fuse".into());
     }
     let tools: &[&str] = match fs {
-        FsKind::Ext4 | FsKind::Ext4NoJournal => &["losetup", "mkfs.ext4", "e2fsck"],
+        FsKind::Ext4 => &["losetup", "mkfs.ext4", "e2fsck"],
         FsKind::Xfs => &["losetup", "mkfs.xfs", "xfs_repair"],
     };
     for t in tools {
@@ -229,10 +209,7 @@ impl Attached {
             source: e,
         })?;
         let mp = mountpoint.to_string_lossy();
-        run(
-            "mount",
-            &["-t", fs.mount_type(), a.device.as_str(), mp.as_ref()],
-        )?;
+        run("mount", &["-t", fs.name(), a.device.as_str(), mp.as_ref()])?;
         a.mounted = true;
         Ok(a)
     }
@@ -287,7 +264,7 @@ impl Drop for Attached {
 pub fn fsck(fs: FsKind, image: &Path) -> Result<(), DiskError> {
     let img = image.to_string_lossy();
     match fs {
-        FsKind::Ext4 | FsKind::Ext4NoJournal => run("e2fsck", &["-fn", img.as_ref()]).map(|_| ()),
+        FsKind::Ext4 => run("e2fsck", &["-fn", img.as_ref()]).map(|_| ()),
         FsKind::Xfs => run("xfs_repair", &["-f", "-n", img.as_ref()]).map(|_| ()),
     }
 }
@@ -297,7 +274,7 @@ pub fn fsck(fs: FsKind, image: &Path) -> Result<(), DiskError> {
 pub fn repair(fs: FsKind, image: &Path) -> Result<String, DiskError> {
     let img = image.to_string_lossy();
     match fs {
-        FsKind::Ext4 | FsKind::Ext4NoJournal => match run("e2fsck", &["-fy", img.as_ref()]) {
+        FsKind::Ext4 => match run("e2fsck", &["-fy", img.as_ref()]) {
             // 1 and 2 (and both): errors corrected; 4 and up: errors left, or fsck failed.
             Err(DiskError::Command { status, output, .. })
                 if ["1", "2", "3"]
@@ -354,20 +331,6 @@ impl TestDisk {
                     "4096",
                     "-E",
                     "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
-                    dev.as_str(),
-                ],
-            ),
-            FsKind::Ext4NoJournal => run(
-                "mkfs.ext4",
-                &[
-                    "-q",
-                    "-F",
-                    "-b",
-                    "4096",
-                    "-O",
-                    "^has_journal",
-                    "-E",
-                    "nodiscard,lazy_itable_init=0",
                     dev.as_str(),
                 ],
             ),

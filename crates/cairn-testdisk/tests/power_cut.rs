@@ -183,9 +183,3 @@ fn power_cuts_ext4() {
 fn power_cuts_xfs() {
     power_cuts(FsKind::Xfs);
 }
-
-/// ext4 without a journal: only fsynced names survive, so a missing directory fsync shows.
-#[test]
-fn power_cuts_ext4_nojournal() {
-    power_cuts(FsKind::Ext4NoJournal);
-}

@@ -12,7 +12,7 @@ use cairn_state::types::{DriverKind, Kind};
 use cairn_state::Labels;
 use cairn_testdisk::{Attached, FsKind, TestDisk};
 use crashkit::{layer_ids, layer_tar, own_dir, read_tree, MLayer, Model, Op};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -174,10 +174,6 @@ pub fn exec(h: &EngineHandle, step: &Step) -> (Effect, Result<(), String>) {
             (Effect::Op(op.clone()), r)
         }
         Step::LoadImage => {
-            let before: BTreeSet<String> = h
-                .layers()
-                .map(|l| l.into_iter().map(|l| l.chain_id).collect())
-                .unwrap_or_default();
             let r = cairn_image::load(h, &hello_oci(), &|_| {});
             let loaded = match r {
                 Ok(l) => l,
@@ -194,10 +190,8 @@ pub fn exec(h: &EngineHandle, step: &Step) -> (Effect, Result<(), String>) {
             let mut layers = Vec::new();
             let mut images = Vec::new();
             for l in &loaded {
+                // Every layer of the image, also those an earlier, failed load stored.
                 for chain in &l.layers {
-                    if before.contains(chain) {
-                        continue;
-                    }
                     let info = h.layer(chain).unwrap();
                     let out = crashkit::SharedBuf::default();
                     h.export_layer(chain, Box::new(out.clone())).unwrap();
@@ -420,8 +414,8 @@ fn clear_own_probes(root: &Path) {
     }
 }
 
-/// Mounts a crash image (after `e2fsck -fy` / `xfs_repair` when `repair_first`, or when the file
-/// system has no journal), checks the root in it, unmounts, and checks the file system strictly.
+/// Mounts a crash image (after `e2fsck -fy` when `repair_first`; xfs repairs itself by log
+/// replay at mount, and `xfs_repair` refuses a dirty log), checks the root in it, unmounts, and checks the file system strictly.
 pub fn check_image(
     fs: FsKind,
     image: &Path,
@@ -430,8 +424,11 @@ pub fn check_image(
     expect: &Expect,
     repair_first: bool,
 ) -> Result<(), String> {
-    if repair_first || fs.repair_before_mount() {
-        cairn_testdisk::repair(fs, image).map_err(|e| format!("repair before mount: {e}"))?;
+    // xfs_repair refuses a dirty log (the mount replays it) and needs no repair to mount.
+    let mut repaired = String::new();
+    if repair_first && fs != FsKind::Xfs {
+        repaired =
+            cairn_testdisk::repair(fs, image).map_err(|e| format!("repair before mount: {e}"))?;
     }
     let a = Attached::mount(image, fs, mnt).map_err(|e| {
         let repair = cairn_testdisk::repair(fs, image);
@@ -449,6 +446,13 @@ pub fn check_image(
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "panic".into());
+        if repaired.contains("FIXED")
+            || repaired.contains("Fix?")
+            || repaired.contains("lost+found")
+        {
+            let head: String = repaired.lines().take(12).collect::<Vec<_>>().join(" | ");
+            return Err(format!("{msg}\n (the repair before mounting said: {head})"));
+        }
         return Err(msg);
     }
     released.map_err(|e| format!("unmount the crash image: {e}"))?;
