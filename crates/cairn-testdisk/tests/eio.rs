@@ -24,6 +24,22 @@ use support::{apply, check_image, driver_name, run_steps, skip, Expect, Step};
 
 static BUSY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Panics on threads named `cairn-engine` (the engine thread), in this process.
+static ENGINE_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_engine_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("cairn-engine") {
+                ENGINE_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            previous(info)
+        }));
+    });
+}
+
 struct Kind {
     name: &'static str,
     /// Durable in the disk's base image.
@@ -259,11 +275,12 @@ fn case(
 }
 
 /// `strict_release`: a root still busy after `close` (the engine kept files open) fails the
-/// case; otherwise it is reported on the case's line and counted.
+/// case, and an engine thread that panicked fails the test; otherwise both are reported.
 fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
     if let Some(why) = missing(fs) {
         return skip(&why);
     }
+    count_engine_panics();
     let seed = support::seed();
     println!("eio {}: seed {seed} (replay: CAIRN_SEED={seed})", fs.name());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -314,6 +331,11 @@ fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
         }
     }
     println!("eio_cases_checked: {cases} ({})", fs.name());
+    let panics = ENGINE_PANICS.load(std::sync::atomic::Ordering::Relaxed);
+    println!("eio {}: engine threads that panicked: {panics}", fs.name());
+    if strict_release {
+        assert_eq!(panics, 0, "an I/O error panicked the engine thread");
+    }
     println!(
         "eio {}: cases whose root stayed busy after close: {}",
         fs.name(),
@@ -350,7 +372,9 @@ fn eio_xfs() {
 /// retried commit's fsync returns 0 over the dropped pages and is acknowledged; after a power
 /// cut the committed tree has the right sizes and wrong bytes. Today on main, ext4 and xfs, both
 /// drivers (e.g. `commit: fault write 3: first Err(fsync .../fs/f2: EIO), retry ok => f2
-/// differs`).
+/// differs`). With the `durable` branch (3d98d09) merged the retry is refused ("a sync of its
+/// tree failed earlier") and the trees check out; what still fails there is
+/// `crashkit::check_root_names`, which does not know durable's `snapshots/<id>/sync-failed`.
 #[test]
 #[ignore = "fails until issue 8 item 2 (fsyncgate: a tree whose sync failed is never acknowledged later) lands from `durable`"]
 fn eio_tree_sync_ext4() {
@@ -364,11 +388,12 @@ fn eio_tree_sync_xfs() {
 }
 
 /// After an EIO turned ext4 read-only, sled 0.34.7's logger unwraps the EROFS of a write
-/// (sled/src/pagecache/logger.rs:467) on the engine thread: the thread panics, `close` returns
-/// Ok anyway, and sled's threads keep the index's files open, so the file system cannot be
-/// unmounted. Seen in 3 of 159 ext4 cases (import gzip, container create, overlay prepare).
+/// (sled/src/pagecache/logger.rs:467) on the engine thread: the thread panics instead of
+/// answering a typed error, `close` returns Ok anyway, and for a moment sled's threads keep the
+/// index's files open (the root stays busy; seen in 3 of 159 ext4 cases before unmount waited).
+/// Seen 6 to 10 times per run of the EIO suite, on ext4 and xfs.
 #[test]
-#[ignore = "engine thread panics inside sled on EROFS and keeps the root busy (issue 8: hostile callers / panics; not yet fixed)"]
-fn eio_root_released_after_close() {
+#[ignore = "an I/O error panics the engine thread inside sled 0.34.7 (logger.rs:467 unwraps EROFS); issue 8, hostile callers: a panic must become an error and close() must report it"]
+fn eio_never_panics_the_engine() {
     eio(FsKind::Ext4, true, |_| true);
 }
