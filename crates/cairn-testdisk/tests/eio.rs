@@ -332,7 +332,10 @@ fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
     }
     println!("eio_cases_checked: {cases} ({})", fs.name());
     let panics = ENGINE_PANICS.load(std::sync::atomic::Ordering::Relaxed);
-    println!("eio {}: engine threads that panicked: {panics}", fs.name());
+    println!(
+        "eio {}: engine threads that panicked (in this process so far): {panics}",
+        fs.name()
+    );
     if strict_release {
         assert_eq!(panics, 0, "an I/O error panicked the engine thread");
     }
