@@ -288,15 +288,17 @@ fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
     let mut failures = Vec::new();
     for driver in support::drivers() {
         for kind in kinds().into_iter().filter(only) {
-            let dir = std::env::temp_dir().join(format!(
-                "cairn-testdisk-eio-{}-{}-{}-{}",
-                fs.name(),
-                driver_name(driver),
-                kind.name,
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            let template = dir.join("template.img");
+            // Removed on drop, also when a case panics.
+            let dir = tempfile::Builder::new()
+                .prefix(&format!(
+                    "cairn-testdisk-eio-{}-{}-{}-",
+                    fs.name(),
+                    driver_name(driver),
+                    kind.name
+                ))
+                .tempdir()
+                .expect("template dir");
+            let template = dir.path().join("template.img");
             template_image(fs, driver, &kind, &template);
             // A healthy run counts the command's writes and flushes.
             let (line, failure, (writes, flushes)) =
@@ -327,7 +329,6 @@ fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
                 cases += 1;
                 failures.extend(failure);
             }
-            let _ = std::fs::remove_dir_all(&dir);
         }
     }
     println!("eio_cases_checked: {cases} ({})", fs.name());
