@@ -919,7 +919,8 @@ impl Core {
     }
 
     fn update_index(&mut self, journaled: bool, touched: &[String]) {
-        if !journaled {
+        // A damaged index (sled panicked) is left alone until the next open rebuilds it.
+        if !journaled || self.index.is_damaged() {
             return;
         }
         // Begun transactions change no indexed snapshot; completions and removals name theirs.

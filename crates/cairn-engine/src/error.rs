@@ -59,6 +59,10 @@ pub enum EngineError {
         #[source]
         source: sled::Error,
     },
+    /// sled panicked (0.34.7 unwraps some disk errors); the index is set aside until the next
+    /// open rebuilds it from the journal.
+    #[error("index {path} is set aside after sled panicked ({panic}); the next open rebuilds it")]
+    IndexDamaged { path: PathBuf, panic: String },
     #[error("snapshot {id} has no tree on disk although its creation is durable")]
     LostTree { id: SnapshotId },
     #[error("the engine stopped after an earlier failure ({cause}); reopen the root to recover")]
