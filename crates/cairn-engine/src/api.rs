@@ -1,6 +1,7 @@
 //! What clients send and get back.
 
 use super::error::EngineError;
+use super::fsck::FsckReport;
 use cairn_state::types::{Kind, Mount, SnapshotId, TxId, Usage};
 use cairn_state::{Labels, Snapshot};
 use crossbeam_channel::Sender;
@@ -121,6 +122,11 @@ pub struct CleanupReport {
     pub staging_removed: Vec<TxId>,
 }
 
+/// The channel a request is answered on: of the request's own result type, so a reply can
+/// only be the one its caller waits for.
+pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
+
+/// One command to the engine thread, with the channel its answer goes back on.
 #[derive(Debug)]
 pub(crate) enum Request {
     Create {
@@ -128,107 +134,141 @@ pub(crate) enum Request {
         parent: Option<String>,
         kind: Kind,
         labels: Labels,
+        reply: Reply<Vec<Mount>>,
     },
     Commit {
         name: String,
         key: String,
         labels: Labels,
+        reply: Reply<()>,
     },
     Remove {
         key: String,
+        reply: Reply<()>,
     },
     Update {
         info: Info,
         fieldpaths: Vec<String>,
+        reply: Reply<Info>,
     },
     Stat {
         key: String,
+        reply: Reply<Info>,
     },
     Usage {
         key: String,
+        reply: Reply<Usage>,
     },
     Mounts {
         key: String,
+        reply: Reply<Vec<Mount>>,
     },
     Walk {
         filters: Vec<String>,
+        reply: Reply<Vec<Info>>,
     },
-    Cleanup,
+    Cleanup {
+        reply: Reply<CleanupReport>,
+    },
     Fsck {
         repair: bool,
+        reply: Reply<FsckReport>,
     },
-    Checkpoint,
+    Checkpoint {
+        reply: Reply<()>,
+    },
     ImportLayer {
         input: Input,
         options: ImportOptions,
+        reply: Reply<Imported>,
     },
     ExportLayer {
         chain_id: String,
         out: Output,
+        reply: Reply<String>,
     },
     /// A snapshot's changes against its parent, as a layer tar.
     Diff {
         key: String,
         out: Output,
+        reply: Reply<String>,
     },
-    Layers,
+    Layers {
+        reply: Reply<Vec<LayerInfo>>,
+    },
     RemoveLayer {
         chain_id: String,
+        reply: Reply<()>,
     },
     PutImage {
         name: String,
         top: String,
         manifest_digest: String,
         config_digest: String,
+        reply: Reply<()>,
     },
-    Images,
+    Images {
+        reply: Reply<Vec<ImageInfo>>,
+    },
     RemoveImage {
         name: String,
+        reply: Reply<()>,
     },
     Verify {
         chain_id: Option<String>,
+        reply: Reply<Vec<Verified>>,
     },
     CreateContainer {
         name: String,
         layer: Option<String>,
         image: Option<String>,
+        reply: Reply<Vec<Mount>>,
     },
     RemoveContainer {
         name: String,
+        reply: Reply<()>,
     },
-    Containers,
+    Containers {
+        reply: Reply<Vec<ContainerInfo>>,
+    },
+}
+
+impl Request {
+    /// Answer with `error` instead of running the request (the engine has stopped).
+    pub(crate) fn refuse(self, error: EngineError) {
+        fn send<T>(reply: Reply<T>, error: EngineError) {
+            // The caller may have gone away; nothing is waiting then.
+            let _ = reply.send(Err(error));
+        }
+        match self {
+            Request::Create { reply, .. }
+            | Request::Mounts { reply, .. }
+            | Request::CreateContainer { reply, .. } => send(reply, error),
+            Request::Commit { reply, .. }
+            | Request::Remove { reply, .. }
+            | Request::Checkpoint { reply }
+            | Request::RemoveLayer { reply, .. }
+            | Request::PutImage { reply, .. }
+            | Request::RemoveImage { reply, .. }
+            | Request::RemoveContainer { reply, .. } => send(reply, error),
+            Request::Update { reply, .. } | Request::Stat { reply, .. } => send(reply, error),
+            Request::Usage { reply, .. } => send(reply, error),
+            Request::Walk { reply, .. } => send(reply, error),
+            Request::Cleanup { reply } => send(reply, error),
+            Request::Fsck { reply, .. } => send(reply, error),
+            Request::ImportLayer { reply, .. } => send(reply, error),
+            Request::ExportLayer { reply, .. } | Request::Diff { reply, .. } => send(reply, error),
+            Request::Layers { reply } => send(reply, error),
+            Request::Images { reply } => send(reply, error),
+            Request::Verify { reply, .. } => send(reply, error),
+            Request::Containers { reply } => send(reply, error),
+        }
+    }
 }
 
 #[derive(Debug)]
-pub(crate) enum Response {
-    Mounts(Vec<Mount>),
-    Info(Info),
-    Infos(Vec<Info>),
-    Usage(Usage),
-    Cleanup(CleanupReport),
-    Fsck(super::fsck::FsckReport),
-    Layers(Vec<LayerInfo>),
-    Imported(Imported),
-    Digest(String),
-    Images(Vec<ImageInfo>),
-    Verified(Vec<Verified>),
-    Containers(Vec<ContainerInfo>),
-    Done,
-}
-
-pub(crate) type Reply = Sender<Result<Response, EngineError>>;
-
 pub(crate) enum Msg {
-    Request(Request, Reply),
+    Request(Request),
     /// Stop after the work in flight: checkpoint, then exit.
     Shutdown(Sender<()>),
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Msg::Request(r, _) => write!(f, "Request({r:?})"),
-            Msg::Shutdown(_) => f.write_str("Shutdown"),
-        }
-    }
 }
