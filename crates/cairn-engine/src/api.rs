@@ -10,11 +10,17 @@ use serde::{Deserialize, Serialize};
 /// containerd's `snapshots.Info`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {
+    /// The snapshot's name.
     pub key: String,
+    /// The committed snapshot it is based on, if any.
     pub parent: Option<String>,
+    /// Active, View or Committed.
     pub kind: Kind,
+    /// Its labels (containerd's).
     pub labels: Labels,
+    /// When it was created, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
+    /// When it was last changed (labels, commit), in nanoseconds since the Unix epoch.
     pub updated_ns: i64,
 }
 
@@ -34,25 +40,40 @@ impl Info {
 /// A layer as `layer ls` / `layer inspect` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
+    /// The layer's ChainID (`sha256:…`), also the key of its committed snapshot.
     pub chain_id: String,
+    /// The DiffID of its uncompressed tar.
     pub diff_id: String,
+    /// The ChainID of the layer below, if any.
     pub parent: Option<String>,
+    /// Bytes its tree uses on disk.
     pub size_bytes: u64,
+    /// How many holds keep it: the user's pin, images, containers and child layers.
     pub refcount: u64,
+    /// The user holds it (imported with `pin`) until `remove_layer`.
     pub pinned: bool,
+    /// Layers directly on top of it.
     pub children: u64,
+    /// Images and containers that hold it.
     pub holders: u64,
+    /// The id of its snapshot's directory.
     pub snapshot_id: SnapshotId,
 }
 
 /// An image: its name, its top layer and the chain below it (base first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
+    /// The image's name (`repo:tag`).
     pub name: String,
+    /// The ChainID of its top layer.
     pub top: String,
+    /// ChainIDs of its layers, base first.
     pub layers: Vec<String>,
+    /// Digest of its manifest.
     pub manifest_digest: String,
+    /// Digest of its config.
     pub config_digest: String,
+    /// When it was recorded, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
 }
 
@@ -71,8 +92,11 @@ pub struct ImportOptions {
 /// The result of an import.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Imported {
+    /// The layer's ChainID.
     pub chain_id: String,
+    /// The DiffID of the tar that was read.
     pub diff_id: String,
+    /// Bytes the layer's tree uses on disk.
     pub size_bytes: u64,
     /// The layer was there already; the import changed nothing on disk.
     pub existed: bool,
@@ -81,6 +105,7 @@ pub struct Imported {
 /// One layer re-hashed by `verify`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
+    /// The layer that was checked.
     pub chain_id: String,
     /// `None`: the layer re-exports to its DiffID. Otherwise what differs.
     pub problem: Option<String>,
@@ -89,11 +114,17 @@ pub struct Verified {
 /// A container: a read-write snapshot on its init snapshot, on an image layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
+    /// The container's name.
     pub name: String,
+    /// The ChainID of the layer it runs on.
     pub layer: String,
+    /// The key of its init snapshot (`NAME-init`).
     pub init_key: String,
+    /// The key of its read-write snapshot.
     pub key: String,
+    /// Both snapshots exist: creation finished.
     pub ready: bool,
+    /// When it was created, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
 }
 
@@ -118,7 +149,9 @@ impl std::fmt::Debug for Output {
 /// What `cleanup` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
+    /// Trees on disk that no snapshot named, removed.
     pub snapshots_removed: Vec<SnapshotId>,
+    /// Staging areas no pending transaction named, removed.
     pub staging_removed: Vec<TxId>,
 }
 

@@ -19,9 +19,11 @@ use std::sync::Arc;
 /// One journal record as found in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
+    /// The record's LSN.
     pub lsn: Lsn,
     /// The highest LSN durable when this record was written.
     pub acked: Lsn,
+    /// The decoded record.
     pub record: Record,
 }
 
@@ -29,10 +31,13 @@ pub struct JournalEntry {
 /// a torn write (the next open of the root cuts it) or damage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalTail {
+    /// The segment file.
     pub segment: PathBuf,
+    /// Byte offset in it where the records stop.
     pub offset: u64,
     /// The LSN the next record would carry.
     pub lsn: Lsn,
+    /// What the bytes there are (the damage, as the WAL classifies it).
     pub reason: String,
 }
 
@@ -40,7 +45,9 @@ pub struct JournalTail {
 /// dump calls torn exactly what opening the root would cut and refuses what it would refuse.
 #[derive(Debug)]
 pub struct JournalDump {
+    /// The driver the root was created with.
     pub driver: DriverKind,
+    /// The root's store id (it seeds every record's checksum).
     pub store_id: StoreId,
     /// Records up to this LSN are also in the checkpoint (the log keeps them until their
     /// segment is dropped).

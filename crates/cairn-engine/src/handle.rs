@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 #[derive(Clone, Debug)]
+/// A client of one root's engine thread: cloneable and `Send`; every method sends one command
+/// and blocks until it is answered (durably, for a change). Get one from
+/// [`Engine::open`](crate::Engine::open); [`close`](Self::close) stops the engine.
 pub struct EngineHandle {
     tx: Sender<Msg>,
     /// Disconnected when the engine thread has exited. A request that reached the queue after
@@ -106,6 +109,8 @@ impl EngineHandle {
         })
     }
 
+    /// Remove snapshot `key` (refused while a child or a container holds it); its tree is
+    /// deleted before this returns.
     pub fn remove(&self, key: &str) -> Result<(), EngineError> {
         self.call(|reply| Request::Remove {
             key: key.to_owned(),
@@ -113,6 +118,7 @@ impl EngineHandle {
         })
     }
 
+    /// containerd's Stat: the snapshot's info.
     pub fn stat(&self, key: &str) -> Result<Info, EngineError> {
         self.call(|reply| Request::Stat {
             key: key.to_owned(),
@@ -130,6 +136,8 @@ impl EngineHandle {
         })
     }
 
+    /// Disk usage of snapshot `key`: recorded at commit for a committed one, measured now for
+    /// an Active or View one.
     pub fn usage(&self, key: &str) -> Result<Usage, EngineError> {
         self.call(|reply| Request::Usage {
             key: key.to_owned(),
@@ -137,6 +145,8 @@ impl EngineHandle {
         })
     }
 
+    /// The mounts of Active or View snapshot `key` (a Committed one has none:
+    /// `FailedPrecondition`).
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, EngineError> {
         self.call(|reply| Request::Mounts {
             key: key.to_owned(),
@@ -155,6 +165,8 @@ impl EngineHandle {
         self.call(|reply| Request::Cleanup { reply })
     }
 
+    /// Check the root: journal against state, index, trees and markers, staging, trash. With
+    /// `repair`, fix what can be fixed safely (index, strays).
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, EngineError> {
         self.call(|reply| Request::Fsck { repair, reply })
     }
@@ -206,10 +218,12 @@ impl EngineHandle {
         })
     }
 
+    /// Every stored layer, by ChainID.
     pub fn layers(&self) -> Result<Vec<LayerInfo>, EngineError> {
         self.call(|reply| Request::Layers { reply })
     }
 
+    /// One stored layer by ChainID.
     pub fn layer(&self, chain_id: &str) -> Result<LayerInfo, EngineError> {
         let layers = self.layers()?;
         layers
@@ -249,10 +263,12 @@ impl EngineHandle {
         })
     }
 
+    /// Every image, by name.
     pub fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
         self.call(|reply| Request::Images { reply })
     }
 
+    /// Remove image `name`; layers nothing else holds are deleted with it.
     pub fn remove_image(&self, name: &str) -> Result<(), EngineError> {
         self.call(|reply| Request::RemoveImage {
             name: name.to_owned(),
@@ -293,6 +309,7 @@ impl EngineHandle {
         })
     }
 
+    /// Every container, by name.
     pub fn containers(&self) -> Result<Vec<super::api::ContainerInfo>, EngineError> {
         self.call(|reply| Request::Containers { reply })
     }

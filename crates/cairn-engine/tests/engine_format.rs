@@ -232,6 +232,7 @@ fn meta_damage_is_a_typed_error() {
             bad[at] ^= 1 << bit;
             match RootMeta::decode(&bad) {
                 Err(RootProblem::BadMeta | RootProblem::Version(_)) => {}
+                Err(other) => panic!("byte {at} bit {bit} flipped: unexpected {other:?}"),
                 Ok(v) => panic!("byte {at} bit {bit} flipped, decoded as {v:?}"),
             }
         }
