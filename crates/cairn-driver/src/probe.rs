@@ -45,10 +45,7 @@ fn clear_stale_probes(root: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.starts_with(PROBE_PREFIX))
-        {
+        if !name.to_str().is_some_and(|n| n.starts_with(PROBE_PREFIX)) {
             continue;
         }
         let dir = entry.path();

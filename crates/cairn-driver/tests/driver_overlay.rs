@@ -315,7 +315,10 @@ fn stale_probe_dirs_are_cleared() -> TestResult {
     fs::create_dir_all(own.join("upper"))?;
     OverlayDriver::open(&root)?;
     assert!(!stale.exists(), "stale probe dir of a dead pid left behind");
-    assert!(!own.exists(), "stale probe dir naming a live pid left behind");
+    assert!(
+        !own.exists(),
+        "stale probe dir naming a live pid left behind"
+    );
     let mut names: Vec<String> = fs::read_dir(&root)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;

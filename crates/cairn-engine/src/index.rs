@@ -29,7 +29,10 @@ pub struct Index {
 
 /// What a caught panic said, for the error and the one-line warning.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
         (Some(s), _) => (*s).to_owned(),
         (_, Some(s)) => s.clone(),
         _ => "a panic without a message".to_owned(),
@@ -143,7 +146,9 @@ impl Index {
     /// The transaction the index reflects; `None` if it has never been written or is unreadable.
     pub fn applied_txid(&self) -> Option<TxId> {
         let bytes = self
-            .guard("get applied txid", |db| Ok(db.get(APPLIED_TXID).ok().flatten()))
+            .guard("get applied txid", |db| {
+                Ok(db.get(APPLIED_TXID).ok().flatten())
+            })
             .ok()??;
         let arr: [u8; 8] = bytes.as_ref().try_into().ok()?;
         Some(TxId(u64::from_le_bytes(arr)))
