@@ -1,18 +1,22 @@
-//! Development entry point (before `cairn serve` exists in the CLI):
-//! `serve ROOT ADDRESS [vfs|overlay]`.
+//! Development stand-in for `cairn serve`, with the same flags:
+//! `serve --root DIR [--driver vfs|overlay] serve --address PATH`.
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_LOG"))
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().collect();
-    let (Some(root), Some(address)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: serve ROOT ADDRESS [vfs|overlay]");
-        return std::process::ExitCode::from(2);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     };
-    let mut options = cairn_server::ServeOptions::new(root.into());
-    options.address = address.into();
-    options.driver = match args.get(3).map(String::as_str) {
+    let mut options = cairn_server::ServeOptions::new(flag("--root").unwrap_or_default().into());
+    if let Some(a) = flag("--address") {
+        options.address = a.into();
+    }
+    options.driver = match flag("--driver").as_deref() {
         Some("overlay") => Some(cairn::types::DriverKind::Overlay),
         Some("vfs") => Some(cairn::types::DriverKind::Vfs),
         _ => None,

@@ -7,6 +7,7 @@
 //! ```
 
 mod bridge;
+pub mod client;
 mod convert;
 mod error;
 mod limit;
