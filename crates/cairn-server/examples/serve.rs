@@ -4,6 +4,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_LOG"))
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {

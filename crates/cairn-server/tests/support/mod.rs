@@ -72,7 +72,10 @@ pub struct Server {
 impl Server {
     /// Start a server and wait (up to 20 s) for its socket.
     pub fn start(root: &Path, sock: &Path, driver: &str, log: &str) -> Server {
-        let stderr = PathBuf::from(format!("{}.stderr", sock.display()));
+        let stderr = PathBuf::from(format!("{}.stderr", root.display()));
+        if let Some(d) = stderr.parent() {
+            std::fs::create_dir_all(d).expect("create the log directory");
+        }
         let err = std::fs::File::create(&stderr).expect("create stderr file");
         let child = Command::new(cairn_bin())
             .args(serve_args(root, sock, driver))
@@ -87,7 +90,8 @@ impl Server {
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
+        // Ready when it accepts: a stale socket file may be there before the server is.
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("cairn serve exited with {status}: {}", server.log());
             }
