@@ -61,6 +61,14 @@ impl ServeOptions {
 
 /// Serve until SIGTERM or SIGINT, then drain, checkpoint, remove the socket and return.
 pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
+    serve_until(options, futures::future::pending())
+}
+
+/// [`serve`], also stopping (in the same way) when `stop` completes: for embedders and benches.
+pub fn serve_until(
+    options: ServeOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(options.max_in_flight.max(1) + 8)
@@ -68,10 +76,13 @@ pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    runtime.block_on(run(options))
+    runtime.block_on(run(options, stop))
 }
 
-async fn run(options: ServeOptions) -> Result<(), ServerError> {
+async fn run(
+    options: ServeOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before the socket appears: a SIGTERM from then on is a clean stop.
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
@@ -100,6 +111,7 @@ async fn run(options: ServeOptions) -> Result<(), ServerError> {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
+            () = stop => tracing::info!("asked to stop: draining"),
         }
     })
     .await;
