@@ -65,28 +65,60 @@ impl SnapshotService {
         .await
     }
 
-    /// Prepare with the snapshot-ref label of a layer cairn already holds: answer as containerd's
-    /// remote snapshotters do, AlreadyExists, so containerd skips fetching and applying it.
-    async fn already_held(&self, labels: &cairn::state::Labels) -> Result<Option<Status>, Status> {
-        let Some(chain) = labels.get(SNAPSHOT_REF_LABEL).cloned() else {
+    /// Prepare with the snapshot-ref label of a layer cairn already holds (a layer loaded with
+    /// `cairn image load`, whose snapshot is named by its ChainID, or one an earlier prepare
+    /// answered this way): answer as containerd's remote snapshotters do, AlreadyExists, so
+    /// containerd skips fetching and applying it. containerd then walks for a committed
+    /// snapshot with `labels."containerd.io/snapshot.ref"==REF,parent==PARENT`, so the held
+    /// snapshot gets that label (and the prepare's labels it lacks) first.
+    async fn already_held(
+        &self,
+        parent: Option<&str>,
+        labels: &cairn::state::Labels,
+    ) -> Result<Option<Status>, Status> {
+        let Some(target) = labels.get(SNAPSHOT_REF_LABEL).cloned() else {
             return Ok(None);
         };
-        let info = self
+        let parent = parent.map(str::to_owned);
+        let labels = labels.clone();
+        let held = self
             .bridge
-            .call(move |e| match e.stat(&chain) {
-                Ok(i) => Ok(Some(i)),
-                Err(err) if err.is_not_found() => Ok(None),
-                Err(err) => Err(err),
+            .call(move |e| {
+                let info = match e.stat(&target) {
+                    Ok(i) => i,
+                    Err(err) if err.is_not_found() => return Ok(None),
+                    Err(err) => return Err(err),
+                };
+                if info.kind != cairn::types::Kind::Committed || info.parent != parent {
+                    return Ok(None);
+                }
+                let missing: Vec<String> = labels
+                    .keys()
+                    .filter(|k| {
+                        // The held snapshot's own labels win, except the ref, which must match.
+                        !info.labels.contains_key(*k)
+                            || (*k == SNAPSHOT_REF_LABEL && info.labels.get(*k) != Some(&target))
+                    })
+                    .map(|k| format!("labels.{k}"))
+                    .collect();
+                if !missing.is_empty() {
+                    let mut wanted = info.clone();
+                    for (k, v) in &labels {
+                        wanted.labels.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    wanted
+                        .labels
+                        .insert(SNAPSHOT_REF_LABEL.to_owned(), target.clone());
+                    let paths: Vec<&str> = missing.iter().map(String::as_str).collect();
+                    e.update(wanted, &paths)?;
+                }
+                Ok(Some(target))
             })
             .await?;
-        Ok(info
-            .filter(|i| i.kind == cairn::types::Kind::Committed)
-            .map(|i| {
-                Status::already_exists(format!(
-                    "snapshot {}: already exists (target of {SNAPSHOT_REF_LABEL})",
-                    i.key
-                ))
-            }))
+        Ok(held.map(|t| {
+            tracing::info!(target = %t, "layer already held: AlreadyExists");
+            Status::already_exists(format!("target snapshot {t}: already exists"))
+        }))
     }
 }
 
@@ -101,10 +133,10 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         self.logged("prepare", &r.key.clone(), async {
             let labels = convert::labels(r.labels);
-            if let Some(exists) = self.already_held(&labels).await? {
+            let parent = convert::parent(&r.parent).map(str::to_owned);
+            if let Some(exists) = self.already_held(parent.as_deref(), &labels).await? {
                 return Err(exists);
             }
-            let parent = convert::parent(&r.parent).map(str::to_owned);
             let key = r.key;
             let mounts = self
                 .bridge

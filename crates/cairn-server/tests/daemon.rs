@@ -321,6 +321,45 @@ fn a_prepare_for_a_held_layer_answers_already_exists() {
             .await
             .unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
+        // What containerd's metadata store asks next: the committed snapshot with that ref
+        // label and that parent (the base layer: parent "").
+        let filter = format!(
+            "labels.\"{}\"=={chain},parent==\"\"",
+            cairn_server::SNAPSHOT_REF_LABEL
+        );
+        let mut s = c
+            .list(pb::ListSnapshotsRequest {
+                snapshotter: "cairn".into(),
+                filters: vec![filter],
+            })
+            .await
+            .expect("walk")
+            .into_inner();
+        let mut found = Vec::new();
+        while let Some(batch) = s.message().await.expect("walk batch") {
+            found.extend(batch.info.into_iter().map(|i| i.name));
+        }
+        assert_eq!(found, vec![chain.to_owned()]);
+        // A prepare with that ref on another parent is a normal extraction.
+        prepare(&mut c, "default/3/base", "", HashMap::new())
+            .await
+            .expect("prepare");
+        commit(&mut c, "other-base", "default/3/base")
+            .await
+            .expect("commit");
+        let labels: HashMap<String, String> = [(
+            cairn_server::SNAPSHOT_REF_LABEL.to_owned(),
+            chain.to_owned(),
+        )]
+        .into();
+        prepare(
+            &mut c,
+            &format!("default/4/extract-4 {chain}"),
+            "other-base",
+            labels,
+        )
+        .await
+        .expect("an extraction on another parent");
     });
     server.stop();
 }

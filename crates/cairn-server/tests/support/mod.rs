@@ -17,6 +17,17 @@ pub fn cairn_bin() -> PathBuf {
     }
 }
 
+/// The `cairn` CLI (for `image load` and friends).
+pub fn cli_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_CLI_BIN") {
+        return PathBuf::from(p);
+    }
+    match option_env!("CARGO_BIN_EXE_cairn") {
+        Some(p) => PathBuf::from(p),
+        None => panic!("set CAIRN_CLI_BIN to the cairn binary"),
+    }
+}
+
 /// The command line of a server on `root` at `sock`.
 pub fn serve_args(root: &Path, sock: &Path, driver: &str) -> Vec<String> {
     vec![
@@ -131,6 +142,11 @@ impl Server {
     }
 
     pub fn stop(mut self) -> Option<i32> {
+        self.stop_ref()
+    }
+
+    /// SIGTERM, then wait for the exit code.
+    pub fn stop_ref(&mut self) -> Option<i32> {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.wait()
     }
