@@ -87,7 +87,7 @@ fn cairn_figures(bin: &Path, dir: &Path) -> Option<(f64, f64)> {
     let sock = dir.join("cairn.sock");
     let mut options = cairn_server::ServeOptions::new(dir.join("cairn-root"));
     options.address = sock.clone();
-    options.driver = Some(cairn::types::DriverKind::Vfs);
+    options.driver = Some(cairn_state::types::DriverKind::Vfs);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
         cairn_server::serve_until(options, async move {

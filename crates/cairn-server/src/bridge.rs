@@ -7,7 +7,7 @@
 //! number of permits. At most `max_in_flight` calls are in the engine's queue or running.
 
 use crate::error::status_of;
-use cairn::engine::{EngineError, EngineHandle};
+use cairn_engine::{EngineError, EngineHandle};
 use containerd_snapshots::tonic::Status;
 use std::sync::Arc;
 use tokio::sync::Semaphore;

@@ -1,8 +1,8 @@
 //! Between containerd's protobuf messages and the engine's types.
 
-use cairn::engine::Info;
-use cairn::state::Labels;
-use cairn::types::{Kind, Mount};
+use cairn_engine::Info;
+use cairn_state::types::{Kind, Mount};
+use cairn_state::Labels;
 use containerd_snapshots::api::snapshots::v1 as pb;
 use containerd_snapshots::api::types as pbt;
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! The server's errors, and how the engine's errors become the gRPC codes containerd's proxy
 //! client turns back into its errdefs classes.
 
-use cairn::engine::EngineError;
-use cairn::state::StateError;
+use cairn_engine::EngineError;
+use cairn_state::StateError;
 use containerd_snapshots::tonic::{Code, Status};
 use std::path::PathBuf;
 

@@ -19,8 +19,8 @@ pub use error::{code_of, status_of, ServerError};
 pub use snapshots::{SnapshotService, SNAPSHOT_REF_LABEL};
 pub use socket::SOCKET_MODE;
 
-use cairn::engine::{Engine, EngineOptions};
-use cairn::types::DriverKind;
+use cairn_engine::{Engine, EngineOptions};
+use cairn_state::types::DriverKind;
 use containerd_snapshots::api::snapshots::v1::snapshots_server::SnapshotsServer;
 use containerd_snapshots::tonic::transport::Server;
 use std::path::PathBuf;
@@ -123,7 +123,7 @@ async fn run(
 async fn serve_on(
     options: &ServeOptions,
     bound: &socket::BoundSocket,
-    engine: cairn::engine::EngineHandle,
+    engine: cairn_engine::EngineHandle,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let std_listener = bound

@@ -74,7 +74,7 @@ impl SnapshotService {
     async fn already_held(
         &self,
         parent: Option<&str>,
-        labels: &cairn::state::Labels,
+        labels: &cairn_state::Labels,
     ) -> Result<Option<Status>, Status> {
         let Some(target) = labels.get(SNAPSHOT_REF_LABEL).cloned() else {
             return Ok(None);
@@ -89,7 +89,7 @@ impl SnapshotService {
                     Err(err) if err.is_not_found() => return Ok(None),
                     Err(err) => return Err(err),
                 };
-                if info.kind != cairn::types::Kind::Committed || info.parent != parent {
+                if info.kind != cairn_state::types::Kind::Committed || info.parent != parent {
                     return Ok(None);
                 }
                 let missing: Vec<String> = labels
@@ -242,10 +242,10 @@ impl Snapshots for SnapshotService {
                 .call(move |e| {
                     // Only labels are mutable: the engine reads the key and the labels, and
                     // refuses any other field path.
-                    let wanted = cairn::engine::Info {
+                    let wanted = cairn_engine::Info {
                         key,
                         parent: None,
-                        kind: cairn::types::Kind::Active,
+                        kind: cairn_state::types::Kind::Active,
                         labels: convert::labels(info.labels),
                         created_ns: 0,
                         updated_ns: 0,
