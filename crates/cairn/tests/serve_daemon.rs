@@ -237,14 +237,16 @@ fn errors_map_to_the_codes_containerd_understands() {
             stat(&mut c, "missing")
                 .await
                 .map(|_| ())
-                .unwrap_err()
+                .expect_err("must be refused")
                 .code(),
             Code::NotFound
         );
         prepare(&mut c, "a", "", HashMap::new())
             .await
             .expect("prepare a");
-        let again = prepare(&mut c, "a", "", HashMap::new()).await.unwrap_err();
+        let again = prepare(&mut c, "a", "", HashMap::new())
+            .await
+            .expect_err("must be refused");
         assert_eq!(again.code(), Code::AlreadyExists);
         commit(&mut c, "base", "a").await.expect("commit");
         prepare(&mut c, "child", "base", HashMap::new())
@@ -256,7 +258,7 @@ fn errors_map_to_the_codes_containerd_understands() {
                 key: "base".into(),
             })
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert_eq!(busy.code(), Code::FailedPrecondition);
         assert!(busy.message().starts_with("remove:"), "{}", busy.message());
         let bad = c
@@ -272,11 +274,11 @@ fn errors_map_to_the_codes_containerd_understands() {
                 }),
             })
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert_eq!(bad.code(), Code::InvalidArgument);
         let not_committed = prepare(&mut c, "x", "child", HashMap::new())
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert_eq!(
             not_committed.code(),
             Code::InvalidArgument,
@@ -316,11 +318,11 @@ fn a_prepare_for_a_held_layer_answers_already_exists() {
             .expect("commit");
         let held = prepare(&mut c, &format!("default/2/extract-2 {chain}"), "", labels)
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert_eq!(held.code(), Code::AlreadyExists);
         let gone = stat(&mut c, &format!("default/2/extract-2 {chain}"))
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert_eq!(gone.code(), Code::NotFound);
         // What containerd's metadata store asks next: the committed snapshot with that ref
         // label and that parent (the base layer: parent "").
