@@ -69,6 +69,17 @@ pub fn serve_until(
     options: ServeOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with(options, stop, |_| ())
+}
+
+/// [`serve_until`], calling `on_open` with the engine once the root is open (before the socket
+/// appears); what it returns is dropped when the server has stopped serving, before the engine
+/// closes. The CLI starts its control socket (other `cairn` commands on the root) this way.
+pub fn serve_with<G: Send + 'static>(
+    options: ServeOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    on_open: impl FnOnce(&cairn_engine::EngineHandle) -> G,
+) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(options.max_in_flight.max(1) + 8)
@@ -76,12 +87,13 @@ pub fn serve_until(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    runtime.block_on(run(options, stop))
+    runtime.block_on(run(options, stop, on_open))
 }
 
-async fn run(
+async fn run<G: Send + 'static>(
     options: ServeOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
+    on_open: impl FnOnce(&cairn_engine::EngineHandle) -> G,
 ) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before the socket appears: a SIGTERM from then on is a clean stop.
@@ -99,6 +111,7 @@ async fn run(
         .map_err(|e| ServerError::Runtime(std::io::Error::other(e)))?;
     let (engine, report) = opened?;
     tracing::info!(root = %options.root.display(), ?report, "opened the root");
+    let guard = on_open(&engine);
 
     let bound = match socket::bind(&options.address) {
         Ok(b) => b,
@@ -107,7 +120,7 @@ async fn run(
             return Err(e);
         }
     };
-    let result = serve_on(&options, &bound, engine, async move {
+    let result = serve_on(&options, &bound, engine, guard, async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
@@ -120,10 +133,11 @@ async fn run(
     result
 }
 
-async fn serve_on(
+async fn serve_on<G: Send + 'static>(
     options: &ServeOptions,
     bound: &socket::BoundSocket,
     engine: cairn_engine::EngineHandle,
+    guard: G,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let std_listener = bound
@@ -168,6 +182,7 @@ async fn serve_on(
         }
     };
     bridge.close();
+    drop(guard);
     // The engine finishes what it took, checkpoints and lets go of the root.
     let closed = tokio::task::spawn_blocking(move || engine.close())
         .await

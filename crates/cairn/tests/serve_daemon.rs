@@ -141,11 +141,13 @@ fn sigterm_drains_64_clients_and_every_acknowledged_commit_survives() {
     let mut server = Server::start(&root, &sock, "vfs", "warn");
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acked: Vec<Vec<String>> = rt.block_on(async {
         let mut tasks = Vec::new();
         for c in 0..CLIENTS {
             let sock = sock.clone();
             let stop = Arc::clone(&stop);
+            let started = Arc::clone(&started);
             tasks.push(tokio::spawn(async move {
                 let mut client = connect(&sock).await.expect("connect");
                 let mut acked = Vec::new();
@@ -162,7 +164,12 @@ fn sigterm_drains_64_clients_and_every_acknowledged_commit_survives() {
                     }
                     .await;
                     match r {
-                        Ok(()) => acked.push(name),
+                        Ok(()) => {
+                            if acked.is_empty() {
+                                started.fetch_add(1, Ordering::Relaxed);
+                            }
+                            acked.push(name)
+                        }
                         Err(s)
                             if matches!(
                                 s.code(),
@@ -177,7 +184,12 @@ fn sigterm_drains_64_clients_and_every_acknowledged_commit_survives() {
                 acked
             }));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // SIGTERM once every client has had a commit acknowledged (or after 30 s).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while started.load(Ordering::Relaxed) < CLIENTS && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         stop.store(true, Ordering::Relaxed);
         server.signal(Signal::SIGTERM);
         let mut all = Vec::new();
@@ -395,5 +407,60 @@ fn logs_name_the_request_method_key_and_transaction() {
         log.lines()
             .any(|l| l.contains("txid=tx") && l.contains("ns/7/a key with spaces")),
         "no transaction line in:\n{log}"
+    );
+}
+
+/// While `cairn serve` holds the root, the other commands run inside it through its control
+/// socket, say so in one line on stderr, print their output here and exit with their code.
+#[test]
+fn cli_commands_on_a_served_root_go_through_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("s.sock");
+    let root = dir.path().join("root");
+    let server = Server::start(&root, &sock, "vfs", "warn");
+    let cairn = |args: &[&str]| {
+        Command::new(support::cairn_bin())
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("run cairn")
+    };
+    let prepared = cairn(&["snapshot", "prepare", "ns/1/a key"]);
+    assert!(prepared.status.success(), "{prepared:?}");
+    let err = String::from_utf8_lossy(&prepared.stderr);
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert!(err.contains("held by cairn serve"), "{err}");
+    assert!(String::from_utf8_lossy(&prepared.stdout).contains("type=bind"));
+    assert!(cairn(&["snapshot", "commit", "base layer", "ns/1/a key"])
+        .status
+        .success());
+    let ls = cairn(&["--json", "snapshot", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("\"base layer\""),
+        "{ls:?}"
+    );
+    let missing = cairn(&["snapshot", "info", "missing"]);
+    assert_eq!(missing.status.code(), Some(3), "not found: {missing:?}");
+    let second = cairn(&[
+        "serve",
+        "--address",
+        &dir.path().join("other.sock").display().to_string(),
+    ]);
+    assert_eq!(
+        second.status.code(),
+        Some(6),
+        "a second server on the root: {second:?}"
+    );
+    // What the CLI did is what the server holds.
+    runtime().block_on(async {
+        let mut c = connect(&sock).await.expect("connect");
+        let info = stat(&mut c, "base layer").await.expect("stat");
+        assert_eq!(info.kind, pb::Kind::Committed as i32);
+    });
+    assert_eq!(server.stop(), Some(0));
+    assert!(
+        !root.join("serve.ctl").exists(),
+        "the control socket goes with the server"
     );
 }

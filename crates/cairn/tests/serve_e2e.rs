@@ -2,8 +2,8 @@
 //! root, state and socket) with cairn as its proxy snapshotter imports a small busybox image,
 //! runs containers from it, shows cairn's snapshots through `ctr snapshots`, survives restarts
 //! of containerd and of cairn, and garbage-collects the snapshots in cairn when the image goes.
-//! Then the layer store: an image cairn already holds (`cairn image load`) is imported without
-//! unpacking (AlreadyExists). Last, the power cut: a copy of cairn's loop-mounted backing file
+//! Then the layer store: `cairn image load` of the same image through the running server, and
+//! an import beside it. Last, the power cut: a copy of cairn's loop-mounted backing file
 //! taken the instant `ctr images import` returns holds every committed snapshot intact.
 //! Needs root, containerd, ctr, runc and busybox; CI installs them.
 
@@ -334,10 +334,10 @@ fn containerd_runs_containers_on_cairn() {
     );
 
     // The same image loaded into cairn's layer store first (its layers become committed
-    // snapshots named by their ChainIDs) and then imported into containerd. containerd 1.6's
-    // `images import` unpacks without the snapshot-ref label (only its pull unpacker asks for
-    // layers a snapshotter holds), so it unpacks its own copies beside cairn's; both run.
-    assert_eq!(server.stop_ref(), Some(0));
+    // snapshots named by their ChainIDs; `cairn image load` runs inside the server, through its
+    // control socket) and then imported into containerd. containerd 1.6's `images import`
+    // unpacks without the snapshot-ref label (only its pull unpacker asks for layers a
+    // snapshotter holds), so it unpacks its own copies beside cairn's; both run.
     let load = Command::new(support::cli_bin())
         .arg("--root")
         .arg(&root)
@@ -350,7 +350,7 @@ fn containerd_runs_containers_on_cairn() {
         "image load: {}",
         String::from_utf8_lossy(&load.stderr)
     );
-    server = Server::start(&root, &sock, "overlay", log);
+
     let names: Vec<String> = committed(&sock).into_iter().map(|i| i.name).collect();
     assert_eq!(
         names, img.chain_ids,

@@ -27,10 +27,26 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<(), CliError> {
     options.max_in_flight = args.max_in_flight;
     options.max_connections = args.max_connections;
     options.drain_timeout_ms = args.drain_timeout_ms;
-    cairn_server::serve(options).map_err(|e| match e {
+    let root = ctx.root.clone();
+    let started = cairn_server::serve_with(options, futures_pending(), move |engine| {
+        // The other cairn commands on this root run here, through ROOT/serve.ctl.
+        match super::remote::start(&root, engine.clone()) {
+            Ok(control) => Some(control),
+            Err(e) => {
+                tracing::warn!(error = %e, "no control socket: other cairn commands on this root will be refused");
+                None
+            }
+        }
+    });
+    started.map_err(|e| match e {
         ServerError::Engine(e) => CliError::from(e),
         ServerError::AddressInUse { .. } => CliError::new(ErrorKind::Locked, e.to_string()),
         ServerError::NotASocket { .. } => CliError::invalid(e.to_string()),
         other => CliError::new(ErrorKind::Other, other.to_string()),
     })
+}
+
+/// Never completes: `cairn serve` stops on SIGTERM or SIGINT only.
+fn futures_pending() -> impl std::future::Future<Output = ()> + Send + 'static {
+    std::future::pending()
 }
