@@ -432,6 +432,27 @@ fn cli_commands_on_a_served_root_go_through_the_server() {
     assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
     assert!(err.contains("held by cairn serve"), "{err}");
     assert!(String::from_utf8_lossy(&prepared.stdout).contains("type=bind"));
+    // A tar on standard output cannot cross the socket; a relative -o is the client's.
+    let to_stdout = cairn(&["snapshot", "diff", "ns/1/a key"]);
+    assert_eq!(to_stdout.status.code(), Some(2), "{to_stdout:?}");
+    let diff = Command::new(support::cairn_bin())
+        .current_dir(dir.path())
+        .args([
+            "--root",
+            "root",
+            "snapshot",
+            "diff",
+            "ns/1/a key",
+            "-o",
+            "diff.tar",
+        ])
+        .output()
+        .expect("run cairn");
+    assert!(diff.status.success(), "{diff:?}");
+    assert!(
+        dir.path().join("diff.tar").exists(),
+        "written where the client is"
+    );
     assert!(cairn(&["snapshot", "commit", "base layer", "ns/1/a key"])
         .status
         .success());

@@ -2,8 +2,8 @@
 //! on its engine, through a control socket in the root (`ROOT/serve.ctl`, mode 0600).
 //!
 //! The protocol (docs/serve.md): the client connects, sends one JSON line
-//! `{"args": [...]}` (its command line without the program name, relative paths made
-//! absolute), and reads JSON lines back: `{"stdout": LINE}`, `{"stderr": LINE}`, and last
+//! `{"args": [...], "cwd": DIR}` (its command line without the program name, and its working
+//! directory, against which the server resolves relative paths), and reads JSON lines back: `{"stdout": LINE}`, `{"stderr": LINE}`, and last
 //! `{"exit": CODE}`. One command per connection; at most `MAX_CLIENTS` at once.
 
 use super::{dispatch, error::ErrorKind, Cli, CliError, Ctx, Output};
@@ -27,6 +27,7 @@ const MAX_REQUEST_BYTES: u64 = 1 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     args: Vec<String>,
+    cwd: PathBuf,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,8 +140,12 @@ fn run_one(conn: &UnixStream, root: &Path, engine: EngineHandle) -> Result<u8, C
         .map_err(|e| CliError::invalid(format!("control request: {e}")))?;
     let request: Request = serde_json::from_str(&line)
         .map_err(|e| CliError::invalid(format!("control request: {e}")))?;
-    let cli = Cli::try_parse_from(std::iter::once("cairn".to_owned()).chain(request.args))
+    let mut cli = Cli::try_parse_from(std::iter::once("cairn".to_owned()).chain(request.args))
         .map_err(|e| CliError::invalid(super::clap_message(&e)))?;
+    if !cli.root.is_absolute() {
+        cli.root = request.cwd.join(&cli.root);
+    }
+    for_the_server(&mut cli.command, &request.cwd)?;
     if matches!(cli.command, super::Command::Serve(_)) {
         return Err(CliError::new(
             ErrorKind::Locked,
@@ -173,26 +178,52 @@ fn run_one(conn: &UnixStream, root: &Path, engine: EngineHandle) -> Result<u8, C
     }
 }
 
+/// Resolve the command's paths against the client's working directory, and refuse what
+/// cannot cross the socket: standard input, and tars written to standard output.
+fn for_the_server(command: &mut super::Command, cwd: &Path) -> Result<(), CliError> {
+    use super::{image::ImageCmd, layer::LayerCmd, snapshot::SnapshotCmd, Command};
+    let absolute = |p: &mut PathBuf| {
+        if !p.is_absolute() {
+            *p = cwd.join(&*p);
+        }
+    };
+    let no_stdio = |what: &str| {
+        CliError::invalid(format!(
+            "{what} cannot go through cairn serve's socket; give a file path"
+        ))
+    };
+    match command {
+        Command::Image(ImageCmd::Load { path }) => absolute(path),
+        Command::Layer(LayerCmd::Import { file, .. }) => {
+            if file.as_os_str() == "-" {
+                return Err(no_stdio("standard input"));
+            }
+            absolute(file)
+        }
+        Command::Layer(LayerCmd::Export { output, .. })
+        | Command::Snapshot(SnapshotCmd::Diff { output, .. }) => match output {
+            Some(p) => absolute(p),
+            None => return Err(no_stdio("a tar on standard output (use -o FILE)")),
+        },
+        Command::Mount { target, .. } | Command::Umount { target } => absolute(target),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The client side: run `args` (the command line without the program name) in the server
 /// that holds `root`; its output is printed here. Returns the exit code.
 pub fn forward(out: &Output, root: &Path, args: &[std::ffi::OsString]) -> Result<u8, CliError> {
     let path = control_path(root);
     let mut conn = UnixStream::connect(&path)
         .map_err(|e| CliError::new(ErrorKind::Locked, format!("{}: {e}", path.display())))?;
-    let cwd = std::env::current_dir().unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::new(ErrorKind::Other, format!("working directory: {e}")))?;
     let args: Vec<String> = args
         .iter()
-        .map(|a| {
-            let a = a.to_string_lossy().into_owned();
-            // The server's working directory is not ours: paths that exist here go absolute.
-            if !a.starts_with('-') && !Path::new(&a).is_absolute() && cwd.join(&a).exists() {
-                cwd.join(&a).display().to_string()
-            } else {
-                a
-            }
-        })
+        .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let request = serde_json::to_string(&Request { args })
+    let request = serde_json::to_string(&Request { args, cwd })
         .map_err(|e| CliError::new(ErrorKind::Other, format!("encode request: {e}")))?;
     writeln!(conn, "{request}")
         .map_err(|e| CliError::new(ErrorKind::Other, format!("{}: {e}", path.display())))?;
