@@ -45,7 +45,8 @@ pub fn code_of(e: &EngineError) -> Code {
             StateError::AlreadyExists { .. } => Code::AlreadyExists,
             StateError::FailedPrecondition { .. } => Code::FailedPrecondition,
             StateError::InvalidArgument { .. } => Code::InvalidArgument,
-            StateError::NotPending { .. } => Code::Internal,
+            // A journal that does not follow from the state, or a class added later.
+            _ => Code::Internal,
         },
         EngineError::DiffIdMismatch { .. } => Code::InvalidArgument,
         EngineError::ShutDown | EngineError::Failed { .. } | EngineError::Locked { .. } => {
