@@ -261,4 +261,3 @@ fn generate_tree(root: &Path) -> (u64, u64) {
     }
     (files, bytes)
 }
-

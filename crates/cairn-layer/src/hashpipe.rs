@@ -42,8 +42,11 @@ impl Hashes {
     }
 
     fn consume(&mut self, bytes: &[u8], spans: &[(u64, u64)]) {
-        self.open
-            .extend(spans.iter().map(|&(start, len)| (start, start + len, Sha256::new())));
+        self.open.extend(
+            spans
+                .iter()
+                .map(|&(start, len)| (start, start + len, Sha256::new())),
+        );
         self.stream.update(bytes);
         let (from, to) = (self.offset, self.offset + bytes.len() as u64);
         while let Some((start, end, h)) = self.open.front_mut() {

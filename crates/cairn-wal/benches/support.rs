@@ -86,7 +86,9 @@ impl BenchFs {
                     path.display()
                 );
                 if fs_type == "tmpfs" || fs_type == "ramfs" {
-                    eprintln!("warning: {fs_type} ignores syncs; set CAIRN_BENCH_DIR to a real disk");
+                    eprintln!(
+                        "warning: {fs_type} ignores syncs; set CAIRN_BENCH_DIR to a real disk"
+                    );
                 }
                 BenchFs {
                     path,
@@ -185,7 +187,13 @@ pub fn syncfs(path: &Path) {
     let f = std::fs::File::open(path).expect("open for syncfs");
     // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
     let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-    assert_eq!(rc, 0, "syncfs {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "syncfs {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Peak resident memory of the children this process has waited for, in KiB

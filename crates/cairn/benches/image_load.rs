@@ -89,7 +89,12 @@ fn timed(cmd: &mut Command) -> Cost {
     // SAFETY: as above; `pid` is our child, not yet waited for.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let wall_s = t.elapsed().as_secs_f64();
-    assert_eq!(rc, pid, "wait4 {cmd:?}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        pid,
+        "wait4 {cmd:?}: {}",
+        std::io::Error::last_os_error()
+    );
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{cmd:?} failed: status {status:#x}"
@@ -110,7 +115,10 @@ fn cairn(root: &Path, driver: &str) -> Command {
 
 /// A root that exists (created, not timed), so a timed command measures the work, not `init`.
 fn fresh_root(root: &Path, driver: &str) -> PathBuf {
-    run(cairn(root, driver).arg("layer").arg("ls").stdout(Stdio::null()));
+    run(cairn(root, driver)
+        .arg("layer")
+        .arg("ls")
+        .stdout(Stdio::null()));
     root.to_path_buf()
 }
 
@@ -198,7 +206,9 @@ fn rootfs_figures(d: &Path) {
     let (best, cpu, rss_kb) = best_of(
         d,
         &mut [
-            ("gnu-tar-x", &mut |out: &Path| gnu_extract(out, "-xf", &tar1)),
+            ("gnu-tar-x", &mut |out: &Path| {
+                gnu_extract(out, "-xf", &tar1)
+            }),
             ("cairn-layer-import", &mut |out: &Path| {
                 timed(
                     cairn(&fresh_root(out, "vfs"), "vfs")
@@ -213,7 +223,9 @@ fn rootfs_figures(d: &Path) {
                         .arg(&docker),
                 )
             }),
-            ("gnu-tar-xzf", &mut |out: &Path| gnu_extract(out, "-xzf", &gz1)),
+            ("gnu-tar-xzf", &mut |out: &Path| {
+                gnu_extract(out, "-xzf", &gz1)
+            }),
             ("cairn-image-load-oci", &mut |out: &Path| {
                 timed(
                     cairn(&fresh_root(out, "vfs"), "vfs")
@@ -244,7 +256,11 @@ fn rootfs_figures(d: &Path) {
     figure("image_load_oci_gzip_rootfs_cpu_ms", load_oci_cpu, 0);
     figure("ratio_layer_import_vs_gnu_tar_rootfs", import / tar_x, 2);
     figure("ratio_image_load_vs_gnu_tar_rootfs", load / tar_x, 2);
-    figure("ratio_image_load_oci_vs_gnu_tar_xzf_rootfs", load_oci / tar_xzf, 2);
+    figure(
+        "ratio_image_load_oci_vs_gnu_tar_xzf_rootfs",
+        load_oci / tar_xzf,
+        2,
+    );
 }
 
 fn multi_figures(d: &Path) {
@@ -275,7 +291,9 @@ fn multi_figures(d: &Path) {
     let (best, cpu, _) = best_of(
         d,
         &mut [
-            ("gnu-tar-x-4", &mut |out: &Path| gnu_extract(out, "-xf", &layers)),
+            ("gnu-tar-x-4", &mut |out: &Path| {
+                gnu_extract(out, "-xf", &layers)
+            }),
             ("cairn-image-load-4-overlay", &mut |out: &Path| {
                 timed(
                     cairn(&fresh_root(out, "overlay"), "overlay")
@@ -299,6 +317,10 @@ fn multi_figures(d: &Path) {
     figure("image_load_4_layers_overlay_ms", overlay, 0);
     figure("image_load_4_layers_vfs_ms", vfs, 0);
     figure("image_load_4_layers_overlay_cpu_ms", cpu[1], 0);
-    figure("ratio_image_load_4_layers_overlay_vs_gnu_tar", overlay / tar_x, 2);
+    figure(
+        "ratio_image_load_4_layers_overlay_vs_gnu_tar",
+        overlay / tar_x,
+        2,
+    );
     figure("ratio_image_load_4_layers_overlay_vs_vfs", overlay / vfs, 2);
 }

@@ -92,15 +92,17 @@ impl<R: Read> Ex<'_, R> {
                             done_bytes += k as u64;
                         }
                     } else {
-                        let sha = self.file_digests.get(idx as usize).copied().ok_or_else(|| {
-                            LayerError::Read {
-                                path: NO_ENTRY.to_string(),
-                                offset: 0,
-                                source: std::io::Error::other(
-                                    "a file record without its content digest",
-                                ),
-                            }
-                        })?;
+                        let sha =
+                            self.file_digests
+                                .get(idx as usize)
+                                .copied()
+                                .ok_or_else(|| LayerError::Read {
+                                    path: NO_ENTRY.to_string(),
+                                    offset: 0,
+                                    source: std::io::Error::other(
+                                        "a file record without its content digest",
+                                    ),
+                                })?;
                         out.write(&with_digest(rec, sha))?;
                     }
                     idx += 1;

@@ -284,7 +284,8 @@ fn append_bytes(b: &mut tar::Builder<File>, name: &str, data: &[u8]) {
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, name, data).expect("append to archive");
+    b.append_data(&mut h, name, data)
+        .expect("append to archive");
 }
 
 fn append_file(b: &mut tar::Builder<File>, name: &str, path: &Path) {
@@ -371,7 +372,11 @@ pub fn oci_archive(out: &Path, work: &Path, layers: &[PathBuf], tag: &str) -> Ve
         &format!("blobs/sha256/{}", hex_of(manifest.as_bytes())),
         manifest.as_bytes(),
     );
-    append_bytes(&mut b, &format!("blobs/sha256/{}", hex_of(&config)), &config);
+    append_bytes(
+        &mut b,
+        &format!("blobs/sha256/{}", hex_of(&config)),
+        &config,
+    );
     for (gz, digest, _) in &blobs {
         append_file(&mut b, &format!("blobs/sha256/{digest}"), gz);
     }
