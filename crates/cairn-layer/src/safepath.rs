@@ -76,8 +76,11 @@ pub struct Root {
     /// `/proc/self/fd`: most of an entry's system time besides the write. Valid while nothing
     /// is removed: creating entries never changes what an existing directory path resolves
     /// to, so whoever removes or replaces anything calls [`Root::forget_dirs`].
-    dirs: Mutex<HashMap<Vec<u8>, (Arc<OwnedFd>, Vec<u8>)>>,
+    dirs: Mutex<DirCache>,
 }
+
+/// Tar name of a parent directory -> its descriptor and canonical name.
+type DirCache = HashMap<Vec<u8>, (Arc<OwnedFd>, Vec<u8>)>;
 
 /// Parent directories remembered at most; the cache starts over when full.
 const DIR_CACHE_ENTRIES: usize = 256;

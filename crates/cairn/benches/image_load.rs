@@ -34,7 +34,7 @@ use support::{figure, syncfs, BenchFs};
 #[path = "image_load/rootfs.rs"]
 mod rootfs;
 
-const ROOTFS_SEED: u64 = 0xdeb1_a9;
+const ROOTFS_SEED: u64 = 0x00de_b1a9;
 const ROUNDS: usize = 3;
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -75,6 +75,8 @@ struct Cost {
 
 /// Runs `cmd` to completion; its cost, from `wait4`, so tar's and gzip's memory and CPU never
 /// mix with ours. CPU time counts the same whatever else the machine runs; wall time does not.
+// The child is reaped by the wait4 below (which also gives its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
 fn timed(cmd: &mut Command) -> Cost {
     let t = Instant::now();
     let child = cmd
@@ -181,9 +183,9 @@ fn rootfs_figures(d: &Path) {
         .arg(&layer)
         .arg("."));
     let docker = d.join("rootfs.docker.tar");
-    rootfs::docker_save(&docker, &[layer.clone()], "bench/rootfs:latest");
+    rootfs::docker_save(&docker, std::slice::from_ref(&layer), "bench/rootfs:latest");
     let oci = d.join("rootfs.oci.tar");
-    let gz = rootfs::oci_archive(&oci, d, &[layer.clone()], "bench/rootfs:latest");
+    let gz = rootfs::oci_archive(&oci, d, std::slice::from_ref(&layer), "bench/rootfs:latest");
     let tar_mb = std::fs::metadata(&layer).expect("stat").len() as f64 / 1e6;
     let gz_mb = std::fs::metadata(&gz[0]).expect("stat").len() as f64 / 1e6;
     syncfs(d);
