@@ -68,9 +68,7 @@ impl Wal {
         let names = match storage.list_dir(dir) {
             Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && options.create_if_missing => {
-                storage
-                    .create_dir_all(dir)
-                    .map_err(io_err("create directory", dir))?;
+                create_dir_durable(storage.as_ref(), dir)?;
                 Vec::new()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -99,7 +97,7 @@ impl Wal {
         let mut last_tail = Tail::Clean;
         for (i, &name_lsn) in named.iter().enumerate() {
             let path = dir.join(segment_name(name_lsn));
-            let data = read_whole(storage.as_ref(), &path)?;
+            let data = read_whole(storage.as_ref(), &path, options.segment_size_bytes)?;
             let scanned = scan(&data, &path, store_id, options.max_record_bytes)?;
             store_id = Some(scanned.header.store_id);
             if scanned.header.first_lsn != name_lsn {
@@ -159,11 +157,13 @@ impl Wal {
                 .map_err(io_err("remove half-created segment", &temp))?;
             report.removed_temp_files.push(temp);
         }
-        if !report.removed_temp_files.is_empty() {
-            storage
-                .sync_dir(dir)
-                .map_err(io_err("fsync directory", dir))?;
-        }
+        // Invariant: every segment name recovery read is durable before a record is appended
+        // (and acknowledged) in it. A rotation whose rename landed but whose directory fsync
+        // failed, or was cut short by a kill, leaves the newest segment's name volatile; the
+        // records acknowledged here with `fdatasync` alone would vanish with it in a power cut.
+        storage
+            .sync_dir(dir)
+            .map_err(io_err("fsync directory", dir))?;
 
         let (store_id, active) = if let Some(last) = segments.last() {
             let store_id = store_id.expect("set by the scan of the first segment");
@@ -518,15 +518,38 @@ fn create_segment(
     ))
 }
 
-fn read_whole(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+/// Create `dir` (and missing ancestors) and make each creation durable in its parent: a
+/// fresh log's directory must survive a power cut as surely as the segment created in it.
+fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| storage.list_dir(a).is_err())
+        .collect();
+    storage
+        .create_dir_all(dir)
+        .map_err(io_err("create directory", dir))?;
+    for created in missing {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Invariant: the new directory's entry is durable before anything in it is.
+            storage
+                .sync_dir(parent)
+                .map_err(io_err("fsync directory", parent))?;
+        }
+    }
+    Ok(())
+}
+
+/// Read a segment whole, refusing one larger than the log writes: the allocation is bounded by
+/// `segment_size_bytes`, never by a length the disk reports.
+fn read_whole(storage: &dyn Storage, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     let file = storage.open(path).map_err(io_err("open segment", path))?;
     let len = file.size_bytes().map_err(io_err("stat segment", path))?;
-    if len > crate::options::MAX_SEGMENT_BYTES {
-        return Err(WalError::Corrupt {
+    if len > max_bytes {
+        return Err(WalError::SegmentTooLarge {
             path: path.to_path_buf(),
-            offset: crate::options::MAX_SEGMENT_BYTES,
-            lsn: Lsn::NONE,
-            damage: Damage::Frame(crate::format::RecordError::Length { len: u32::MAX }),
+            len_bytes: len,
+            max_bytes,
         });
     }
     let mut data = vec![0u8; len as usize];
