@@ -356,7 +356,7 @@ fn a_locked_root_is_refused_but_can_be_dumped() {
     r.run(&["snapshot", "prepare", "a"]).ok();
     let (engine, _) = cairn::engine::Engine::open(&r.path, cairn::engine::EngineOptions::default())
         .expect("open");
-    let e = r.run(&["snapshot", "ls"]).fails(6);
+    let e = r.run(&["--lock-timeout", "0", "snapshot", "ls"]).fails(6);
     assert_eq!(
         e,
         format!(
@@ -365,7 +365,8 @@ fn a_locked_root_is_refused_but_can_be_dumped() {
             std::process::id()
         )
     );
-    r.run(&["--json", "snapshot", "ls"]).json_error(6, "locked");
+    r.run(&["--json", "--lock-timeout", "0", "snapshot", "ls"])
+        .json_error(6, "locked");
     // wal dump reads without the lock.
     let dump = r.run(&["wal", "dump"]).ok().stdout;
     assert!(dump.contains(r#"BeginCreate id=1 key="a""#), "{dump}");

@@ -207,7 +207,11 @@ fn r04_leftover_temporaries_are_removed() {
 fn r05_locked_root_is_refused_naming_the_holder() {
     let (_t, root) = new_root();
     let (h, _) = open(&root).unwrap();
-    match open(&root) {
+    let no_wait = EngineOptions {
+        lock_timeout_ms: 0,
+        ..EngineOptions::default()
+    };
+    match Engine::open(&root, no_wait) {
         Err(EngineError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
         other => panic!("expected Locked, got {:?}", other.map(|_| ())),
     }

@@ -50,8 +50,27 @@ pub struct Cli {
     /// {"error": {"kind", "message"}} on stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for another cairn process to release the root (one killed a moment ago
+    /// holds it until it has fully exited); then fail with `root … is locked by pid N`.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_LOCK_TIMEOUT",
+        default_value = "30",
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub lock_timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds from 0 up"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,6 +129,7 @@ pub enum Command {
 pub struct Ctx {
     pub root: PathBuf,
     pub driver: Option<DriverKind>,
+    pub lock_timeout: std::time::Duration,
     pub out: Output,
 }
 
@@ -122,6 +142,13 @@ impl Ctx {
         let options = EngineOptions {
             driver: self.driver,
             workers: 2,
+            lock_timeout_ms: u64::try_from(self.lock_timeout.as_millis()).unwrap_or(u64::MAX),
+            // In JSON mode stderr carries only the JSON error.
+            lock_notice: if self.out.json {
+                crate::engine::LockNotice::Log
+            } else {
+                crate::engine::LockNotice::Stderr
+            },
             ..EngineOptions::default()
         };
         let (engine, report) = Engine::open(&self.root, options)?;
@@ -201,6 +228,7 @@ where
     let ctx = Ctx {
         root: cli.root,
         driver: cli.driver.map(Into::into),
+        lock_timeout: cli.lock_timeout,
         out: Output::new(cli.json),
     };
     match dispatch(&ctx, cli.command) {

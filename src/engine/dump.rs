@@ -118,6 +118,16 @@ impl JournalDump {
             .open(&path)
             .map_err(EngineError::io("open", &path))?;
         let len = file.size_bytes().map_err(EngineError::io("stat", &path))?;
+        // The allocation is bounded by what the engine writes, never by a length off disk.
+        let max_bytes = super::ENGINE_SEGMENT_BYTES;
+        if len > max_bytes {
+            return Err(cairn_wal::WalError::SegmentTooLarge {
+                path,
+                len_bytes: len,
+                max_bytes,
+            }
+            .into());
+        }
         self.data = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
         file.read_exact_at(&mut self.data, 0)
             .map_err(EngineError::io("read", &path))?;

@@ -30,6 +30,7 @@ pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
+pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
 
@@ -51,6 +52,11 @@ pub struct EngineOptions {
     pub workers: usize,
     /// Commands waiting for the engine thread, at most; senders block beyond it.
     pub queue_capacity: usize,
+    /// How long `open` waits for another process to release the root's lock (a process killed
+    /// a moment ago holds it until it has fully exited), then fails with `Locked`.
+    pub lock_timeout_ms: u64,
+    /// How a waiting `open` says who holds the lock.
+    pub lock_notice: LockNotice,
     pub wal: WalOptions,
 }
 
@@ -65,6 +71,8 @@ impl Default for EngineOptions {
             max_batch: 256,
             workers: 8,
             queue_capacity: 1024,
+            lock_timeout_ms: 30_000,
+            lock_notice: LockNotice::Log,
             // Recovery reads the active segment whole, twice (scan, then replay), preallocated
             // zeros included: 64 MiB segments cost 128 MiB of fresh memory per open (most of
             // `recovery_ms_10k_records`). 16 MiB segments keep the record limit at 16 MiB less
@@ -129,7 +137,11 @@ impl Engine {
         let root: PathBuf = root
             .canonicalize()
             .map_err(EngineError::io("resolve root", root))?;
-        let lock = lock::RootLock::acquire(&root)?;
+        let lock = lock::RootLock::acquire(
+            &root,
+            std::time::Duration::from_millis(options.lock_timeout_ms),
+            options.lock_notice,
+        )?;
         let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
             Some(meta) => {
                 if let Some(requested) = options.driver {
