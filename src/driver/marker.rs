@@ -69,8 +69,7 @@ pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
             .map_err(|e| DriverError::io("write", &tmp, e))?;
         // Invariant: the rename below must never publish a name whose data is not yet on disk
         // (otherwise a crash leaves `txid` empty or torn).
-        f.sync_all()
-            .map_err(|e| DriverError::io("fsync", &tmp, e))?;
+        super::sync::fsync_open(&f, &tmp, false)?;
     }
     fail::fail_point!("driver::marker::before_rename");
     // Invariant: `txid` is replaced in one step; readers never see a partial marker.

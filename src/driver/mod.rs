@@ -25,7 +25,9 @@ pub use copy::{copy_tree, CopyStats};
 pub use error::{DriverError, MarkerFault};
 pub use layout::{Inventory, Layout};
 pub use overlay::OverlayDriver;
-pub use sync::{sync_tree, SyncMode};
+#[cfg(feature = "failpoints")]
+pub use sync::hook;
+pub use sync::{create_dir_all_durable, fsync_open, sync_tree, SyncMode};
 pub use vfs::VfsDriver;
 
 use crate::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};

@@ -683,6 +683,12 @@ impl Core {
             Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
         };
         let waiter = self.waiting.remove(&txid);
+        if let Err(EngineError::Driver(e)) = &result {
+            if e.stops_engine() {
+                // A failed tree sync that could not be recorded: stop before anyone retries it.
+                self.fail(e.to_string());
+            }
+        }
         if self.failed.is_some() {
             if let Some(w) = waiter {
                 let cause = self.failed.clone().unwrap_or_default();

@@ -133,7 +133,9 @@ impl Engine {
         options: EngineOptions,
         storage: Arc<dyn Storage>,
     ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
-        std::fs::create_dir_all(root).map_err(EngineError::io("create root", root))?;
+        // Invariant: a new root's own directory entry is durable in its parent before anything
+        // in it is acknowledged.
+        crate::driver::create_dir_all_durable(root)?;
         let root: PathBuf = root
             .canonicalize()
             .map_err(EngineError::io("resolve root", root))?;
