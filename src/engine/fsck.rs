@@ -62,6 +62,19 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// The row of the recovery table (docs/recovery.md) that leaves this to fsck, if any.
+    pub fn recovery_row(&self) -> Option<super::Row> {
+        use super::Row;
+        match self {
+            Problem::TreeMissing { .. } => Some(Row::R19),
+            Problem::MarkerMismatch { marker: None, .. } => Some(Row::R32),
+            Problem::Unexpected { .. } => Some(Row::R29),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub problem: Problem,

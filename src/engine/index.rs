@@ -14,12 +14,22 @@ const SNAP_PREFIX: &[u8] = b"snap/";
 pub struct Index {
     db: sled::Db,
     path: PathBuf,
+    created: bool,
+    discarded: bool,
 }
 
 fn snap_key(key: &str) -> Vec<u8> {
     let mut k = SNAP_PREFIX.to_vec();
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// The applied txid an index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Missing,
+    Unreadable,
+    At(TxId),
 }
 
 impl Index {
@@ -30,6 +40,7 @@ impl Index {
         // close-then-reopen.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut discarded = false;
+        let existed = std::fs::symlink_metadata(path).is_ok();
         loop {
             let opened = sled::Config::new()
                 .path(path)
@@ -41,6 +52,8 @@ impl Index {
                     return Ok(Index {
                         db,
                         path: path.to_path_buf(),
+                        created: !existed || discarded,
+                        discarded,
                     })
                 }
                 Err(sled::Error::Io(e))
@@ -75,6 +88,28 @@ impl Index {
         |source| EngineError::Index {
             path: self.path.clone(),
             source,
+        }
+    }
+
+    /// The directory did not exist (or was discarded) when the index was opened.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The index was damaged, discarded and created afresh by `open` (row R28).
+    pub fn discarded(&self) -> bool {
+        self.discarded
+    }
+
+    /// What the index says it reflects.
+    pub fn applied(&self) -> Applied {
+        match self.db.get(APPLIED_TXID) {
+            Ok(None) => Applied::Missing,
+            Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_ref()) {
+                Ok(arr) => Applied::At(TxId(u64::from_le_bytes(arr))),
+                Err(_) => Applied::Unreadable,
+            },
+            Err(_) => Applied::Unreadable,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod journal;
 mod layers;
 mod lock;
 pub mod recovery;
+pub mod rows;
 mod rootmeta;
 mod workers;
 
@@ -32,6 +33,7 @@ pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
 pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
+pub use rows::Row;
 pub use rootmeta::RootMeta;
 
 use crate::types::DriverKind;
@@ -144,6 +146,7 @@ impl Engine {
             std::time::Duration::from_millis(options.lock_timeout_ms),
             options.lock_notice,
         )?;
+        let mut adopted = false;
         let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
             Some(meta) => {
                 if let Some(requested) = options.driver {
@@ -163,7 +166,10 @@ impl Engine {
                 // starts only after the meta file is durable). Adopt that log's store id, or
                 // the root could never be opened again (docs/recovery.md, row R3).
                 let store_id = match leftover_log_store(&storage, &root, &options.wal)? {
-                    Some(id) => id,
+                    Some(id) => {
+                        adopted = true;
+                        id
+                    }
                     None => StoreId::random().map_err(|e| EngineError::Io {
                         op: "draw a store id",
                         path: root.clone(),
@@ -181,10 +187,11 @@ impl Engine {
             Arc::from(crate::driver::open_driver(meta.driver, &root)?);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
+        let mut temporaries = false;
         for name in ["checkpoint.tmp", "cairn.meta.tmp"] {
-            let _ = std::fs::remove_file(root.join(name));
+            temporaries |= std::fs::remove_file(root.join(name)).is_ok();
         }
-        let recovered = recovery::recover(
+        let mut recovered = recovery::recover(
             &root,
             Arc::clone(&storage),
             meta.store_id,
@@ -197,6 +204,12 @@ impl Engine {
             // Invariant: the meta file names the store only once its log exists, so a root with
             // a meta file always has a log to recover from.
             meta.store(storage.as_ref(), &root)?;
+        }
+        if adopted {
+            recovered.report.rows.insert(Row::R3);
+        }
+        if temporaries {
+            recovered.report.rows.insert(Row::R4);
         }
         let report = recovered.report.clone();
         let core = core::Core::new(
