@@ -114,6 +114,7 @@ fn complete(txid: u64, of: u64) -> Record {
         op: Op::Complete {
             of: TxId(of),
             usage: None,
+            digest: None,
         },
     }
 }

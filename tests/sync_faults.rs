@@ -117,6 +117,14 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     h.prepare("b", None, Default::default()).expect("prepare");
     write_files(&tree_of(&h, "b"), 3);
     h.commit("d", "b", Default::default()).expect("commit b");
+    let fsck = h.fsck(false).expect("fsck");
+    assert!(
+        fsck.findings.iter().any(|f| matches!(
+            &f.problem,
+            cairn::engine::Problem::SyncFailed { key, .. } if key == "a"
+        )),
+        "fsck names the snapshot whose sync failed: {fsck:?}"
+    );
     h.remove("a").expect("remove a");
     assert!(h.fsck(false).expect("fsck").findings.is_empty());
     h.close().expect("close");

@@ -105,6 +105,10 @@ pub enum Command {
         /// Fix what can be fixed (the index, orphaned trees, stray staging, trash).
         #[arg(long)]
         repair: bool,
+        /// Also hash every layer against its DiffID and every committed snapshot's tree against
+        /// the digest recorded at its commit (reads every stored byte).
+        #[arg(long)]
+        verify: bool,
     },
     /// Inspect the write-ahead log.
     #[command(subcommand)]
@@ -246,7 +250,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Snapshot(cmd) => snapshot::run(ctx, cmd).map(|()| 0),
         Command::Mount { key, target } => mount::mount(ctx, &key, &target).map(|()| 0),
         Command::Umount { target } => mount::umount(ctx, &target).map(|()| 0),
-        Command::Fsck { repair } => maint::fsck(ctx, repair),
+        Command::Fsck { repair, verify } => maint::fsck(ctx, repair, verify),
         Command::Wal(cmd) => wal::run(ctx, cmd).map(|()| 0),
         Command::Cleanup => maint::cleanup(ctx).map(|()| 0),
         Command::Layer(cmd) => layer::run(ctx, cmd).map(|()| 0),

@@ -156,6 +156,8 @@ pub(crate) enum Request {
     Cleanup,
     Fsck {
         repair: bool,
+        /// Also hash every layer and committed tree (`fsck --verify`), on a worker.
+        verify: bool,
     },
     Checkpoint,
     ImportLayer {

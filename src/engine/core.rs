@@ -26,7 +26,8 @@ pub(crate) enum Done {
     },
     Sealed {
         txid: TxId,
-        result: Result<Usage, DriverError>,
+        /// The committed tree's usage and digest.
+        result: Result<(Usage, String), DriverError>,
     },
     Imported {
         txid: TxId,
@@ -677,9 +678,14 @@ impl Core {
     fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
             Done::Staged { txid, result } => {
-                (txid, result.map(|()| None).map_err(EngineError::from))
+                (txid, result.map(|()| (None, None)).map_err(EngineError::from))
             }
-            Done::Sealed { txid, result } => (txid, result.map(Some).map_err(EngineError::from)),
+            Done::Sealed { txid, result } => (
+                txid,
+                result
+                    .map(|(usage, digest)| (Some(usage), Some(digest)))
+                    .map_err(EngineError::from),
+            ),
             Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
         };
         let waiter = self.waiting.remove(&txid);
@@ -707,7 +713,14 @@ impl Core {
             Some(crate::state::Pending::Import { .. }) | None => {}
         }
         let (op, outcome) = match result {
-            Ok(usage) => (Op::Complete { of: txid, usage }, Ok(None)),
+            Ok((usage, digest)) => (
+                Op::Complete {
+                    of: txid,
+                    usage,
+                    digest,
+                },
+                Ok(None),
+            ),
             Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
         let before: Option<Vec<String>> =
@@ -882,7 +895,25 @@ impl Core {
                 continue;
             }
             let r = match req {
-                Request::Fsck { repair } => super::fsck::run(self, repair).map(Response::Fsck),
+                Request::Fsck {
+                    repair,
+                    verify: true,
+                } => {
+                    // The hashing reads every tree: on a worker, from targets resolved now.
+                    match super::fsck::run(self, repair) {
+                        Ok(mut report) => {
+                            let targets = super::verify::Targets::of(&self.state);
+                            let driver = Arc::clone(&self.driver);
+                            self.workers.spawn(move || {
+                                super::verify::run(driver.as_ref(), &targets, &mut report);
+                                let _ = reply.send(Ok(Response::Fsck(report)));
+                            });
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Request::Fsck { repair, .. } => super::fsck::run(self, repair).map(Response::Fsck),
                 _ => self.cleanup().map(Response::Cleanup),
             };
             let _ = reply.send(r);
@@ -1008,7 +1039,10 @@ impl Core {
             Effect::Seal { txid, id } => {
                 let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
                 self.workers.spawn(move || {
-                    let result = driver.seal(id, txid);
+                    // The digest is of the tree just made durable: what the commit acknowledges.
+                    let result = driver.seal(id, txid).and_then(|usage| {
+                        crate::driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
+                    });
                     let _ = done.send(Done::Sealed { txid, result });
                 });
             }

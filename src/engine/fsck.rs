@@ -60,6 +60,24 @@ pub enum Problem {
     Unexpected {
         path: String,
     },
+    /// A sync of the snapshot's tree failed (`sync-failed` beside it): its contents on disk are
+    /// unknown and it cannot be committed; remove it.
+    SyncFailed {
+        key: String,
+        id: SnapshotId,
+    },
+    /// `--verify`: the layer does not re-export to its DiffID.
+    LayerDiffers {
+        chain_id: String,
+        detail: String,
+    },
+    /// `--verify`: the committed tree's digest is not the one recorded at its commit.
+    TreeDiffers {
+        key: String,
+        id: SnapshotId,
+        recorded: String,
+        found: String,
+    },
 }
 
 impl Problem {
@@ -85,6 +103,10 @@ pub struct Finding {
 pub struct FsckReport {
     pub findings: Vec<Finding>,
     pub snapshots_checked: usize,
+    /// With `--verify`: layers re-hashed against their DiffIDs.
+    pub layers_verified: usize,
+    /// With `--verify`: committed trees re-hashed against their recorded digests.
+    pub trees_verified: usize,
 }
 
 impl FsckReport {
@@ -177,6 +199,16 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
                 false,
             ),
             Some(marker) => {
+                let noted = core.driver.tree(snap.id).with_file_name(crate::driver::SYNC_FAILED);
+                if std::fs::symlink_metadata(&noted).is_ok() {
+                    found(
+                        Problem::SyncFailed {
+                            key: key.clone(),
+                            id: snap.id,
+                        },
+                        false,
+                    );
+                }
                 let ok = matches!(marker, Some(t) if *t >= snap.created_txid && *t <= core.state.last_txid);
                 if !ok {
                     found(

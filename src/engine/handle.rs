@@ -174,7 +174,13 @@ impl EngineHandle {
     }
 
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, EngineError> {
-        match self.call(Request::Fsck { repair })? {
+        self.fsck_with(repair, false)
+    }
+
+    /// fsck, and with `verify` also the content checks: every layer re-exported against its
+    /// DiffID, every committed tree hashed against the digest recorded at its commit.
+    pub fn fsck_with(&self, repair: bool, verify: bool) -> Result<FsckReport, EngineError> {
+        match self.call(Request::Fsck { repair, verify })? {
             Response::Fsck(r) => Ok(r),
             other => unreachable!("fsck answered {other:?}"),
         }

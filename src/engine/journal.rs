@@ -5,7 +5,8 @@ use super::error::{EngineError, RecordProblem};
 use crate::state::Record;
 use cairn_wal::Lsn;
 
-const RECORD_VERSION: u8 = 1;
+/// 2: `Complete` carries the committed tree's digest (issue 8). Version 1 records are refused.
+const RECORD_VERSION: u8 = 2;
 
 pub fn encode(record: &Record) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];

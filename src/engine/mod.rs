@@ -22,6 +22,7 @@ mod lock;
 pub mod recovery;
 pub mod rows;
 mod rootmeta;
+mod verify;
 mod workers;
 
 pub use api::{
