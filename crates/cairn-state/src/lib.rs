@@ -1,0 +1,449 @@
+//! The pure state machine: snapshots by key, and the transactions still in flight.
+//!
+//! [`State::apply`] does no IO, reads no clock and iterates only ordered maps, so the same
+//! records applied to the same state always give the same state and the same effects: that is
+//! what makes replay after a crash reach exactly the state that was acknowledged.
+
+mod containers;
+mod effect;
+mod error;
+mod layers;
+mod record;
+pub mod types;
+
+pub use containers::{init_key, Container};
+pub use effect::Effect;
+pub use error::{Invalid, Precondition, StateError};
+pub use layers::{Image, Layer, MAX_LAYER_DEPTH};
+pub use record::{Labels, Op, Record};
+
+use crate::types::{Kind, SnapshotId, TxId, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// containerd's limit on a label's key and value together.
+pub const MAX_LABEL_BYTES: usize = 4096;
+/// Keys are path-like names; bound them so nothing unbounded reaches the journal.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// The deepest parent chain a snapshot may have (overlay's lowerdir limit is about 500; the
+/// layer store limits images to 125).
+pub const MAX_CHAIN_DEPTH: usize = 500;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub kind: Kind,
+    pub parent: Option<String>,
+    pub labels: Labels,
+    pub created_ns: i64,
+    pub updated_ns: i64,
+    /// Recorded at commit; `None` for Active and View (computed on demand).
+    pub usage: Option<Usage>,
+    /// The transaction that created it: its tree was staged under this id.
+    pub created_txid: TxId,
+    /// The transaction that last changed this snapshot on disk (its creation, then its commit).
+    pub txid: TxId,
+    /// The tree digest recorded at commit (`fsck --verify` checks the tree against it); `None`
+    /// for Active, View and layer snapshots (a layer is checked against its DiffID).
+    pub digest: Option<String>,
+}
+
+/// A transaction begun and not yet completed or aborted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pending {
+    Create {
+        key: String,
+        snapshot: Snapshot,
+    },
+    Commit {
+        key: String,
+        name: String,
+        labels: Labels,
+        time_ns: i64,
+    },
+    /// A layer import; its snapshot's key (the ChainID) is known only when it completes.
+    Import {
+        snapshot: Snapshot,
+        parent: Option<String>,
+        pin: bool,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The last transaction applied.
+    pub last_txid: TxId,
+    /// The id the next created snapshot gets.
+    pub next_id: u64,
+    pub snapshots: BTreeMap<String, Snapshot>,
+    pub pending: BTreeMap<TxId, Pending>,
+    /// Layers by ChainID; each has a committed snapshot under the same key.
+    pub layers: BTreeMap<String, Layer>,
+    /// Images by name.
+    pub images: BTreeMap<String, Image>,
+    /// Containers by name.
+    pub containers: BTreeMap<String, Container>,
+}
+
+impl Snapshot {
+    /// A snapshot created by transaction `txid` at `time_ns`, not yet committed.
+    pub fn created(
+        id: SnapshotId,
+        kind: Kind,
+        parent: Option<String>,
+        labels: Labels,
+        time_ns: i64,
+        txid: TxId,
+    ) -> Snapshot {
+        Snapshot {
+            id,
+            kind,
+            parent,
+            labels,
+            created_ns: time_ns,
+            updated_ns: time_ns,
+            usage: None,
+            created_txid: txid,
+            txid,
+            digest: None,
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            next_id: 1,
+            ..State::default()
+        }
+    }
+
+    /// Use up snapshot id `id`: the engine puts the next id in the record, so any other id is a
+    /// bug (replay checks it first and reports a typed error).
+    fn take_id(&mut self, id: SnapshotId) {
+        assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
+        self.next_id += 1;
+    }
+
+    pub fn get(&self, key: &str) -> Result<&Snapshot, StateError> {
+        self.snapshots.get(key).ok_or_else(|| StateError::NotFound {
+            key: key.to_owned(),
+        })
+    }
+
+    /// The committed ancestors of `key`, nearest first, as snapshot ids.
+    pub fn parent_ids(&self, key: &str) -> Result<Vec<SnapshotId>, StateError> {
+        let mut ids = Vec::new();
+        let mut next = self.get(key)?.parent.clone();
+        while let Some(parent) = next {
+            let snap = self.get(&parent)?;
+            ids.push(snap.id);
+            assert!(
+                ids.len() <= MAX_CHAIN_DEPTH + 1,
+                "parent chain of {key} loops"
+            );
+            next = snap.parent.clone();
+        }
+        Ok(ids)
+    }
+
+    /// Keys whose parent is `key`, including snapshots still being created.
+    pub fn has_children(&self, key: &str) -> bool {
+        self.snapshots
+            .values()
+            .any(|s| s.parent.as_deref() == Some(key))
+            || self.pending.values().any(|p| match p {
+                Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
+                    snapshot.parent.as_deref() == Some(key)
+                }
+                Pending::Commit { .. } => false,
+            })
+    }
+
+    /// Whether `key` is taken: by a snapshot, a snapshot being created, or a commit's name.
+    fn is_taken(&self, key: &str) -> bool {
+        self.snapshots.contains_key(key)
+            || self.container_of(key).is_some()
+            || self.pending.values().any(|p| match p {
+                Pending::Create { key: k, .. } => k == key,
+                Pending::Commit { name, .. } => name == key,
+                Pending::Import { .. } => false,
+            })
+    }
+
+    fn is_busy(&self, key: &str) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Commit { key: k, .. } if k == key))
+    }
+
+    fn depth(&self, parent: &str) -> Result<usize, StateError> {
+        Ok(self.parent_ids(parent)?.len() + 1)
+    }
+
+    /// Apply one record. On error the state is unchanged; on success the state has moved to
+    /// `record.txid` and the effects say what the engine must do on disk, in order.
+    pub fn apply(&mut self, record: &Record) -> Result<Vec<Effect>, StateError> {
+        let txid = record.txid;
+        assert!(
+            txid > self.last_txid,
+            "transaction ids must increase: {txid} after {}",
+            self.last_txid
+        );
+        let effects = self.check_and_apply(txid, &record.op)?;
+        self.last_txid = txid;
+        Ok(effects)
+    }
+
+    fn check_and_apply(&mut self, txid: TxId, op: &Op) -> Result<Vec<Effect>, StateError> {
+        match op {
+            Op::BeginCreate {
+                key,
+                parent,
+                kind,
+                id,
+                labels,
+                time_ns,
+            } => {
+                validate_key(key)?;
+                validate_labels(labels)?;
+                if !matches!(kind, Kind::Active | Kind::View) {
+                    return Err(invalid(Invalid::BadKind { kind: *kind }));
+                }
+                // containerd's order (storage.CreateSnapshot): the parent is checked before
+                // the key, so an existing key on a bad parent is NotFound / InvalidArgument.
+                let parent_id = match parent {
+                    None => None,
+                    Some(p) => {
+                        let snap = self.get(p)?;
+                        if snap.kind != Kind::Committed {
+                            return Err(invalid(Invalid::ParentNotCommitted { parent: p.clone() }));
+                        }
+                        if self.depth(p)? > MAX_CHAIN_DEPTH {
+                            return Err(invalid(Invalid::ChainTooDeep {
+                                key: key.clone(),
+                                max: MAX_CHAIN_DEPTH,
+                            }));
+                        }
+                        Some(snap.id)
+                    }
+                };
+                if self.is_taken(key) {
+                    return Err(StateError::AlreadyExists { key: key.clone() });
+                }
+                self.take_id(*id);
+                let snapshot =
+                    Snapshot::created(*id, *kind, parent.clone(), labels.clone(), *time_ns, txid);
+                self.pending.insert(
+                    txid,
+                    Pending::Create {
+                        key: key.clone(),
+                        snapshot,
+                    },
+                );
+                Ok(vec![Effect::Stage {
+                    txid,
+                    kind: *kind,
+                    parent: parent_id,
+                }])
+            }
+            Op::BeginCommit {
+                key,
+                name,
+                labels,
+                time_ns,
+            } => {
+                validate_key(name)?;
+                validate_labels(labels)?;
+                if self.is_taken(name) {
+                    return Err(StateError::AlreadyExists { key: name.clone() });
+                }
+                let snap = self.get(key)?;
+                if let Some(owner) = self.container_of(key) {
+                    let name = owner.to_owned();
+                    return Err(precondition(key, Precondition::OwnedByContainer { name }));
+                }
+                if snap.kind != Kind::Active {
+                    return Err(precondition(key, Precondition::NotActive));
+                }
+                if self.is_busy(key) {
+                    return Err(precondition(key, Precondition::Busy));
+                }
+                let id = snap.id;
+                self.pending.insert(
+                    txid,
+                    Pending::Commit {
+                        key: key.clone(),
+                        name: name.clone(),
+                        labels: labels.clone(),
+                        time_ns: *time_ns,
+                    },
+                );
+                Ok(vec![Effect::Seal { txid, id }])
+            }
+            Op::Complete { of, usage, digest } => {
+                if matches!(self.pending.get(of), Some(Pending::Import { .. })) {
+                    // An import completes with CompleteImport, which names its layer.
+                    return Err(StateError::NotPending { txid: *of });
+                }
+                let pending = self
+                    .pending
+                    .remove(of)
+                    .ok_or(StateError::NotPending { txid: *of })?;
+                match pending {
+                    Pending::Import { .. } => unreachable!("checked before removal"),
+                    Pending::Create { key, snapshot } => {
+                        let id = snapshot.id;
+                        self.snapshots.insert(key.clone(), snapshot);
+                        let mut effects = vec![Effect::Install { txid: *of, id }];
+                        effects.extend(self.container_created(txid, &key));
+                        Ok(effects)
+                    }
+                    Pending::Commit {
+                        key,
+                        name,
+                        labels,
+                        time_ns,
+                    } => {
+                        let mut snap = self
+                            .snapshots
+                            .remove(&key)
+                            .expect("a pending commit's snapshot cannot be removed");
+                        snap.kind = Kind::Committed;
+                        snap.labels = labels;
+                        snap.usage = *usage;
+                        snap.digest = digest.clone();
+                        // containerd (storage.CommitActive) gives the committed snapshot new
+                        // times: created == updated == the commit's time.
+                        snap.created_ns = time_ns;
+                        snap.updated_ns = time_ns;
+                        snap.txid = *of;
+                        self.snapshots.insert(name, snap);
+                        Ok(Vec::new())
+                    }
+                }
+            }
+            Op::Abort { of } => {
+                let pending = self
+                    .pending
+                    .remove(of)
+                    .ok_or(StateError::NotPending { txid: *of })?;
+                match pending {
+                    Pending::Create { key, .. } => {
+                        let mut effects = vec![Effect::Discard { txid: *of }];
+                        effects.extend(self.container_aborted(&key));
+                        Ok(effects)
+                    }
+                    Pending::Import { .. } => Ok(vec![Effect::Discard { txid: *of }]),
+                    Pending::Commit { .. } => Ok(Vec::new()),
+                }
+            }
+            Op::Remove { key } => {
+                let id = self.get(key)?.id;
+                if let Some(name) = self.container_of(key) {
+                    let name = name.to_owned();
+                    return Err(precondition(key, Precondition::OwnedByContainer { name }));
+                }
+                if self.layers.contains_key(key) {
+                    return Err(precondition(
+                        key,
+                        Precondition::OwnedByLayer {
+                            chain_id: key.clone(),
+                        },
+                    ));
+                }
+                if self.has_children(key) {
+                    return Err(precondition(key, Precondition::HasChildren));
+                }
+                if self.is_busy(key) {
+                    return Err(precondition(key, Precondition::Busy));
+                }
+                self.snapshots.remove(key);
+                Ok(vec![Effect::Delete { id }])
+            }
+            Op::BeginImport {
+                id,
+                parent,
+                pin,
+                time_ns,
+            } => self.begin_import(txid, *id, parent, *pin, *time_ns),
+            Op::CompleteImport {
+                of,
+                diff_id,
+                chain_id,
+                size_bytes,
+                usage,
+            } => self.complete_import(*of, diff_id, chain_id, *size_bytes, *usage),
+            Op::RemoveLayer { chain_id } => self.remove_layer(chain_id),
+            Op::PutImage {
+                name,
+                top,
+                manifest_digest,
+                config_digest,
+                time_ns,
+            } => self.put_image(name, top, manifest_digest, config_digest, *time_ns),
+            Op::RemoveImage { name } => self.remove_image(name),
+            Op::CollectLayers => Ok(self.collect_layers()),
+            Op::BeginContainer {
+                name,
+                layer,
+                init_id,
+                time_ns,
+            } => self.begin_container(txid, name, layer, *init_id, *time_ns),
+            Op::RemoveContainer { name } => self.remove_container(name),
+            Op::Update {
+                key,
+                labels,
+                time_ns,
+            } => {
+                validate_labels(labels)?;
+                let snap = self
+                    .snapshots
+                    .get_mut(key)
+                    .ok_or_else(|| StateError::NotFound { key: key.clone() })?;
+                snap.labels = labels.clone();
+                snap.updated_ns = *time_ns;
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+fn invalid(reason: Invalid) -> StateError {
+    StateError::InvalidArgument { reason }
+}
+
+fn precondition(key: &str, reason: Precondition) -> StateError {
+    StateError::FailedPrecondition {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+pub fn validate_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() {
+        return Err(invalid(Invalid::EmptyKey));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(Invalid::KeyTooLong {
+            key: key.chars().take(64).collect(),
+            max: MAX_KEY_BYTES,
+        }));
+    }
+    Ok(())
+}
+
+pub fn validate_labels(labels: &Labels) -> Result<(), StateError> {
+    for (k, v) in labels {
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(invalid(Invalid::LabelTooLong {
+                key: k.chars().take(64).collect(),
+                max: MAX_LABEL_BYTES,
+            }));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
