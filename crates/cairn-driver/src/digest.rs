@@ -167,8 +167,12 @@ mod tests {
         assert!(first.starts_with("sha256:") && first.len() == 71, "{first}");
         assert_eq!(tree_digest(&root).expect("digest"), first, "stable");
         // Times do not count.
-        let f = fs::File::options().write(true).open(root.join("d/f")).expect("open");
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH).expect("mtime");
+        let f = fs::File::options()
+            .write(true)
+            .open(root.join("d/f"))
+            .expect("open");
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .expect("mtime");
         assert_eq!(tree_digest(&root).expect("digest"), first);
         // Content, names, modes and link targets do.
         fs::write(root.join("d/f"), b"two").expect("write");

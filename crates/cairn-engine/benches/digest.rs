@@ -93,7 +93,11 @@ fn main() {
         });
         figure(&format!("tree_digest_ms_{name}"), digest_ms, 1);
         figure(&format!("sha256sum_ms_{name}"), peer_ms, 1);
-        figure(&format!("digest_vs_sha256sum_{name}"), digest_ms / peer_ms, 2);
+        figure(
+            &format!("digest_vs_sha256sum_{name}"),
+            digest_ms / peer_ms,
+            2,
+        );
         figure(&format!("commit_ms_{name}"), commit_ms, 1);
         figure(
             &format!("digest_share_of_commit_{name}"),

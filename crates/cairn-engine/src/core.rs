@@ -677,9 +677,10 @@ impl Core {
 
     fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
-            Done::Staged { txid, result } => {
-                (txid, result.map(|()| (None, None)).map_err(EngineError::from))
-            }
+            Done::Staged { txid, result } => (
+                txid,
+                result.map(|()| (None, None)).map_err(EngineError::from),
+            ),
             Done::Sealed { txid, result } => (
                 txid,
                 result

@@ -199,7 +199,10 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
                 false,
             ),
             Some(marker) => {
-                let noted = core.driver.tree(snap.id).with_file_name(cairn_driver::SYNC_FAILED);
+                let noted = core
+                    .driver
+                    .tree(snap.id)
+                    .with_file_name(cairn_driver::SYNC_FAILED);
                 if std::fs::symlink_metadata(&noted).is_ok() {
                     found(
                         Problem::SyncFailed {

@@ -20,8 +20,8 @@ pub mod journal;
 mod layers;
 mod lock;
 pub mod recovery;
-pub mod rows;
 mod rootmeta;
+pub mod rows;
 mod verify;
 mod workers;
 
@@ -34,8 +34,8 @@ pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
 pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
-pub use rows::Row;
 pub use rootmeta::RootMeta;
+pub use rows::Row;
 
 use cairn_state::types::DriverKind;
 use cairn_wal::storage::{FsStorage, Storage};

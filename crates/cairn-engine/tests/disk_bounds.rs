@@ -40,7 +40,10 @@ fn an_oversized_segment_is_refused_by_dump_and_open() {
         Err(EngineError::Wal(WalError::SegmentTooLarge { len_bytes, .. })) => {
             assert_eq!(len_bytes, grown)
         }
-        other => panic!("recovery accepted an oversized segment: {:?}", other.map(|_| ())),
+        other => panic!(
+            "recovery accepted an oversized segment: {:?}",
+            other.map(|_| ())
+        ),
     }
     let len = std::fs::metadata(&segment).expect("stat").len();
     assert_eq!(len, grown, "the refused segment was left as it was");

@@ -968,7 +968,10 @@ fn r34_stranded_container_is_removed_whole() {
     fired(&report, Row::R34);
     assert_eq!(report.containers_removed, vec!["box".to_string()]);
     assert!(h.containers().unwrap().is_empty());
-    assert!(h.stat("box-init").is_err(), "its init snapshot went with it");
+    assert!(
+        h.stat("box-init").is_err(),
+        "its init snapshot went with it"
+    );
     assert_eq!(h.layers().unwrap().len(), 1, "the pinned layer stays");
     clean(&h);
 }
@@ -992,7 +995,10 @@ fn r35_layers_nothing_holds_are_collected() {
     h.close().unwrap();
     let (h, report) = open(&root).unwrap();
     assert!(!report.layers_collected, "collected once: {report:?}");
-    assert!(names(&root.join("snapshots")).is_empty(), "the tree went too");
+    assert!(
+        names(&root.join("snapshots")).is_empty(),
+        "the tree went too"
+    );
     clean(&h);
 }
 
@@ -1041,9 +1047,14 @@ fn every_row_has_a_test_that_fires_it() {
         .lines()
         .map(str::trim)
         .filter(|l| {
-            ["fired(&", "refused(", "index_rebuilt_after(&", "fsck_fired(&"]
-                .iter()
-                .any(|c| l.starts_with(c) || l.contains(&format!(" {c}")))
+            [
+                "fired(&",
+                "refused(",
+                "index_rebuilt_after(&",
+                "fsck_fired(&",
+            ]
+            .iter()
+            .any(|c| l.starts_with(c) || l.contains(&format!(" {c}")))
         })
         .filter(|l| !l.starts_with("fn ") && !l.starts_with("///"))
         .collect();

@@ -100,18 +100,24 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
             (call == SyncCall::File(&lost) && !fired.swap(true, Ordering::SeqCst)).then(eio)
         })
     };
-    let first = h.commit("c", "a", Default::default()).expect_err("the sync failed");
+    let first = h
+        .commit("c", "a", Default::default())
+        .expect_err("the sync failed");
     assert!(is_failed_sync(&first), "{first}");
     assert!(fired.load(Ordering::SeqCst));
     drop(guard);
     // The retry's fsync would return 0: it must not get that far.
-    let retry = h.commit("c", "a", Default::default()).expect_err("retry over lost pages");
+    let retry = h
+        .commit("c", "a", Default::default())
+        .expect_err("retry over lost pages");
     assert!(is_tainted(&retry), "{retry}");
     assert_eq!(h.stat("a").expect("stat").kind, Kind::Active);
     assert!(h.stat("c").is_err(), "no commit was made");
     h.close().expect("close");
     let h = open(&root);
-    let again = h.commit("c", "a", Default::default()).expect_err("after a reopen");
+    let again = h
+        .commit("c", "a", Default::default())
+        .expect_err("after a reopen");
     assert!(is_tainted(&again), "{again}");
     // Other snapshots are not affected; the marked one can be removed.
     h.prepare("b", None, Default::default()).expect("prepare");
@@ -142,7 +148,10 @@ fn a_large_tree_whose_syncfs_failed_is_checked_file_by_file() {
     let tree = tree_of(&h, "big");
     write_files(&tree, 100);
     let lost = tree.join("f042");
-    let (fs_fired, file_fired) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (fs_fired, file_fired) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let rec = Recorder::default();
     let guard = {
         let (lost, fs_fired, file_fired, rec) = (
@@ -162,7 +171,9 @@ fn a_large_tree_whose_syncfs_failed_is_checked_file_by_file() {
             }
         })
     };
-    let first = h.commit("c", "big", Default::default()).expect_err("lost pages");
+    let first = h
+        .commit("c", "big", Default::default())
+        .expect_err("lost pages");
     assert!(is_failed_sync(&first), "{first}");
     assert!(fs_fired.load(Ordering::SeqCst) && file_fired.load(Ordering::SeqCst));
     let calls = rec.calls();
@@ -197,7 +208,8 @@ fn a_writeback_error_seen_by_another_syncfs_still_fails_its_tree() {
     let fs_fired = Arc::new(AtomicBool::new(false));
     let per_file = Arc::new(AtomicUsize::new(0));
     let _guard = {
-        let (lost, fs_fired, per_file) = (lost.clone(), Arc::clone(&fs_fired), Arc::clone(&per_file));
+        let (lost, fs_fired, per_file) =
+            (lost.clone(), Arc::clone(&fs_fired), Arc::clone(&per_file));
         hook::install(move |call| match call {
             // Reported to the first syncfs only, as the kernel does per descriptor.
             SyncCall::Fs(_) => (!fs_fired.swap(true, Ordering::SeqCst)).then(eio),
@@ -209,9 +221,14 @@ fn a_writeback_error_seen_by_another_syncfs_still_fails_its_tree() {
         })
     };
     // Tree one's sync gets the report; its own files are fine, so it is durable.
-    driver.sync_staged(one).expect("tree one's files all fsync cleanly");
+    driver
+        .sync_staged(one)
+        .expect("tree one's files all fsync cleanly");
     assert!(fs_fired.load(Ordering::SeqCst));
-    assert!(per_file.load(Ordering::SeqCst) >= 100, "tree one was checked file by file");
+    assert!(
+        per_file.load(Ordering::SeqCst) >= 100,
+        "tree one was checked file by file"
+    );
     // Tree two's syncfs reports nothing now; its lost file must still fail it.
     match driver.sync_staged(two) {
         Err(DriverError::SyncFailed { path, .. }) => assert_eq!(path, lost),
@@ -223,7 +240,11 @@ fn a_writeback_error_seen_by_another_syncfs_still_fails_its_tree() {
     write_files(&driver.staged_tree(three), 100);
     let before = per_file.load(Ordering::SeqCst);
     driver.sync_staged(three).expect("sync");
-    assert_eq!(per_file.load(Ordering::SeqCst), before, "no per-file check after the error");
+    assert_eq!(
+        per_file.load(Ordering::SeqCst),
+        before,
+        "no per-file check after the error"
+    );
 }
 
 fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -260,15 +281,24 @@ fn an_import_whose_sync_failed_is_discarded_and_rebuilt() {
         })
     };
     let failed = h
-        .import_layer(Box::new(std::io::Cursor::new(layer.clone())), ImportOptions::default())
+        .import_layer(
+            Box::new(std::io::Cursor::new(layer.clone())),
+            ImportOptions::default(),
+        )
         .expect_err("the import's sync failed");
     assert!(is_failed_sync(&failed), "{failed}");
     drop(guard);
     assert!(h.layers().expect("layers").is_empty());
     let left: Vec<_> = std::fs::read_dir(&staging).expect("staging").collect();
-    assert!(left.is_empty(), "the failed staging was discarded: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the failed staging was discarded: {left:?}"
+    );
     let imported = h
-        .import_layer(Box::new(std::io::Cursor::new(layer)), ImportOptions::default())
+        .import_layer(
+            Box::new(std::io::Cursor::new(layer)),
+            ImportOptions::default(),
+        )
         .expect("the retry rebuilds the tree");
     let verified = h.verify(Some(&imported.chain_id)).expect("verify");
     assert_eq!(verified[0].problem, None);
@@ -302,8 +332,11 @@ fn layer_meta_and_a_new_roots_entries_are_fsynced() {
         );
     }
     let layer = tar_of(&[("a", b"a\n")]);
-    h.import_layer(Box::new(std::io::Cursor::new(layer)), ImportOptions::default())
-        .expect("import");
+    h.import_layer(
+        Box::new(std::io::Cursor::new(layer)),
+        ImportOptions::default(),
+    )
+    .expect("import");
     let calls = rec.calls();
     let meta = calls
         .iter()

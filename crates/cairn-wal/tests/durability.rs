@@ -66,7 +66,13 @@ fn records_acknowledged_after_a_failed_rotation_survive_a_power_cut() {
             assert!(i < 64, "no rotation happened");
         };
         assert!(
-            matches!(failed, WalError::Io { op: "fsync directory", .. }),
+            matches!(
+                failed,
+                WalError::Io {
+                    op: "fsync directory",
+                    ..
+                }
+            ),
             "{failed}"
         );
         drop(wal);
@@ -112,7 +118,11 @@ fn a_fresh_logs_directory_survives_a_power_cut() {
         drop(wal);
         sim.power_cut(seed);
         let (wal, after) = open(&sim, dir).expect("open after the power cut");
-        assert_eq!(wal.store_id(), store, "a new log replaced the acknowledged one");
+        assert_eq!(
+            wal.store_id(),
+            store,
+            "a new log replaced the acknowledged one"
+        );
         assert_eq!(after, (0..3).map(record).collect::<Vec<_>>(), "seed {seed}");
     });
 }

@@ -33,7 +33,9 @@ fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// The committed tree of snapshot `key`, read through a View (vfs binds the committed tree).
 fn committed_tree(h: &EngineHandle, key: &str) -> std::path::PathBuf {
-    let m = h.view("probe", Some(key), Default::default()).expect("view");
+    let m = h
+        .view("probe", Some(key), Default::default())
+        .expect("view");
     h.remove("probe").expect("remove probe");
     m[0].source.clone()
 }
@@ -130,8 +132,5 @@ fn verify_finds_a_changed_committed_tree_and_a_changed_layer() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("TreeDiffers"), "{stdout}");
     assert!(stdout.contains("LayerDiffers"), "{stdout}");
-    assert!(
-        stdout.contains("1 layer and 1 tree verified"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("1 layer and 1 tree verified"), "{stdout}");
 }

@@ -57,7 +57,10 @@ fn open_fails_after_the_timeout_naming_the_holder() {
         other => panic!("expected Locked, got {:?}", other.map(|_| ())),
     }
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(300), "gave up after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up after {waited:?}"
+    );
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
     first.close().expect("close");
 }
