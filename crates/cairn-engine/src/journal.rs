@@ -8,6 +8,7 @@ use cairn_wal::Lsn;
 /// 2: `Complete` carries the committed tree's digest (issue 8). Version 1 records are refused.
 const RECORD_VERSION: u8 = 2;
 
+/// A record's journal payload: a version byte, then the postcard record.
 pub fn encode(record: &Record) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     // postcard only fails on types it cannot encode, and Record has none.

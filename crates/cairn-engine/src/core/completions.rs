@@ -1,0 +1,182 @@
+//! Worker completions: the result of a two-step transaction's heavy work becomes the record
+//! that completes it (or aborts it), and its waiting client is answered or keeps waiting for
+//! the next step.
+
+use super::batch::{Batch, Completion, Outgoing, Waiter};
+use super::Core;
+use crate::api::Imported;
+use crate::error::EngineError;
+use cairn_driver::DriverError;
+use cairn_state::types::{TxId, Usage};
+use cairn_state::{Effect, Op};
+
+/// A worker's result, back to the engine thread.
+#[derive(Debug)]
+pub(crate) enum Done {
+    Staged {
+        txid: TxId,
+        result: Result<(), DriverError>,
+    },
+    Sealed {
+        txid: TxId,
+        /// The committed tree's usage and digest.
+        result: Result<(Usage, String), DriverError>,
+    },
+    Imported {
+        txid: TxId,
+        result: Result<crate::layers::LayerDone, EngineError>,
+    },
+}
+
+impl Core {
+    pub(super) fn handle_done(&mut self, done: Done, batch: &mut Batch) {
+        let (txid, result) = match done {
+            Done::Staged { txid, result } => (txid, result.map(|()| (None, None))),
+            Done::Sealed { txid, result } => (
+                txid,
+                result.map(|(usage, digest)| (Some(usage), Some(digest))),
+            ),
+            Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
+        };
+        let waiter = self.waiting.remove(&txid);
+        if let Err(e) = &result {
+            if e.stops_engine() {
+                // A failed tree sync that could not be recorded: stop before anyone retries it.
+                self.fail(e.to_string());
+            }
+        }
+        if let Some(e) = self.failed_error() {
+            if let Some(w) = waiter {
+                w.fail(e);
+            }
+            return;
+        }
+        // The keys this completion changes in the index: the created key, or a commit's key
+        // and name. Read before applying, which removes the pending entry.
+        match self.state.pending.get(&txid) {
+            Some(cairn_state::Pending::Create { key, .. }) => batch.touched.push(key.clone()),
+            Some(cairn_state::Pending::Commit { key, name, .. }) => {
+                batch.touched.push(key.clone());
+                batch.touched.push(name.clone());
+            }
+            Some(cairn_state::Pending::Import { .. }) | None => {}
+        }
+        let (op, outcome) = match result {
+            Ok((usage, digest)) => (
+                Op::Complete {
+                    of: txid,
+                    usage,
+                    digest,
+                },
+                Ok(()),
+            ),
+            Err(e) => (Op::Abort { of: txid }, Err(EngineError::from(e))),
+        };
+        let before: Option<Vec<String>> =
+            matches!(op, Op::Abort { .. }).then(|| self.state.snapshots.keys().cloned().collect());
+        let (record_txid, effects) = self
+            .accept(op, batch)
+            .expect("a completion follows a pending transaction");
+        if let Some(before) = before {
+            // An aborted container step deletes its other snapshot too.
+            let gone = before
+                .into_iter()
+                .filter(|k| !self.state.snapshots.contains_key(k));
+            batch.touched.extend(gone);
+        }
+        // A completion that begins the next step (a container's read-write snapshot) keeps
+        // its client waiting for that step.
+        let continues = effects
+            .iter()
+            .any(|e| matches!(e, Effect::Stage { txid, .. } if *txid == record_txid));
+        batch.effects(effects);
+        let Some(w) = waiter else { return };
+        if continues {
+            batch.outbox.push(Outgoing::Begun(record_txid, w));
+            return;
+        }
+        let completion = match (outcome, w) {
+            (Err(e), w) => Completion::Failed(w, e),
+            // Read now: a remove or commit of the same key later in this batch must not turn
+            // the acknowledged creation into NotFound.
+            (Ok(()), Waiter::Mounts { key, reply }) => {
+                let of = self.state.get(&key).ok().and_then(|snap| {
+                    let parents = self.state.parent_ids(&key).ok()?;
+                    Some((snap.id, snap.kind, parents))
+                });
+                Completion::Mounts { key, of, reply }
+            }
+            (Ok(()), Waiter::Done { reply }) => Completion::Done(reply),
+            // Imports complete through `handle_imported`; a staging or seal result for one is
+            // an engine bug, answered as a failure rather than a made-up layer.
+            (Ok(()), w @ Waiter::Layer { .. }) => Completion::Failed(
+                w,
+                EngineError::Failed {
+                    cause: format!("{txid} completed without its layer"),
+                },
+            ),
+        };
+        batch.outbox.push(Outgoing::Completed(completion));
+    }
+
+    fn handle_imported(
+        &mut self,
+        txid: TxId,
+        result: Result<crate::layers::LayerDone, EngineError>,
+        batch: &mut Batch,
+    ) {
+        let waiter = self.waiting.remove(&txid);
+        if let Some(e) = self.failed_error() {
+            if let Some(w) = waiter {
+                w.fail(e);
+            }
+            return;
+        }
+        let (op, outcome) = match result {
+            Ok(done) => {
+                let imported = Imported {
+                    chain_id: done.chain_id.to_string(),
+                    diff_id: done.diff_id.to_string(),
+                    size_bytes: done.size_bytes,
+                    existed: self.state.layers.contains_key(&done.chain_id.to_string()),
+                };
+                let op = Op::CompleteImport {
+                    of: txid,
+                    diff_id: imported.diff_id.clone(),
+                    chain_id: imported.chain_id.clone(),
+                    size_bytes: done.size_bytes,
+                    usage: done.usage,
+                };
+                batch.touched.push(imported.chain_id.clone());
+                (op, Ok(imported))
+            }
+            Err(e) => (Op::Abort { of: txid }, Err(e)),
+        };
+        let outcome = match self.accept(op, batch) {
+            Ok((_, effects)) => {
+                batch.effects(effects);
+                outcome
+            }
+            Err(e) => {
+                // A user snapshot already has the layer's key: drop the import.
+                let (_, effects) = self
+                    .accept(Op::Abort { of: txid }, batch)
+                    .expect("aborting a pending import always applies");
+                batch.effects(effects);
+                Err(e.into())
+            }
+        };
+        let Some(w) = waiter else { return };
+        let completion = match (outcome, w) {
+            (Ok(imported), Waiter::Layer { reply }) => Completion::Imported(reply, imported),
+            (Ok(_), w) => Completion::Failed(
+                w,
+                EngineError::Failed {
+                    cause: format!("{txid} is an import but its client waits for another answer"),
+                },
+            ),
+            (Err(e), w) => Completion::Failed(w, e),
+        };
+        batch.outbox.push(Outgoing::Completed(completion));
+    }
+}
