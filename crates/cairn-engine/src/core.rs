@@ -196,6 +196,8 @@ impl Core {
         };
         let effects = self.state.apply(&record)?;
         let txid = record.txid;
+        // The transaction id of each accepted command, for servers' request logs (key in op).
+        tracing::debug!(%txid, op = ?record.op, "accepted");
         batch.records.push(record);
         Ok((txid, effects))
     }
