@@ -64,8 +64,7 @@ impl Durability {
     /// the final syncfs) persists them.
     fn settle(&self, path: &Path, file: &File) -> Result<(), DriverError> {
         if self.per_file() {
-            file.sync_all()
-                .map_err(|e| DriverError::io("fsync", path, e))?;
+            super::sync::fsync_open(file, path, file.metadata().is_ok_and(|m| m.is_dir()))?;
         }
         Ok(())
     }
@@ -74,6 +73,28 @@ impl Durability {
 /// Copies the directory `src` to `dst` (which must not exist yet) and makes the copy durable
 /// as `mode` says: when this returns, every copied inode survives a crash.
 pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, DriverError> {
+    copy_tree_with(src, dst, mode, None)
+}
+
+/// `copy_tree` for a staged tree: its syncfs goes through `watch`, and any write-back error the
+/// file system reported since `since` (sampled before the copy wrote anything) fails the copy.
+/// The staged tree is then discarded, never synced again.
+pub(crate) fn copy_tree_watched(
+    src: &Path,
+    dst: &Path,
+    mode: SyncMode,
+    watch: &super::sync::FsWatch,
+    since: u64,
+) -> Result<CopyStats, DriverError> {
+    copy_tree_with(src, dst, mode, Some((watch, since)))
+}
+
+fn copy_tree_with(
+    src: &Path,
+    dst: &Path,
+    mode: SyncMode,
+    watch: Option<(&super::sync::FsWatch, u64)>,
+) -> Result<CopyStats, DriverError> {
     let me = Identity {
         root: nix::unistd::geteuid().is_root(),
         uid: nix::unistd::geteuid().as_raw(),
@@ -149,7 +170,10 @@ pub fn copy_tree(src: &Path, dst: &Path, mode: SyncMode) -> Result<CopyStats, Dr
     }
     if !durability.per_file() {
         // Invariant: everything copied (and not fsynced above) is durable when copy returns.
-        syncfs(dst)?;
+        match watch {
+            None => syncfs(dst)?,
+            Some((watch, since)) => watch.check_since(since, dst)?,
+        }
     }
     Ok(stats)
 }

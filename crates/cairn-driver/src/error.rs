@@ -42,6 +42,34 @@ pub enum DriverError {
         source: io::Error,
     },
 
+    /// An fsync or syncfs failed: the data it covered may be lost, and the pages are never
+    /// synced again (the kernel may have marked them clean). See docs/drivers.md.
+    #[error("{op} {path} failed, data written there may be lost: {source}")]
+    SyncFailed {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A sync of this snapshot's tree failed earlier: what is on disk under it is unknown, and a
+    /// new fsync could report success over the lost pages. It can only be removed.
+    #[error(
+        "snapshot {id}: a sync of its tree failed earlier ({path} exists); its contents on disk \
+         are unknown, so it cannot be committed: remove it"
+    )]
+    TreeSyncFailed { id: SnapshotId, path: PathBuf },
+
+    /// The sync of a snapshot's tree failed and the note saying so could not be made durable
+    /// either: the engine stops rather than let the commit be retried over lost pages.
+    #[error("snapshot {id}: the sync of its tree failed ({cause}) and recording that failed too: {source}")]
+    TaintFailed {
+        id: SnapshotId,
+        cause: String,
+        #[source]
+        source: Box<DriverError>,
+    },
+
     #[error("install {txid} as snapshot {id}: neither {staging} nor {installed} exists")]
     InstallSourceMissing {
         txid: TxId,
@@ -116,6 +144,17 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// An fsync or syncfs failed (the kernel reported lost write-back), as opposed to a failure
+    /// to open, read or rename.
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, DriverError::SyncFailed { .. })
+    }
+
+    /// After this error the engine must stop: the failure could not be recorded.
+    pub fn stops_engine(&self) -> bool {
+        matches!(self, DriverError::TaintFailed { .. })
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         DriverError::Io {
             op,

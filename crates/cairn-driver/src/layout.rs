@@ -4,7 +4,9 @@
 use super::error::DriverError;
 use super::marker;
 use super::remove::remove_tree;
-use super::sync::{fsync_dir, sync_tree, sync_tree_unmetered, SyncMode};
+use super::sync::{
+    fsync_dir, fsync_open, sync_tree_unmetered_watched, sync_tree_watched, FsWatch, SyncMode,
+};
 use super::walk;
 use cairn_state::types::{SnapshotId, TxId, Usage};
 use std::collections::BTreeMap;
@@ -19,6 +21,9 @@ const TRASH: &str = "trash";
 pub const TREE: &str = "fs";
 /// The overlay work dir inside a snapshot directory.
 pub const WORK: &str = "work";
+
+/// Written into a snapshot directory when a sync of its tree failed (see `Layout::seal`).
+pub const SYNC_FAILED: &str = "sync-failed";
 
 /// containerd's snapshotters give a new snapshot's root directory mode 0755.
 const TREE_ROOT_MODE: u32 = 0o755;
@@ -45,13 +50,17 @@ pub struct Inventory {
     pub unexpected: Vec<PathBuf>,
 }
 
-/// Paths of one cairn root's driver directories.
-#[derive(Debug, Clone)]
+/// Paths of one cairn root's driver directories, and the watch on their file system.
+#[derive(Debug)]
 pub struct Layout {
     root: PathBuf,
     staging: PathBuf,
     snapshots: PathBuf,
     trash: PathBuf,
+    /// Every syncfs of the driver goes through it (docs/drivers.md, "Sync errors").
+    watch: FsWatch,
+    /// The watch's error count when each staged tree's work began, by transaction.
+    stage_since: std::sync::Mutex<BTreeMap<TxId, u64>>,
 }
 
 fn exists(path: &Path) -> Result<bool, DriverError> {
@@ -75,13 +84,16 @@ fn parse_id(name: &std::ffi::OsStr) -> Option<u64> {
 impl Layout {
     /// Creates the three directories if missing and makes their creation durable.
     pub fn open(root: &Path) -> Result<Layout, DriverError> {
+        super::sync::create_dir_all_durable(root)?;
         let layout = Layout {
             root: root.to_path_buf(),
             staging: root.join(STAGING),
             snapshots: root.join(SNAPSHOTS),
             trash: root.join(TRASH),
+            // Opened before this engine writes anything: it sees every write-back error since.
+            watch: FsWatch::open(root)?,
+            stage_since: std::sync::Mutex::default(),
         };
-        fs::create_dir_all(root).map_err(|e| DriverError::io("mkdir", root, e))?;
         let mut created = false;
         for dir in [&layout.staging, &layout.snapshots, &layout.trash] {
             match fs::create_dir(dir) {
@@ -100,6 +112,20 @@ impl Layout {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub(crate) fn watch(&self) -> &FsWatch {
+        &self.watch
+    }
+
+    fn since(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxId, u64>> {
+        self.stage_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The watch's error count when staging/<txid> was begun (0, the count at open, if it was
+    /// begun before this driver opened: any error since then is then checked for).
+    pub(crate) fn stage_since(&self, txid: TxId) -> u64 {
+        self.since().get(&txid).copied().unwrap_or(0)
     }
 
     pub fn staging_dir(&self, txid: TxId) -> PathBuf {
@@ -128,6 +154,10 @@ impl Layout {
 
     /// Removes a leftover staging/<txid> and creates it afresh; returns its path.
     pub(crate) fn begin_stage(&self, txid: TxId) -> Result<PathBuf, DriverError> {
+        // Sampled before anything of this stage is written: an error reported after this
+        // point may be about this tree's pages.
+        let errors = self.watch.errors();
+        self.since().insert(txid, errors);
         let dir = self.staging_dir(txid);
         if exists(&dir)? {
             fail::fail_point!("driver::stage::before_clear");
@@ -162,8 +192,14 @@ impl Layout {
         }
         fail::fail_point!("driver::sync_staged::before_sync");
         // Invariant: everything a layer import wrote is on disk before install can publish it.
-        // The usage is not needed here (the importer counted it), so no full walk first.
-        sync_tree_unmetered(&tree)?;
+        // A failure here is never retried: the engine aborts the transaction and discards the
+        // staging, and a new attempt rebuilds the tree from scratch under a new txid. The usage
+        // is not needed here (the importer counted it), so no full walk first.
+        sync_tree_unmetered_watched(&tree, &self.watch, self.stage_since(txid))?;
+        // Invariant: the entries written beside the tree after the stage (layer.meta) are
+        // durable in staging/<txid> before install publishes it: the per-file sync above
+        // covers only fs/, and install fsyncs only staging/ and snapshots/.
+        fsync_dir(&self.staging_dir(txid))?;
         fail::fail_point!("driver::sync_staged::after_sync");
         Ok(())
     }
@@ -180,6 +216,7 @@ impl Layout {
         }
         for &(txid, id) in items {
             self.install_rename(txid, id)?;
+            self.since().remove(&txid);
         }
         // Also on the idempotent path: a previous call may have renamed and then failed before
         // its syncs, and the caller journals the install as done once this returns.
@@ -220,6 +257,7 @@ impl Layout {
     }
 
     pub fn discard(&self, txid: TxId) -> Result<(), DriverError> {
+        self.since().remove(&txid);
         let dir = self.staging_dir(txid);
         fail::fail_point!("driver::discard::before_remove");
         remove_tree(&dir)?;
@@ -271,14 +309,50 @@ impl Layout {
         if !exists(&dir)? {
             return Err(DriverError::SnapshotMissing { id, path: dir });
         }
+        let tainted = dir.join(SYNC_FAILED);
+        if exists(&tainted)? {
+            return Err(DriverError::TreeSyncFailed { id, path: tainted });
+        }
         fail::fail_point!("driver::seal::before_sync");
         // Invariant: every byte of the tree is on disk before the marker claims `txid` and the
-        // commit is journaled as complete.
-        let usage = sync_tree(&dir.join(TREE), SyncMode::Auto)?;
+        // commit is journaled as complete. The tree was written through mounts at any time
+        // since this driver opened (or before): any write-back error reported since the open
+        // makes this sync check every file of the tree.
+        let usage = match sync_tree_watched(&dir.join(TREE), SyncMode::Auto, &self.watch, 0) {
+            Ok(usage) => usage,
+            Err(e) if e.is_sync_failure() => return Err(self.taint(id, &dir, e)),
+            Err(e) => return Err(e),
+        };
         fail::fail_point!("driver::seal::after_sync");
         marker::write(&dir, txid)?;
         fail::fail_point!("driver::seal::after_marker");
         Ok(usage)
+    }
+
+    /// A sync of snapshot `id`'s tree failed: its lost pages may now be marked clean, and the
+    /// next fsync would return 0 over them. Record that durably beside the tree, so no later
+    /// seal (after a retry, or a reopen within the same boot) can report the tree durable.
+    /// Returns the error to report: the sync failure, or `TaintFailed` if the record could not
+    /// be made durable (the engine then stops).
+    fn taint(&self, id: SnapshotId, dir: &Path, cause: DriverError) -> DriverError {
+        let path = dir.join(SYNC_FAILED);
+        let recorded = (|| {
+            let file = fs::File::create(&path).map_err(|e| DriverError::io("create", &path, e))?;
+            fsync_open(&file, &path, false)?;
+            // Invariant: the note survives a power cut before the failed commit is answered.
+            fsync_dir(dir)
+        })();
+        match recorded {
+            Ok(()) => {
+                tracing::error!(%id, error = %cause, "a sync of the snapshot's tree failed; it can no longer be committed");
+                cause
+            }
+            Err(e) => DriverError::TaintFailed {
+                id,
+                cause: cause.to_string(),
+                source: Box::new(e),
+            },
+        }
     }
 
     pub fn usage(&self, id: SnapshotId) -> Result<Usage, DriverError> {

@@ -10,6 +10,7 @@
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
 mod copy;
+mod digest;
 mod error;
 mod layout;
 pub mod marker;
@@ -22,10 +23,13 @@ mod vfs;
 mod walk;
 
 pub use copy::{copy_tree, CopyStats};
+pub use digest::tree_digest;
 pub use error::{DriverError, MarkerFault};
-pub use layout::{Inventory, Layout};
+pub use layout::{Inventory, Layout, SYNC_FAILED};
 pub use overlay::OverlayDriver;
-pub use sync::{sync_tree, SyncMode};
+#[cfg(feature = "failpoints")]
+pub use sync::hook;
+pub use sync::{create_dir_all_durable, fsync_open, sync_tree, SyncMode};
 pub use vfs::VfsDriver;
 
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};

@@ -14,7 +14,7 @@ use super::error::{DriverError, MarkerFault};
 use super::sync::fsync_dir;
 use cairn_state::types::TxId;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -69,8 +69,7 @@ pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
             .map_err(|e| DriverError::io("write", &tmp, e))?;
         // Invariant: the rename below must never publish a name whose data is not yet on disk
         // (otherwise a crash leaves `txid` empty or torn).
-        f.sync_all()
-            .map_err(|e| DriverError::io("fsync", &tmp, e))?;
+        super::sync::fsync_open(&f, &tmp, false)?;
     }
     fail::fail_point!("driver::marker::before_rename");
     // Invariant: `txid` is replaced in one step; readers never see a partial marker.
@@ -96,13 +95,23 @@ pub fn remove_leftover(dir: &Path) -> Result<bool, DriverError> {
 /// Reads `<dir>/txid`. Missing file -> Ok(None); unreadable or corrupt -> Err.
 pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
     let path = dir.join(MARKER_NAME);
-    match fs::read(&path) {
-        Ok(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|fault| DriverError::MarkerCorrupt { path, fault }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(DriverError::io("read", path, e)),
-    }
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DriverError::io("read", path, e)),
+    };
+    // Read at most one byte more than a marker: a file of any size off disk costs 17 bytes.
+    let mut bytes = Vec::with_capacity(MARKER_LEN + 1);
+    std::io::Read::take(file, MARKER_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DriverError::io("read", &path, e))?;
+    decode(&bytes)
+        .map(Some)
+        .map_err(|fault| DriverError::MarkerCorrupt { path, fault })
 }
 
 #[cfg(test)]
@@ -143,6 +152,18 @@ mod tests {
             read(dir.path()),
             Err(DriverError::MarkerCorrupt {
                 fault: MarkerFault::Length(2),
+                ..
+            })
+        ));
+        // A huge marker is not read whole: at most one byte past the fixed length.
+        let huge = fs::File::create(dir.path().join(MARKER_NAME))
+            .map_err(|e| DriverError::io("create", dir.path(), e))?;
+        huge.set_len(1 << 40)
+            .map_err(|e| DriverError::io("truncate", dir.path(), e))?;
+        assert!(matches!(
+            read(dir.path()),
+            Err(DriverError::MarkerCorrupt {
+                fault: MarkerFault::Length(17),
                 ..
             })
         ));

@@ -1,6 +1,6 @@
 //! The vfs driver: every snapshot is a full copy of its parent. Slow to stage, works anywhere.
 
-use super::copy::copy_tree;
+use super::copy::copy_tree_watched;
 use super::error::DriverError;
 use super::layout::{Inventory, Layout, TREE};
 use super::sync::{fsync_dir, SyncMode};
@@ -55,7 +55,13 @@ impl Driver for VfsDriver {
                 fail::fail_point!("driver::stage::before_copy");
                 // Invariant: the copied tree is on disk before the marker and the staging
                 // entry say the stage is complete (copy_tree syncs what it copies).
-                copy_tree(&parent_dir.join(TREE), &tree, SyncMode::Auto)?;
+                copy_tree_watched(
+                    &parent_dir.join(TREE),
+                    &tree,
+                    SyncMode::Auto,
+                    self.layout.watch(),
+                    self.layout.stage_since(txid),
+                )?;
                 fail::fail_point!("driver::stage::after_copy");
             }
             _ => {

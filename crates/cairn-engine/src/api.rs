@@ -205,6 +205,8 @@ pub(crate) enum Request {
     },
     Fsck {
         repair: bool,
+        /// Also hash every layer and committed tree (`fsck --verify`), on a worker.
+        verify: bool,
         reply: Reply<FsckReport>,
     },
     Checkpoint {

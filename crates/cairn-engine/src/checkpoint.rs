@@ -1,6 +1,6 @@
 //! `<root>/checkpoint`: the whole state as of an LSN, so the log before it can be dropped.
 //!
-//! Layout (little-endian; docs/engine-format.md): magic `CAIRNCKP` (8), u16 version (1),
+//! Layout (little-endian; docs/engine-format.md): magic `CAIRNCKP` (8), u16 version (2),
 //! 6 reserved bytes, u128 store id, u64 LSN covered, u64 txid, u64 payload length, u32 CRC-32 of
 //! bytes 0..56 followed by the payload, 4 reserved bytes (zero, checked), then the payload: postcard of
 //! [`State`].
@@ -15,7 +15,8 @@ use std::path::Path;
 /// The checkpoint's file name in the root.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const MAGIC: [u8; 8] = *b"CAIRNCKP";
-const VERSION: u16 = 1;
+/// 2: `Snapshot` carries its tree digest (issue 8). Version 1 checkpoints are refused.
+const VERSION: u16 = 2;
 const HEADER_BYTES: usize = 64;
 /// A checkpoint is read whole; bound it.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;

@@ -69,12 +69,14 @@ pub fn read_journal(root: &Path) -> Result<JournalDump, EngineError> {
     let checkpoint_lsn =
         checkpoint::load(&storage, root, meta.store_id)?.map_or(Lsn::NONE, |cp| cp.lsn);
     let dir = root.join("wal");
-    let max_record_bytes = super::EngineOptions::default().wal.max_record_bytes;
+    let wal = super::EngineOptions::default().wal;
+    // The allocation is bounded by what the engine writes, never by a length off disk.
     let (records, tail) = match cairn_wal::inspect(
         Arc::new(storage),
         &dir,
         Some(meta.store_id),
-        max_record_bytes,
+        wal.max_record_bytes,
+        wal.segment_size_bytes,
     ) {
         Ok((inspection, records)) => {
             let tail = inspection.torn_tail.map(|t| JournalTail {

@@ -240,6 +240,31 @@ impl EngineError {
         move |source| EngineError::Io { op, path, source }
     }
 
+    /// The row of the recovery table (docs/recovery.md) whose refusal this is, if it is one.
+    pub fn recovery_row(&self) -> Option<super::Row> {
+        use super::Row;
+        Some(match self {
+            EngineError::Locked { .. } => Row::R5,
+            EngineError::DriverMismatch { .. } => Row::R6,
+            EngineError::NotARoot { .. } => Row::R7,
+            EngineError::LogGap { .. } => Row::R9,
+            EngineError::BadCheckpoint { .. } => Row::R10,
+            EngineError::BadRecord { .. } => Row::R11,
+            EngineError::Sequence { .. } => Row::R12,
+            EngineError::Replay { .. } => Row::R13,
+            EngineError::Wal(
+                WalError::Corrupt { .. }
+                | WalError::MissingSegment { .. }
+                | WalError::MisnamedSegment { .. }
+                | WalError::ForeignSegment { .. }
+                | WalError::BadHeader { .. }
+                | WalError::UnknownVersion { .. }
+                | WalError::SegmentTooLarge { .. },
+            ) => Row::R36,
+            _ => return None,
+        })
+    }
+
     /// For the CLI's exit status and containerd's error classes.
     pub fn is_not_found(&self) -> bool {
         matches!(self, EngineError::State(StateError::NotFound { .. }))

@@ -86,6 +86,45 @@ pub enum Problem {
         /// Its path.
         path: String,
     },
+    /// A sync of the snapshot's tree failed (`sync-failed` beside it): its contents on disk are
+    /// unknown and it cannot be committed; remove it.
+    SyncFailed {
+        /// The snapshot's key.
+        key: String,
+        /// Its id (the directory under `snapshots/`).
+        id: SnapshotId,
+    },
+    /// `--verify`: the layer does not re-export to its DiffID.
+    LayerDiffers {
+        /// The layer's ChainID.
+        chain_id: String,
+        /// What the re-export found.
+        detail: String,
+    },
+    /// `--verify`: the committed tree's digest is not the one recorded at its commit.
+    TreeDiffers {
+        /// The committed snapshot's key.
+        key: String,
+        /// Its id.
+        id: SnapshotId,
+        /// The digest journaled with its commit.
+        recorded: String,
+        /// The digest of the tree on disk now (or why it could not be read).
+        found: String,
+    },
+}
+
+impl Problem {
+    /// The row of the recovery table (docs/recovery.md) that leaves this to fsck, if any.
+    pub fn recovery_row(&self) -> Option<super::Row> {
+        use super::Row;
+        match self {
+            Problem::TreeMissing { .. } => Some(Row::R19),
+            Problem::MarkerMismatch { marker: None, .. } => Some(Row::R32),
+            Problem::Unexpected { .. } => Some(Row::R29),
+            _ => None,
+        }
+    }
 }
 
 /// A problem and whether fsck repaired it.
@@ -104,6 +143,10 @@ pub struct FsckReport {
     pub findings: Vec<Finding>,
     /// How many snapshots were checked.
     pub snapshots_checked: usize,
+    /// With `--verify`: layers re-hashed against their DiffIDs.
+    pub layers_verified: usize,
+    /// With `--verify`: committed trees re-hashed against their recorded digests.
+    pub trees_verified: usize,
 }
 
 impl FsckReport {
@@ -197,6 +240,19 @@ pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineErr
                 false,
             ),
             Some(marker) => {
+                let noted = core
+                    .driver
+                    .tree(snap.id)
+                    .with_file_name(cairn_driver::SYNC_FAILED);
+                if std::fs::symlink_metadata(&noted).is_ok() {
+                    found(
+                        Problem::SyncFailed {
+                            key: key.clone(),
+                            id: snap.id,
+                        },
+                        false,
+                    );
+                }
                 let ok = matches!(marker, Some(t) if *t >= snap.created_txid && *t <= core.state.last_txid);
                 if !ok {
                     found(

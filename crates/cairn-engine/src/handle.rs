@@ -168,7 +168,17 @@ impl EngineHandle {
     /// Check the root: journal against state, index, trees and markers, staging, trash. With
     /// `repair`, fix what can be fixed safely (index, strays).
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, EngineError> {
-        self.call(|reply| Request::Fsck { repair, reply })
+        self.fsck_with(repair, false)
+    }
+
+    /// fsck, and with `verify` also the content checks: every layer re-exported against its
+    /// DiffID, every committed tree hashed against the digest recorded at its commit.
+    pub fn fsck_with(&self, repair: bool, verify: bool) -> Result<FsckReport, EngineError> {
+        self.call(|reply| Request::Fsck {
+            repair,
+            verify,
+            reply,
+        })
     }
 
     /// Write a checkpoint now and truncate the log behind it.

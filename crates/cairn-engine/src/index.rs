@@ -25,6 +25,8 @@ pub struct Index {
     path: PathBuf,
     /// Set once, by the first call into sled that panicked: its panic message.
     damaged: OnceLock<String>,
+    created: bool,
+    discarded: bool,
 }
 
 /// What a caught panic said, for the error and the one-line warning.
@@ -45,6 +47,14 @@ fn snap_key(key: &str) -> Vec<u8> {
     k
 }
 
+/// The applied txid an index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Missing,
+    Unreadable,
+    At(TxId),
+}
+
 impl Index {
     pub fn open(path: &Path) -> Result<Index, EngineError> {
         // The caller holds the root's LOCK, so a held sled lock can only be this process's own
@@ -53,6 +63,7 @@ impl Index {
         // close-then-reopen.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut discarded = false;
+        let existed = std::fs::symlink_metadata(path).is_ok();
         loop {
             let opened = catch_unwind(|| {
                 sled::Config::new()
@@ -71,6 +82,8 @@ impl Index {
                         db: Some(db),
                         path: path.to_path_buf(),
                         damaged: OnceLock::new(),
+                        created: !existed || discarded,
+                        discarded,
                     })
                 }
                 Err(sled::Error::Io(e))
@@ -140,6 +153,28 @@ impl Index {
                 });
                 Err(damaged(panic))
             }
+        }
+    }
+
+    /// The directory did not exist (or was discarded) when the index was opened.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The index was damaged, discarded and created afresh by `open` (row R28).
+    pub fn discarded(&self) -> bool {
+        self.discarded
+    }
+
+    /// What the index says it reflects.
+    pub fn applied(&self) -> Applied {
+        match self.guard("get applied txid", |db| Ok(db.get(APPLIED_TXID))) {
+            Ok(Ok(None)) => Applied::Missing,
+            Ok(Ok(Some(bytes))) => match <[u8; 8]>::try_from(bytes.as_ref()) {
+                Ok(arr) => Applied::At(TxId(u64::from_le_bytes(arr))),
+                Err(_) => Applied::Unreadable,
+            },
+            Ok(Err(_)) | Err(_) => Applied::Unreadable,
         }
     }
 

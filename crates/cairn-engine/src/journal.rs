@@ -5,7 +5,8 @@ use super::error::{EngineError, RecordProblem};
 use cairn_state::Record;
 use cairn_wal::Lsn;
 
-const RECORD_VERSION: u8 = 1;
+/// 2: `Complete` carries the committed tree's digest (issue 8). Version 1 records are refused.
+const RECORD_VERSION: u8 = 2;
 
 /// A record's journal payload: a version byte, then the postcard record.
 pub fn encode(record: &Record) -> Vec<u8> {

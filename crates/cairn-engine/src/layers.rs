@@ -80,8 +80,7 @@ pub(crate) fn import(
         .into_inner()
         .map_err(|e| EngineError::io("write layer metadata", &meta_path)(e.into_error()))?;
     // Invariant: the metadata export needs is durable before the completion is journaled.
-    file.sync_all()
-        .map_err(EngineError::io("fsync layer metadata", &meta_path))?;
+    cairn_driver::fsync_open(&file, &meta_path, false)?;
     fail::fail_point!("engine::import::after_meta_sync");
     // Invariant: the layer's content is durable before its completion is journaled: an
     // acknowledged import never comes back with empty files after a power cut.

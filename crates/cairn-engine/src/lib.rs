@@ -63,6 +63,8 @@ mod layers;
 mod lock;
 pub mod recovery;
 mod rootmeta;
+pub mod rows;
+mod verify;
 mod workers;
 
 pub use api::{
@@ -72,8 +74,10 @@ pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
+pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
+pub use rows::Row;
 
 // What an embedder needs from the crates below, so it depends on this crate alone.
 pub use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
@@ -98,6 +102,11 @@ pub struct EngineOptions {
     pub workers: usize,
     /// Commands waiting for the engine thread, at most; senders block beyond it.
     pub queue_capacity: usize,
+    /// How long `open` waits for another process to release the root's lock (a process killed
+    /// a moment ago holds it until it has fully exited), then fails with `Locked`.
+    pub lock_timeout_ms: u64,
+    /// How a waiting `open` says who holds the lock.
+    pub lock_notice: LockNotice,
     /// Options of the root's write-ahead log (segment size, record limit).
     pub wal: WalOptions,
 }
@@ -113,6 +122,8 @@ impl Default for EngineOptions {
             max_batch: 256,
             workers: 8,
             queue_capacity: 1024,
+            lock_timeout_ms: 30_000,
+            lock_notice: LockNotice::Log,
             // Recovery reads the active segment whole, twice (scan, then replay), preallocated
             // zeros included: 64 MiB segments cost 128 MiB of fresh memory per open (most of
             // `recovery_ms_10k_records`). 16 MiB segments keep the record limit at 16 MiB less
@@ -174,11 +185,18 @@ impl Engine {
         options: EngineOptions,
         storage: Arc<dyn Storage>,
     ) -> Result<(EngineHandle, RecoveryReport), EngineError> {
-        std::fs::create_dir_all(root).map_err(EngineError::io("create root", root))?;
+        // Invariant: a new root's own directory entry is durable in its parent before anything
+        // in it is acknowledged.
+        cairn_driver::create_dir_all_durable(root)?;
         let root: PathBuf = root
             .canonicalize()
             .map_err(EngineError::io("resolve root", root))?;
-        let lock = lock::RootLock::acquire(&root)?;
+        let lock = lock::RootLock::acquire(
+            &root,
+            std::time::Duration::from_millis(options.lock_timeout_ms),
+            options.lock_notice,
+        )?;
+        let mut adopted = false;
         let (meta, creating) = match rootmeta::RootMeta::load(storage.as_ref(), &root)? {
             Some(meta) => {
                 if let Some(requested) = options.driver {
@@ -198,7 +216,10 @@ impl Engine {
                 // starts only after the meta file is durable). Adopt that log's store id, or
                 // the root could never be opened again (docs/recovery.md, row R3).
                 let store_id = match leftover_log_store(&storage, &root, &options.wal)? {
-                    Some(id) => id,
+                    Some(id) => {
+                        adopted = true;
+                        id
+                    }
                     None => StoreId::random().map_err(|e| EngineError::Io {
                         op: "draw a store id",
                         path: root.clone(),
@@ -216,10 +237,11 @@ impl Engine {
             Arc::from(cairn_driver::open_driver(meta.driver, &root)?);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
+        let mut temporaries = false;
         for name in ["checkpoint.tmp", "cairn.meta.tmp"] {
-            let _ = std::fs::remove_file(root.join(name));
+            temporaries |= std::fs::remove_file(root.join(name)).is_ok();
         }
-        let recovered = recovery::recover(
+        let mut recovered = recovery::recover(
             &root,
             Arc::clone(&storage),
             meta.store_id,
@@ -232,6 +254,12 @@ impl Engine {
             // Invariant: the meta file names the store only once its log exists, so a root with
             // a meta file always has a log to recover from.
             meta.store(storage.as_ref(), &root)?;
+        }
+        if adopted {
+            recovered.report.rows.insert(Row::R3);
+        }
+        if temporaries {
+            recovered.report.rows.insert(Row::R4);
         }
         let report = recovered.report.clone();
         let core = core::Core::new(

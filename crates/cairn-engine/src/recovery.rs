@@ -3,7 +3,8 @@
 //! idempotent, so a crash during recovery is recovered by running it again.
 
 use super::error::{EngineError, SequenceProblem};
-use super::index::Index;
+use super::index::{Applied, Index};
+use super::rows::Row;
 use super::{checkpoint, journal};
 use cairn_driver::Driver;
 use cairn_state::types::{SnapshotId, TxId};
@@ -48,6 +49,14 @@ pub struct RecoveryReport {
     /// Installed snapshots holding a marker temporary (`txid.tmp`) of an interrupted seal:
     /// the temporary was removed, the marker kept.
     pub marker_tmp_removed: Vec<SnapshotId>,
+    /// The rows of the decision table (docs/recovery.md) this recovery fired.
+    pub rows: BTreeSet<Row>,
+}
+
+impl RecoveryReport {
+    fn fire(&mut self, row: Row) {
+        self.rows.insert(row);
+    }
 }
 
 /// Check the sequence invariants `apply` asserts, so a damaged journal is a typed error.
@@ -179,7 +188,12 @@ pub(crate) fn recover(
     let (mut wal, records, wal_report) = Wal::open(storage, &root.join("wal"), wal_options)?;
     if let Some(t) = &wal_report.torn_tail {
         report.torn_tail = Some((t.path.display().to_string(), t.offset, t.lsn.0));
+        report.fire(Row::R14);
     }
+    if !wal_report.removed_temp_files.is_empty() {
+        report.fire(Row::R30);
+    }
+    report.fire(if creating { Row::R1 } else { Row::R2 });
     if wal.first_lsn() > checkpoint_lsn.next() {
         return Err(EngineError::LogGap {
             checkpoint: checkpoint_lsn,
@@ -187,7 +201,24 @@ pub(crate) fn recover(
         });
     }
     replay(&mut state, checkpoint_lsn, records, &mut report)?;
+    if report.skipped_records > 0 {
+        report.fire(Row::R8);
+    }
     fail::fail_point!("engine::recovery::after_replay");
+    // What each pending transaction was, for the rows below (the aborts remove them).
+    let pending_kinds: Vec<(TxId, Row)> = state
+        .pending
+        .iter()
+        .map(|(txid, p)| {
+            let row = match p {
+                cairn_state::Pending::Commit { .. } => Row::R17,
+                cairn_state::Pending::Import { .. } => Row::R33,
+                // R15 or R16, told apart once the inventory is known.
+                cairn_state::Pending::Create { .. } => Row::R16,
+            };
+            (*txid, row)
+        })
+        .collect();
 
     // Row "pending": a begun transaction without a durable completion is dropped. The abort
     // is journaled first, so a crash from here on finds nothing pending and removes the
@@ -217,6 +248,7 @@ pub(crate) fn recover(
         wal.append_batch(&payloads)?;
         wal.sync()?;
         report.containers_removed = stranded;
+        report.fire(Row::R34);
     }
     // Row "unheld layers": layers nothing holds (an image load a crash interrupted before it
     // recorded the image) are released in one journaled transaction; their trees become
@@ -232,12 +264,20 @@ pub(crate) fn recover(
         wal.append_batch([journal::encode(&record)])?;
         wal.sync()?;
         report.layers_collected = true;
+        report.fire(Row::R35);
     }
     fail::fail_point!("engine::recovery::after_abort");
 
     // Names only: the rows below never look at markers (fsck does).
     let inv = driver.inventory_names()?;
     let mut staging: BTreeSet<TxId> = inv.staging.iter().copied().collect();
+    for (txid, row) in &pending_kinds {
+        let row = match row {
+            Row::R16 if staging.contains(txid) => Row::R15,
+            row => *row,
+        };
+        report.fire(row);
+    }
     // Row "replay": a completed creation whose tree is still staged is installed again.
     for snap in state.snapshots.values() {
         if inv.installed.contains_key(&snap.id) {
@@ -246,9 +286,11 @@ pub(crate) fn recover(
         if staging.remove(&snap.created_txid) {
             driver.install(snap.created_txid, snap.id)?;
             report.installed.push(snap.id);
+            report.fire(Row::R18);
         } else {
             tracing::error!(id = %snap.id, "snapshot tree lost although its creation is durable");
             report.lost.push(snap.id);
+            report.fire(Row::R19);
         }
     }
     fail::fail_point!("engine::recovery::after_install");
@@ -258,33 +300,59 @@ pub(crate) fn recover(
         if !ids.contains(id) {
             driver.remove(*id)?;
             report.orphans_removed.push(*id);
+            report.fire(Row::R20);
         }
     }
+    let created: BTreeSet<TxId> = state.snapshots.values().map(|s| s.created_txid).collect();
     for txid in staging {
         driver.discard(txid)?;
         report.staging_removed.push(txid);
+        if created.contains(&txid) {
+            report.fire(Row::R31);
+        } else if !pending_kinds.iter().any(|(t, _)| *t == txid) {
+            // A dropped transaction's staging is its row's (R15, R33), not a stray's.
+            report.fire(Row::R21);
+        }
     }
     // Row "marker temporary": a seal interrupted before its marker rename leaves txid.tmp.
     for id in inv.installed.keys() {
         if let Some(dir) = driver.tree(*id).parent() {
             if cairn_driver::marker::remove_leftover(dir)? {
                 report.marker_tmp_removed.push(*id);
+                report.fire(Row::R23);
             }
         }
     }
     driver.purge_trash()?;
     report.trash_purged = inv.trash.clone();
+    if !inv.trash.is_empty() {
+        report.fire(Row::R22);
+    }
     report.unexpected = inv
         .unexpected
         .iter()
         .map(|p| p.display().to_string())
         .collect();
+    if !inv.unexpected.is_empty() {
+        report.fire(Row::R29);
+    }
     fail::fail_point!("engine::recovery::after_reconcile");
 
     // Row "index": derived, so rebuilt whenever it does not reflect the journal exactly.
-    if index.applied_txid() != Some(state.last_txid) {
+    let index_row = match index.applied() {
+        _ if index.discarded() => Some(Row::R28),
+        _ if index.created() && !creating => Some(Row::R26),
+        Applied::At(txid) if txid == state.last_txid => None,
+        Applied::At(txid) if txid < state.last_txid => Some(Row::R24),
+        Applied::At(_) => Some(Row::R25),
+        Applied::Unreadable => Some(Row::R27),
+        // Never written: a new root's (R1) or one whose first write a crash cut (R24).
+        Applied::Missing => Some(if creating { Row::R1 } else { Row::R24 }),
+    };
+    if let Some(row) = index_row {
         index.rebuild(&state)?;
         report.index_rebuilt = true;
+        report.fire(row);
     }
     Ok(Recovered {
         wal,

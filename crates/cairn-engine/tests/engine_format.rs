@@ -59,6 +59,11 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// The tree digest the fixture's commit records (any well-formed digest: the format is what
+/// is pinned here, not the hash of a real tree).
+const FIXTURE_DIGEST: &str =
+    "sha256:abababababababababababababababababababababababababababababababab";
+
 /// A `sha256:` digest of 32 bytes `b`.
 fn digest(b: u8) -> String {
     format!("sha256:{}", format!("{b:02x}").repeat(32))
@@ -80,6 +85,7 @@ fn journal_records() -> Vec<Record> {
         Op::Complete {
             of: TxId(1),
             usage: None,
+            digest: None,
         },
         Op::BeginCommit {
             key: "base-active".into(),
@@ -93,6 +99,7 @@ fn journal_records() -> Vec<Record> {
                 size_bytes: 4096,
                 inodes: 3,
             }),
+            digest: Some(FIXTURE_DIGEST.into()),
         },
         Op::BeginCreate {
             key: "view".into(),
@@ -105,6 +112,7 @@ fn journal_records() -> Vec<Record> {
         Op::Complete {
             of: TxId(5),
             usage: None,
+            digest: None,
         },
         Op::Update {
             key: "view".into(),
@@ -131,6 +139,7 @@ fn journal_records() -> Vec<Record> {
         Op::Complete {
             of: TxId(10),
             usage: None,
+            digest: None,
         },
         Op::Remove { key: "view".into() },
         Op::BeginCreate {
@@ -236,10 +245,12 @@ fn journal_records() -> Vec<Record> {
         Op::Complete {
             of: TxId(26),
             usage: None,
+            digest: None,
         },
         Op::Complete {
             of: TxId(27),
             usage: None,
+            digest: None,
         },
         Op::PutImage {
             name: "old:1".into(),
@@ -425,7 +436,7 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     );
     // The header, by hand.
     assert_eq!(&bytes[0..8], b"CAIRNCKP");
-    assert_eq!(le_u16(&bytes, 8), 1, "version");
+    assert_eq!(le_u16(&bytes, 8), 2, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
     assert_eq!(le_u64(&bytes, 32), 31, "LSN covered");
@@ -505,16 +516,20 @@ fn journal_fixture_is_byte_exact_and_reads_back() {
 fn journal_records_match_the_spec_by_hand() {
     let r = journal_records();
     let enc = |i: usize| journal::encode(&r[i]);
-    // Complete { of: 1, usage: None } at txid 2: version, txid, tag 2, of, None.
-    assert_eq!(enc(1), [0x01, 0x02, 0x02, 0x01, 0x00]);
-    // Complete { of: 3, usage: Some(4096 bytes, 3 inodes) } at txid 4; 4096 = 0x80 0x20.
-    assert_eq!(enc(3), [0x01, 0x04, 0x02, 0x03, 0x01, 0x80, 0x20, 0x03]);
+    // Complete { of: 1, usage: None, digest: None } at txid 2: version, txid, tag 2, of, None,
+    // None.
+    assert_eq!(enc(1), [0x02, 0x02, 0x02, 0x01, 0x00, 0x00]);
+    // Complete { of: 3, usage: Some(4096 bytes, 3 inodes), digest: Some(71-byte string) } at
+    // txid 4; 4096 = 0x80 0x20.
+    let mut want = vec![0x02, 0x04, 0x02, 0x03, 0x01, 0x80, 0x20, 0x03, 0x01, 71];
+    want.extend_from_slice(FIXTURE_DIGEST.as_bytes());
+    assert_eq!(enc(3), want);
     // Abort { of: 8 } at txid 9: tag 3.
-    assert_eq!(enc(8), [0x01, 0x09, 0x03, 0x08]);
+    assert_eq!(enc(8), [0x02, 0x09, 0x03, 0x08]);
     // Remove { key: "view" } at txid 12: tag 4, string = varint length + UTF-8.
-    assert_eq!(enc(11), [0x01, 0x0c, 0x04, 0x04, b'v', b'i', b'e', b'w']);
+    assert_eq!(enc(11), [0x02, 0x0c, 0x04, 0x04, b'v', b'i', b'e', b'w']);
     // BeginCommit at txid 14 with time_ns -1: zigzag(-1) = 1.
-    let mut want = vec![0x01, 0x0e, 0x01, 0x04];
+    let mut want = vec![0x02, 0x0e, 0x01, 0x04];
     want.extend_from_slice(b"work");
     want.push(14);
     want.extend_from_slice(b"work-committed");
@@ -522,14 +537,14 @@ fn journal_records_match_the_spec_by_hand() {
     assert_eq!(enc(13), want);
     // Update { key: "view", labels: {k: v}, time_ns: T0 + 3 } at txid 7: tag 5, map = count then
     // (key, value) pairs in key order, i64 = zigzag LEB128.
-    let mut want = vec![0x01, 0x07, 0x05, 0x04];
+    let mut want = vec![0x02, 0x07, 0x05, 0x04];
     want.extend_from_slice(b"view");
     want.extend_from_slice(&[0x01, 0x01, b'k', 0x01, b'v']);
     want.extend_from_slice(&leb128((T0 as u64 + 3) << 1));
     assert_eq!(enc(6), want);
     // BeginCreate { key: "view", parent: Some("base"), kind: View, id: 2, labels: {}, time_ns }
     // at txid 5: tag 0; Option = 0x00 / 0x01 + value; Kind View = 1.
-    let mut want = vec![0x01, 0x05, 0x00, 0x04];
+    let mut want = vec![0x02, 0x05, 0x00, 0x04];
     want.extend_from_slice(b"view");
     want.extend_from_slice(&[0x01, 0x04]);
     want.extend_from_slice(b"base");
@@ -555,9 +570,20 @@ fn leb128(mut v: u64) -> Vec<u8> {
 fn journal_decoder_refuses_bad_payloads() {
     let good = journal::encode(&journal_records()[0]);
     assert!(journal::decode(Lsn(1), &[]).is_err(), "empty");
-    let mut v2 = good.clone();
-    v2[0] = 2;
-    assert!(journal::decode(Lsn(1), &v2).is_err(), "version 2");
+    for version in [0u8, 1, 3] {
+        let mut other = good.clone();
+        other[0] = version;
+        assert!(
+            matches!(
+                journal::decode(Lsn(1), &other),
+                Err(cairn_engine::EngineError::BadRecord {
+                    reason: cairn_engine::RecordProblem::Version(v),
+                    ..
+                }) if v == version
+            ),
+            "version {version}"
+        );
+    }
     let mut longer = good.clone();
     longer.push(0);
     assert!(journal::decode(Lsn(1), &longer).is_err(), "trailing byte");
@@ -568,7 +594,7 @@ fn journal_decoder_refuses_bad_payloads() {
         );
     }
     // Unknown Op tag.
-    assert!(journal::decode(Lsn(1), &[0x01, 0x01, 0x06]).is_err());
+    assert!(journal::decode(Lsn(1), &[0x02, 0x01, 0x20]).is_err());
 }
 
 // ---- fuzz seeds: real journals ----

@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub created_txid: TxId,
     /// The transaction that last changed this snapshot on disk (its creation, then its commit).
     pub txid: TxId,
+    /// The tree digest recorded at commit (`fsck --verify` checks the tree against it); `None`
+    /// for Active, View and layer snapshots (a layer is checked against its DiffID).
+    pub digest: Option<String>,
 }
 
 /// A transaction begun and not yet completed or aborted.
@@ -102,6 +105,7 @@ impl Snapshot {
             usage: None,
             created_txid: txid,
             txid,
+            digest: None,
         }
     }
 }
@@ -277,7 +281,7 @@ impl State {
                 );
                 Ok(vec![Effect::Seal { txid, id }])
             }
-            Op::Complete { of, usage } => {
+            Op::Complete { of, usage, digest } => {
                 if matches!(self.pending.get(of), Some(Pending::Import { .. })) {
                     // An import completes with CompleteImport, which names its layer.
                     return Err(StateError::NotPending { txid: *of });
@@ -308,6 +312,7 @@ impl State {
                         snap.kind = Kind::Committed;
                         snap.labels = labels;
                         snap.usage = *usage;
+                        snap.digest = digest.clone();
                         // containerd (storage.CommitActive) gives the committed snapshot new
                         // times: created == updated == the commit's time.
                         snap.created_ns = time_ns;

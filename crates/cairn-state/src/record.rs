@@ -34,10 +34,13 @@ pub enum Op {
         labels: Labels,
         time_ns: i64,
     },
-    /// The heavy part of transaction `of` is durable on disk. `usage` is the committed tree's.
+    /// The heavy part of transaction `of` is durable on disk. `usage` is the committed tree's,
+    /// `digest` its tree digest (`driver::tree_digest`, docs/engine-format.md), both for a commit
+    /// only.
     Complete {
         of: TxId,
         usage: Option<Usage>,
+        digest: Option<String>,
     },
     /// Transaction `of` is abandoned; whatever it staged is discarded.
     Abort {

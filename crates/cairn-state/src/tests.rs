@@ -37,6 +37,7 @@ impl Machine {
         self.apply(Op::Complete {
             of: txid,
             usage: None,
+            digest: None,
         })
         .map(|_| txid)
     }
@@ -54,6 +55,7 @@ impl Machine {
                 size_bytes: 1,
                 inodes: 1,
             }),
+            digest: None,
         })?;
         Ok(())
     }
@@ -175,7 +177,8 @@ fn pending_operations_reserve_keys_and_block_removal() {
     assert!(matches!(
         m.apply(Op::Complete {
             of: t1,
-            usage: None
+            usage: None,
+            digest: None,
         }),
         Err(StateError::NotPending { .. })
     ));
@@ -281,6 +284,7 @@ fn replay_is_deterministic() {
             Op::Complete {
                 of: TxId(txid + 1),
                 usage: None,
+                digest: None,
             },
             Op::BeginCommit {
                 key: key.clone(),
@@ -294,6 +298,7 @@ fn replay_is_deterministic() {
                     size_bytes: 1,
                     inodes: 1,
                 }),
+                digest: None,
             },
         ] {
             txid += 1;
@@ -485,7 +490,8 @@ fn imports_block_their_parent_and_pending_imports_abort_cleanly() {
     assert!(matches!(
         m.apply(Op::Complete {
             of: txid,
-            usage: None
+            usage: None,
+            digest: None,
         }),
         Err(StateError::NotPending { .. })
     ));
@@ -544,6 +550,7 @@ fn containers_are_created_in_two_steps_and_removed_whole() {
         .apply(Op::Complete {
             of: t1,
             usage: None,
+            digest: None,
         })
         .expect("init done");
     assert!(
@@ -559,6 +566,7 @@ fn containers_are_created_in_two_steps_and_removed_whole() {
     m.apply(Op::Complete {
         of: t2,
         usage: None,
+        digest: None,
     })
     .expect("rw done");
     assert!(m.state.containers["web"].ready);
@@ -606,6 +614,7 @@ fn an_aborted_container_step_leaves_nothing() {
                 .apply(Op::Complete {
                     of: t1,
                     usage: None,
+                    digest: None,
                 })
                 .expect("init");
             m.apply(Op::Abort { of: t2 }).expect("abort rw")

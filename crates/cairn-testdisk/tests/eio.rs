@@ -398,21 +398,19 @@ fn eio_xfs() {
     eio(FsKind::Xfs, false, |k| !syncs_trees(k));
 }
 
-/// fsyncgate: a commit whose tree fsync failed (a write of its data failed) is refused; the
-/// retried commit's fsync returns 0 over the dropped pages and is acknowledged; after a power
-/// cut the committed tree has the right sizes and wrong bytes. Today on main, ext4 and xfs, both
-/// drivers (e.g. `commit: fault write 3: first Err(fsync .../fs/f2: EIO), retry ok => f2
-/// differs`). With the `durable` branch (3d98d09) merged the retry is refused ("a sync of its
-/// tree failed earlier") and the trees check out; what still fails there is
-/// `crashkit::check_root_names`, which does not know durable's `snapshots/<id>/sync-failed`.
+/// fsyncgate: a commit whose tree fsync failed (a write of its data failed) is refused, and so
+/// is its retry, whose fsync would return 0 over the dropped pages ("a sync of its tree failed
+/// earlier": the snapshot is marked `snapshots/<id>/sync-failed`, docs/drivers.md "Sync
+/// errors"); fsck names it (`SyncFailed`), the trees check out. Before issue 8 item 2, on ext4
+/// and xfs and both drivers, the retry was acknowledged and after a power cut the committed tree
+/// had the right sizes and wrong bytes (e.g. `commit: fault write 3: first Err(fsync
+/// .../fs/f2: EIO), retry ok => f2 differs`).
 #[test]
-#[ignore = "fails until issue 8 item 2 (fsyncgate: a tree whose sync failed is never acknowledged later) lands from `durable`"]
 fn eio_tree_sync_ext4() {
     eio(FsKind::Ext4, false, syncs_trees);
 }
 
 #[test]
-#[ignore = "fails until issue 8 item 2 (fsyncgate: a tree whose sync failed is never acknowledged later) lands from `durable`"]
 fn eio_tree_sync_xfs() {
     eio(FsKind::Xfs, false, syncs_trees);
 }
@@ -423,10 +421,9 @@ fn eio_tree_sync_xfs() {
 /// becomes `IndexDamaged`, the index is set aside and rebuilt at the next open): a panic on the
 /// engine thread outside that containment fails this test, a contained one is counted, and
 /// every case still checks what the client saw and the root after the power cut. A root still
-/// busy after `close` (sled's threads holding the index's files) fails its case. The tree-sync
-/// kinds join (`|_| true`) with `eio_tree_sync_*` when item 2 lands from `durable`: until then
-/// their retried commits break the promise (fsyncgate) whatever the engine thread does.
+/// busy after `close` (sled's threads holding the index's files) fails its case. Every kind,
+/// the tree-sync ones included (issue 8 item 2: a tree whose sync failed is never acknowledged).
 #[test]
 fn eio_never_panics_the_engine() {
-    eio(FsKind::Ext4, true, |k| !syncs_trees(k));
+    eio(FsKind::Ext4, true, |_| true);
 }

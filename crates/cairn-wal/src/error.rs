@@ -86,6 +86,14 @@ pub enum WalError {
         lsn: Lsn,
         damage: Damage,
     },
+    /// A segment file longer than `segment_size_bytes`: the log never writes one (records
+    /// never cross the limit), so it is damage or a foreign file, and is not read.
+    #[error("segment {path} is {len_bytes} bytes, over the segment size of {max_bytes} bytes")]
+    SegmentTooLarge {
+        path: PathBuf,
+        len_bytes: u64,
+        max_bytes: u64,
+    },
     #[error("record of {len} bytes is over the limit of {max} bytes")]
     RecordTooLarge { len: usize, max: u32 },
     #[error("LSN {lsn} is outside the log, which holds {first} up to (not including) {next}")]

@@ -36,6 +36,7 @@ pub(crate) fn scan_log(
     names: &[OsString],
     store_id: Option<StoreId>,
     max_record_bytes: u32,
+    max_segment_bytes: u64,
 ) -> Result<LogScan> {
     let mut named: Vec<Lsn> = Vec::new();
     let mut temps = Vec::new();
@@ -54,7 +55,7 @@ pub(crate) fn scan_log(
     let mut last_tail = Tail::Clean;
     for (i, &name_lsn) in named.iter().enumerate() {
         let path = dir.join(segment_name(name_lsn));
-        let data = read_whole(storage, &path)?;
+        let data = read_whole(storage, &path, max_segment_bytes)?;
         let scanned = scan(&data, &path, store_id, max_record_bytes)?;
         store_id = Some(scanned.header.store_id);
         if scanned.header.first_lsn != name_lsn {
@@ -134,12 +135,15 @@ pub struct Inspection {
 /// Look at the log in `dir` without changing it: the same scan and the same verdicts as
 /// [`Wal::open`](crate::Wal::open) (a torn tail is reported, damage proved durable is
 /// [`WalError::Corrupt`]), then a reader over every record the log holds. `store_id`, when
-/// given, must match the segments'. A directory without segments is [`WalError::NotFound`].
+/// given, must match the segments'. A segment longer than `max_segment_bytes` is
+/// [`WalError::SegmentTooLarge`], never read. A directory without segments is
+/// [`WalError::NotFound`].
 pub fn inspect(
     storage: Arc<dyn Storage>,
     dir: &Path,
     store_id: Option<StoreId>,
     max_record_bytes: u32,
+    max_segment_bytes: u64,
 ) -> Result<(Inspection, Records)> {
     let names = match storage.list_dir(dir) {
         Ok(names) => names,
@@ -150,7 +154,14 @@ pub fn inspect(
         }
         Err(e) => return Err(io_err("list", dir)(e)),
     };
-    let scanned = scan_log(storage.as_ref(), dir, &names, store_id, max_record_bytes)?;
+    let scanned = scan_log(
+        storage.as_ref(),
+        dir,
+        &names,
+        store_id,
+        max_record_bytes,
+        max_segment_bytes,
+    )?;
     let (Some(store_id), Some(first), Some(next_lsn)) =
         (scanned.store_id, scanned.segments.first(), scanned.next_lsn)
     else {
@@ -195,15 +206,16 @@ pub fn inspect(
     Ok((inspection, records))
 }
 
-fn read_whole(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+/// Read a segment whole, refusing one larger than the log writes: the allocation is bounded by
+/// `segment_size_bytes`, never by a length the disk reports.
+fn read_whole(storage: &dyn Storage, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     let file = storage.open(path).map_err(io_err("open segment", path))?;
     let len = file.size_bytes().map_err(io_err("stat segment", path))?;
-    if len > crate::options::MAX_SEGMENT_BYTES {
-        return Err(WalError::Corrupt {
+    if len > max_bytes {
+        return Err(WalError::SegmentTooLarge {
             path: path.to_path_buf(),
-            offset: crate::options::MAX_SEGMENT_BYTES,
-            lsn: Lsn::NONE,
-            damage: Damage::Frame(crate::format::RecordError::Length { len: u32::MAX }),
+            len_bytes: len,
+            max_bytes,
         });
     }
     let mut data = vec![0u8; len as usize];

@@ -69,9 +69,7 @@ impl Wal {
         let names = match storage.list_dir(dir) {
             Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && options.create_if_missing => {
-                storage
-                    .create_dir_all(dir)
-                    .map_err(io_err("create directory", dir))?;
+                create_dir_durable(storage.as_ref(), dir)?;
                 Vec::new()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -95,6 +93,7 @@ impl Wal {
             &names,
             options.store_id,
             options.max_record_bytes,
+            options.segment_size_bytes,
         )?;
 
         for temp in temps {
@@ -103,11 +102,13 @@ impl Wal {
                 .map_err(io_err("remove half-created segment", &temp))?;
             report.removed_temp_files.push(temp);
         }
-        if !report.removed_temp_files.is_empty() {
-            storage
-                .sync_dir(dir)
-                .map_err(io_err("fsync directory", dir))?;
-        }
+        // Invariant: every segment name recovery read is durable before a record is appended
+        // (and acknowledged) in it. A rotation whose rename landed but whose directory fsync
+        // failed, or was cut short by a kill, leaves the newest segment's name volatile; the
+        // records acknowledged here with `fdatasync` alone would vanish with it in a power cut.
+        storage
+            .sync_dir(dir)
+            .map_err(io_err("fsync directory", dir))?;
 
         let (store_id, active) = if let Some(last) = segments.last() {
             let store_id = store_id.expect("set by the scan of the first segment");
@@ -460,6 +461,28 @@ fn create_segment(
         },
         file,
     ))
+}
+
+/// Create `dir` (and missing ancestors) and make each creation durable in its parent: a
+/// fresh log's directory must survive a power cut as surely as the segment created in it.
+fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| storage.list_dir(a).is_err())
+        .collect();
+    storage
+        .create_dir_all(dir)
+        .map_err(io_err("create directory", dir))?;
+    for created in missing {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Invariant: the new directory's entry is durable before anything in it is.
+            storage
+                .sync_dir(parent)
+                .map_err(io_err("fsync directory", parent))?;
+        }
+    }
+    Ok(())
 }
 
 /// Overwrite `[from, to)` with zeros and make it durable, so no stale record can ever be read

@@ -89,6 +89,8 @@ pub(super) enum Deferred {
     Cleanup(Reply<CleanupReport>),
     Fsck {
         repair: bool,
+        /// Also the content checks (`fsck --verify`), hashed on a worker.
+        verify: bool,
         reply: Reply<FsckReport>,
     },
 }
@@ -222,7 +224,25 @@ impl Core {
                 continue;
             }
             match d {
-                Deferred::Fsck { repair, reply } => {
+                Deferred::Fsck {
+                    repair,
+                    verify: true,
+                    reply,
+                } => match crate::fsck::run(self, repair) {
+                    // The hashing reads every tree: on a worker, from targets resolved now.
+                    Ok(mut report) => {
+                        let targets = crate::verify::Targets::of(&self.state);
+                        let driver = std::sync::Arc::clone(&self.driver);
+                        self.workers.spawn(move || {
+                            crate::verify::run(driver.as_ref(), &targets, &mut report);
+                            let _ = reply.send(Ok(report));
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Deferred::Fsck { repair, reply, .. } => {
                     let _ = reply.send(crate::fsck::run(self, repair));
                 }
                 Deferred::Cleanup(reply) => {

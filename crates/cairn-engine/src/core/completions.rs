@@ -19,7 +19,8 @@ pub(crate) enum Done {
     },
     Sealed {
         txid: TxId,
-        result: Result<Usage, DriverError>,
+        /// The committed tree's usage and digest.
+        result: Result<(Usage, String), DriverError>,
     },
     Imported {
         txid: TxId,
@@ -30,11 +31,20 @@ pub(crate) enum Done {
 impl Core {
     pub(super) fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
-            Done::Staged { txid, result } => (txid, result.map(|()| None)),
-            Done::Sealed { txid, result } => (txid, result.map(Some)),
+            Done::Staged { txid, result } => (txid, result.map(|()| (None, None))),
+            Done::Sealed { txid, result } => (
+                txid,
+                result.map(|(usage, digest)| (Some(usage), Some(digest))),
+            ),
             Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
         };
         let waiter = self.waiting.remove(&txid);
+        if let Err(e) = &result {
+            if e.stops_engine() {
+                // A failed tree sync that could not be recorded: stop before anyone retries it.
+                self.fail(e.to_string());
+            }
+        }
         if let Some(e) = self.failed_error() {
             if let Some(w) = waiter {
                 w.fail(e);
@@ -52,7 +62,14 @@ impl Core {
             Some(cairn_state::Pending::Import { .. }) | None => {}
         }
         let (op, outcome) = match result {
-            Ok(usage) => (Op::Complete { of: txid, usage }, Ok(())),
+            Ok((usage, digest)) => (
+                Op::Complete {
+                    of: txid,
+                    usage,
+                    digest,
+                },
+                Ok(()),
+            ),
             Err(e) => (Op::Abort { of: txid }, Err(EngineError::from(e))),
         };
         let before: Option<Vec<String>> =

@@ -88,9 +88,15 @@ impl Core {
             Request::Cleanup { reply } => batch
                 .outbox
                 .push(Outgoing::Deferred(Deferred::Cleanup(reply))),
-            Request::Fsck { repair, reply } => batch
-                .outbox
-                .push(Outgoing::Deferred(Deferred::Fsck { repair, reply })),
+            Request::Fsck {
+                repair,
+                verify,
+                reply,
+            } => batch.outbox.push(Outgoing::Deferred(Deferred::Fsck {
+                repair,
+                verify,
+                reply,
+            })),
             Request::Checkpoint { reply } => batch.outbox.push(Outgoing::Checkpoint(reply)),
             Request::ImportLayer {
                 input,

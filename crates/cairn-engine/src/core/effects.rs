@@ -85,7 +85,10 @@ impl Core {
             Effect::Seal { txid, id } => {
                 let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
                 self.workers.spawn(move || {
-                    let result = driver.seal(id, txid);
+                    // The digest is of the tree just made durable: what the commit acknowledges.
+                    let result = driver.seal(id, txid).and_then(|usage| {
+                        cairn_driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
+                    });
                     let _ = done.send(Done::Sealed { txid, result });
                 });
             }

@@ -703,7 +703,10 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
                             .file_name()
                             .to_string_lossy()
                             .into_owned();
-                        if !matches!(inner.as_str(), "fs" | "txid" | "work" | "layer.meta") {
+                        if !matches!(
+                            inner.as_str(),
+                            "fs" | "txid" | "work" | "layer.meta" | "sync-failed"
+                        ) {
                             bad.push(format!("snapshots/{sn}/{inner}"));
                         }
                     }

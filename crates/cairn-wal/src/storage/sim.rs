@@ -5,9 +5,10 @@
 //! are pending until `sync_dir` on a directory they touch. [`SimStorage::power_cut`] builds the
 //! state a real disk could show after losing power, choosing from a seed: each pending write is
 //! kept, dropped, or torn (a prefix of it ending on a 512-byte sector boundary), and each pending
-//! directory change is kept or lost (a rename is atomic: kept or lost whole). Directories
-//! themselves, made by `create_dir_all`, are durable at once: the log creates its directory once,
-//! before it has anything to protect.
+//! directory change is kept or lost (a rename is atomic: kept or lost whole). A directory made by
+//! `create_dir_all` is a pending change of its parent like a file's name: lost by a power cut
+//! unless its parent was synced (with everything under it). Only the topmost directory created
+//! (one whose parent the simulation has never seen: the mount point) is durable at once.
 //!
 //! Faults can be injected: a failing `sync_data` or `sync_dir`, and a write budget after which a
 //! write stores only a prefix and fails.
@@ -41,19 +42,25 @@ enum DirOp {
     Link { path: PathBuf, ino: u64 },
     Unlink { path: PathBuf },
     Rename { from: PathBuf, to: PathBuf },
+    Mkdir { path: PathBuf },
 }
 
 impl DirOp {
     fn touches(&self, dir: &Path) -> bool {
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
         match self {
-            DirOp::Link { path, .. } | DirOp::Unlink { path } => in_dir(path),
+            DirOp::Link { path, .. } | DirOp::Unlink { path } | DirOp::Mkdir { path } => {
+                in_dir(path)
+            }
             DirOp::Rename { from, to } => in_dir(from) || in_dir(to),
         }
     }
 
-    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>) {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, u64>, dirs: &mut BTreeSet<PathBuf>) {
         match self {
+            DirOp::Mkdir { path } => {
+                dirs.insert(path.clone());
+            }
             DirOp::Link { path, ino } => {
                 names.insert(path.clone(), *ino);
             }
@@ -110,6 +117,9 @@ struct SimFs {
     /// Bumped by every power cut; handles from an earlier generation are dead.
     generation: u64,
     dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
+    /// Directories durable from their creation: the topmost ones (mount points).
+    root_dirs: BTreeSet<PathBuf>,
     current: BTreeMap<PathBuf, u64>,
     durable: BTreeMap<PathBuf, u64>,
     pending: Vec<DirOp>,
@@ -163,11 +173,23 @@ impl SimStorage {
         let mut fs = self.lock();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut names = fs.durable.clone();
+        let mut dirs = fs.durable_dirs.clone();
         for op in &fs.pending {
             if rng.gen_bool(0.5) {
-                op.apply(&mut names);
+                op.apply(&mut names, &mut dirs);
             }
         }
+        // A directory (or file) whose parent directory did not survive is gone with it.
+        let mut by_depth: Vec<PathBuf> = dirs.into_iter().collect();
+        by_depth.sort_by_key(|d| d.components().count());
+        let mut dirs = BTreeSet::new();
+        for d in by_depth {
+            let parent_kept = d.parent().is_some_and(|p| dirs.contains(p));
+            if fs.root_dirs.contains(&d) || parent_kept {
+                dirs.insert(d);
+            }
+        }
+        names.retain(|path, _| path.parent().is_some_and(|p| dirs.contains(p)));
         let live: BTreeSet<u64> = names.values().copied().collect();
         let mut inodes = BTreeMap::new();
         for (&ino, inode) in &fs.inodes {
@@ -205,6 +227,8 @@ impl SimStorage {
         fs.inodes = inodes;
         fs.current = names.clone();
         fs.durable = names;
+        fs.dirs = dirs.clone();
+        fs.durable_dirs = dirs;
         fs.pending.clear();
         fs.generation += 1;
         fs.faults = SimFaults::default();
@@ -258,9 +282,21 @@ impl SimFs {
 impl Storage for SimStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut fs = self.lock();
-        for ancestor in path.ancestors() {
-            if !ancestor.as_os_str().is_empty() {
-                fs.dirs.insert(ancestor.to_path_buf());
+        let mut missing: Vec<&Path> = path
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty() && !fs.dirs.contains(*a))
+            .collect();
+        missing.reverse();
+        for dir in missing {
+            let known_parent = dir.parent().is_some_and(|p| fs.dirs.contains(p));
+            fs.dirs.insert(dir.to_path_buf());
+            if known_parent {
+                fs.pending.push(DirOp::Mkdir {
+                    path: dir.to_path_buf(),
+                });
+            } else {
+                fs.root_dirs.insert(dir.to_path_buf());
+                fs.durable_dirs.insert(dir.to_path_buf());
             }
         }
         Ok(())
@@ -344,8 +380,13 @@ impl Storage for SimStorage {
         let pending = std::mem::take(&mut fs.pending);
         let (now, later): (Vec<DirOp>, Vec<DirOp>) =
             pending.into_iter().partition(|op| op.touches(path));
+        let SimFs {
+            durable,
+            durable_dirs,
+            ..
+        } = &mut *fs;
         for op in &now {
-            op.apply(&mut fs.durable);
+            op.apply(durable, durable_dirs);
         }
         fs.pending = later;
         Ok(())

@@ -19,13 +19,15 @@ struct FindingJson {
 struct FsckJson<'a> {
     clean: bool,
     snapshots_checked: usize,
+    layers_verified: usize,
+    trees_verified: usize,
     repaired: usize,
     unrepaired: usize,
     findings: &'a [FindingJson],
 }
 
-pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
-    let report = ctx.with_engine(|e| Ok(e.fsck(repair)?))?;
+pub fn fsck(ctx: &Ctx, repair: bool, verify: bool) -> Result<u8, CliError> {
+    let report = ctx.with_engine(|e| Ok(e.fsck_with(repair, verify)?))?;
     let unrepaired = report.findings.iter().filter(|f| !f.repaired).count();
     let findings: Vec<FindingJson> = report
         .findings
@@ -43,6 +45,8 @@ pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
     let value = FsckJson {
         clean: report.is_clean(),
         snapshots_checked: report.snapshots_checked,
+        layers_verified: report.layers_verified,
+        trees_verified: report.trees_verified,
         repaired: report.findings.len() - unrepaired,
         unrepaired,
         findings: &findings,
@@ -61,7 +65,14 @@ pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
             }
             ctx.out.line(&format!("{line} [{mark}]"))?;
         }
-        let checked = plural(report.snapshots_checked, "snapshot");
+        let mut checked = format!("{} checked", plural(report.snapshots_checked, "snapshot"));
+        if verify {
+            checked = format!(
+                "{checked}, {} and {} verified",
+                plural(report.layers_verified, "layer"),
+                plural(report.trees_verified, "tree")
+            );
+        }
         let summary = if report.is_clean() {
             "clean".to_owned()
         } else {
@@ -71,7 +82,7 @@ pub fn fsck(ctx: &Ctx, repair: bool) -> Result<u8, CliError> {
                 plural(report.findings.len(), "finding")
             )
         };
-        ctx.out.line(&format!("fsck: {checked} checked, {summary}"))
+        ctx.out.line(&format!("fsck: {checked}, {summary}"))
     })?;
     Ok(if unrepaired > 0 { 1 } else { 0 })
 }

@@ -52,8 +52,27 @@ pub struct Cli {
     /// {"error": {"kind", "message"}} on stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for another cairn process to release the root (one killed a moment ago
+    /// holds it until it has fully exited); then fail with `root … is locked by pid N`.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_LOCK_TIMEOUT",
+        default_value = "30",
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    pub lock_timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds from 0 up"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +107,10 @@ pub enum Command {
         /// Fix what can be fixed (the index, orphaned trees, stray staging, trash).
         #[arg(long)]
         repair: bool,
+        /// Also hash every layer against its DiffID and every committed snapshot's tree against
+        /// the digest recorded at its commit (reads every stored byte).
+        #[arg(long)]
+        verify: bool,
     },
     /// Inspect the write-ahead log.
     #[command(subcommand)]
@@ -115,6 +138,7 @@ pub enum Command {
 pub struct Ctx {
     pub root: PathBuf,
     pub driver: Option<DriverKind>,
+    pub lock_timeout: std::time::Duration,
     pub out: Output,
     /// Set when the command runs inside `cairn serve` (its control socket): that engine.
     pub engine: Option<EngineHandle>,
@@ -132,6 +156,13 @@ impl Ctx {
         let options = EngineOptions {
             driver: self.driver,
             workers: 2,
+            lock_timeout_ms: u64::try_from(self.lock_timeout.as_millis()).unwrap_or(u64::MAX),
+            // In JSON mode stderr carries only the JSON error.
+            lock_notice: if self.out.json {
+                cairn_engine::LockNotice::Log
+            } else {
+                cairn_engine::LockNotice::Stderr
+            },
             ..EngineOptions::default()
         };
         let (engine, report) = Engine::open(&self.root, options)?;
@@ -211,6 +242,7 @@ where
     let ctx = Ctx {
         root: cli.root,
         driver: cli.driver.map(Into::into),
+        lock_timeout: cli.lock_timeout,
         out: Output::new(cli.json),
         engine: None,
     };
@@ -251,7 +283,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Snapshot(cmd) => snapshot::run(ctx, cmd).map(|()| 0),
         Command::Mount { key, target } => mount::mount(ctx, &key, &target).map(|()| 0),
         Command::Umount { target } => mount::umount(ctx, &target).map(|()| 0),
-        Command::Fsck { repair } => maint::fsck(ctx, repair),
+        Command::Fsck { repair, verify } => maint::fsck(ctx, repair, verify),
         Command::Wal(cmd) => wal::run(ctx, cmd).map(|()| 0),
         Command::Cleanup => maint::cleanup(ctx).map(|()| 0),
         Command::Layer(cmd) => layer::run(ctx, cmd).map(|()| 0),
