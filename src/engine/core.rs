@@ -5,10 +5,10 @@ use super::api::{CleanupReport, ImportOptions, Imported, Info, Msg, Reply, Reque
 use super::error::EngineError;
 use super::index::Index;
 use super::lock::RootLock;
-use super::workers::Workers;
+use super::workers::{Panicked, Workers};
 use super::{checkpoint, journal, EngineOptions};
 use crate::driver::{Driver, DriverError};
-use crate::state::{Effect, Labels, Op, Record, State, StateError};
+use crate::state::{Applied, Effect, Invalid, Labels, Op, Record, Stage, State, StateError};
 use crate::types::{Kind, SnapshotId, TxId, Usage};
 use cairn_wal::storage::Storage;
 use cairn_wal::{Lsn, StoreId, Wal};
@@ -22,11 +22,11 @@ use std::sync::Arc;
 pub(crate) enum Done {
     Staged {
         txid: TxId,
-        result: Result<(), DriverError>,
+        result: Result<(), EngineError>,
     },
     Sealed {
         txid: TxId,
-        result: Result<Usage, DriverError>,
+        result: Result<Usage, EngineError>,
     },
     Imported {
         txid: TxId,
@@ -67,10 +67,25 @@ enum Answer {
     Done,
 }
 
+/// What travels with an effect: the reply it answers when it is done, or the caller's input
+/// an import stages.
+enum With {
+    Nothing,
+    Reply(Reply),
+    Import(super::layers::ImportJob),
+}
+
+impl With {
+    fn reply(r: Option<Reply>) -> With {
+        r.map_or(With::Nothing, With::Reply)
+    }
+}
+
 #[derive(Default)]
 struct Batch {
-    records: Vec<Record>,
-    effects: Vec<(Effect, Option<Reply>)>,
+    /// The journal payloads of the batch's records, in order.
+    records: Vec<Vec<u8>>,
+    effects: Vec<(Effect, With)>,
     touched: Vec<String>,
     replies: Vec<(Reply, Result<Response, EngineError>)>,
     begun: Vec<(TxId, Waiter)>,
@@ -101,13 +116,9 @@ pub(crate) struct Core {
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     waiting: BTreeMap<TxId, Waiter>,
-    /// Layer imports begun in the current batch, waiting for their staging effect.
-    imports: BTreeMap<TxId, super::layers::ImportJob>,
     /// Snapshots whose trees a worker is deleting right now: cleanup and fsck leave them to it,
     /// so two deletions of one tree never race.
     deleting: Arc<std::sync::Mutex<std::collections::BTreeSet<SnapshotId>>>,
-    /// Container init snapshots begun in the current batch: staged with placeholder files.
-    inits: std::collections::BTreeSet<TxId>,
     failed: Option<String>,
     index_stale: bool,
 }
@@ -150,8 +161,6 @@ impl Core {
             done_tx,
             done_rx,
             waiting: BTreeMap::new(),
-            imports: BTreeMap::new(),
-            inits: std::collections::BTreeSet::new(),
             deleting: Arc::default(),
             failed: None,
             index_stale: false,
@@ -233,16 +242,31 @@ impl Core {
         self.state.last_txid.next()
     }
 
-    /// Apply a new record to the state; on success it joins the batch.
+    /// Check a new record against the state and the journal's record limit; if both accept
+    /// it, apply it and add it to the batch. A refusal changes nothing.
     fn accept(&mut self, op: Op, batch: &mut Batch) -> Result<(TxId, Vec<Effect>), StateError> {
         let record = Record {
             txid: self.next_txid(),
             op,
         };
-        let effects = self.state.apply(&record)?;
-        let txid = record.txid;
-        batch.records.push(record);
-        Ok((txid, effects))
+        let plan = self.state.check(&record)?;
+        let payload = journal::encode(&record);
+        // The state machine bounds every record far below the engine's default; a root opened
+        // with a smaller WAL record limit refuses here rather than failing the batch's append.
+        let max = self.options.wal.max_record_bytes as usize;
+        if payload.len() > max {
+            return Err(StateError::InvalidArgument {
+                reason: Invalid::RecordTooLarge {
+                    bytes: payload.len(),
+                    max,
+                },
+            });
+        }
+        let Applied { effects, snapshots } = self.state.commit(plan);
+        // The index follows what the record changed, as the state machine reports it.
+        batch.touched.extend(snapshots);
+        batch.records.push(payload);
+        Ok((record.txid, effects))
     }
 
     fn handle_request(&mut self, req: Request, reply: Reply, batch: &mut Batch) {
@@ -269,7 +293,9 @@ impl Core {
                 };
                 match self.accept(op, batch) {
                     Ok((txid, effects)) => {
-                        batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                        batch
+                            .effects
+                            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
                         batch.begun.push((txid, Waiter::Mounts { key, reply }));
                     }
                     Err(e) => batch.replies.push((reply, Err(e.into()))),
@@ -284,18 +310,19 @@ impl Core {
                 };
                 match self.accept(op, batch) {
                     Ok((txid, effects)) => {
-                        batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                        batch
+                            .effects
+                            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
                         batch.begun.push((txid, Waiter::Done { reply }));
                     }
                     Err(e) => batch.replies.push((reply, Err(e.into()))),
                 }
             }
-            Request::Remove { key } => match self.accept(Op::Remove { key: key.clone() }, batch) {
+            Request::Remove { key } => match self.accept(Op::Remove { key }, batch) {
                 Ok((_, effects)) => {
-                    batch.touched.push(key);
                     let mut reply = Some(reply);
                     for e in effects {
-                        batch.effects.push((e, reply.take()));
+                        batch.effects.push((e, With::reply(reply.take())));
                     }
                     if let Some(reply) = reply {
                         batch.replies.push((reply, Ok(Response::Done)));
@@ -314,7 +341,6 @@ impl Core {
                 });
                 match result {
                     Ok(_) => {
-                        batch.touched.push(info.key.clone());
                         let snap = self.state.get(&info.key).expect("just updated");
                         batch
                             .replies
@@ -352,19 +378,19 @@ impl Core {
                     _ => {
                         // Active trees change under the caller: measure now, off this thread.
                         let (driver, id) = (Arc::clone(&self.driver), snap.id);
-                        self.workers.spawn(move || {
+                        let work = move || {
                             let measured = driver.usage(id);
                             // A remove may have been applied meanwhile. It renames the tree away
                             // before deleting anything, so if the tree is still in place the walk
                             // saw all of it; if not, the remove came first: NotFound, not an I/O
                             // error or a count of a half-deleted tree.
-                            let r = if std::fs::symlink_metadata(driver.tree(id)).is_err() {
+                            if std::fs::symlink_metadata(driver.tree(id)).is_err() {
                                 Err(StateError::NotFound { key }.into())
                             } else {
                                 measured.map(Response::Usage).map_err(EngineError::from)
-                            };
-                            let _ = reply.send(r);
-                        });
+                            }
+                        };
+                        self.workers.run("usage", work, answer(reply));
                     }
                 },
                 Err(e) => batch.replies.push((reply, Err(e.into()))),
@@ -392,10 +418,11 @@ impl Core {
                 match found {
                     Ok((id, diff)) => {
                         let driver = Arc::clone(&self.driver);
-                        self.workers.spawn(move || {
-                            let r = super::layers::export(driver.as_ref(), id, &diff, &mut out.0);
-                            let _ = reply.send(r.map(|d| Response::Digest(d.to_string())));
-                        });
+                        let work = move || {
+                            super::layers::export(driver.as_ref(), id, &diff, &mut out.0)
+                                .map(|d| Response::Digest(d.to_string()))
+                        };
+                        self.workers.run("export", work, answer(reply));
                     }
                     Err(e) => batch.replies.push((reply, Err(e))),
                 }
@@ -455,8 +482,9 @@ impl Core {
                 });
                 match op.and_then(|op| self.accept(op, batch)) {
                     Ok((txid, effects)) => {
-                        self.inits.insert(txid);
-                        batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                        batch
+                            .effects
+                            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
                         batch
                             .begun
                             .push((txid, Waiter::Mounts { key: name, reply }));
@@ -495,15 +523,16 @@ impl Core {
                 match targets {
                     Ok(targets) => {
                         let driver = Arc::clone(&self.driver);
-                        self.workers.spawn(move || {
+                        let work = move || {
                             let results = targets
                                 .iter()
                                 .map(|(c, id, diff)| {
                                     super::layers::verify(driver.as_ref(), c, *id, diff)
                                 })
                                 .collect();
-                            let _ = reply.send(Ok(Response::Verified(results)));
-                        });
+                            Ok(Response::Verified(results))
+                        };
+                        self.workers.run("verify", work, answer(reply));
                     }
                     Err(e) => batch.replies.push((reply, Err(e))),
                 }
@@ -531,10 +560,11 @@ impl Core {
         match target {
             Ok((id, parent)) => {
                 let driver = Arc::clone(&self.driver);
-                self.workers.spawn(move || {
-                    let r = super::layers::diff(driver.as_ref(), id, parent, out.0);
-                    let _ = reply.send(r.map(|d| Response::Digest(d.to_string())));
-                });
+                let work = move || {
+                    super::layers::diff(driver.as_ref(), id, parent, out.0)
+                        .map(|d| Response::Digest(d.to_string()))
+                };
+                self.workers.run("diff", work, answer(reply));
             }
             Err(e) => batch.replies.push((reply, Err(e))),
         }
@@ -553,19 +583,8 @@ impl Core {
     /// A one-record command whose effects may delete trees: journal it, then reply once the
     /// deletions are done (the last `Delete` effect carries the reply).
     fn remove_op(&mut self, op: Op, reply: Reply, batch: &mut Batch) {
-        let before: Vec<String> = self.state.snapshots.keys().cloned().collect();
-        let layer_key = match &op {
-            Op::RemoveLayer { chain_id } => Some(chain_id.clone()),
-            _ => None,
-        };
         match self.accept(op, batch) {
             Ok((_, effects)) => {
-                batch.touched.extend(layer_key);
-                // Cascades remove snapshots: index every key that disappeared.
-                let gone = before
-                    .into_iter()
-                    .filter(|k| !self.state.snapshots.contains_key(k));
-                batch.touched.extend(gone);
                 let mut reply = Some(reply);
                 let last_delete = effects
                     .iter()
@@ -576,7 +595,7 @@ impl Core {
                     } else {
                         None
                     };
-                    batch.effects.push((e, r));
+                    batch.effects.push((e, With::reply(r)));
                 }
                 if let Some(reply) = reply {
                     batch.replies.push((reply, Ok(Response::Done)));
@@ -629,13 +648,28 @@ impl Core {
         };
         match self.accept(op, batch) {
             Ok((txid, effects)) => {
-                let job = super::layers::ImportJob {
+                // The caller's input travels with the import's staging effect.
+                let mut job = Some(super::layers::ImportJob {
                     input,
                     expected: options.expected_diff_id,
                     parent,
-                };
-                self.imports.insert(txid, job);
-                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+                });
+                for e in effects {
+                    let with = match (&e, job.take()) {
+                        (
+                            Effect::Stage {
+                                stage: Stage::Import { .. },
+                                ..
+                            },
+                            Some(job),
+                        ) => With::Import(job),
+                        (_, taken) => {
+                            job = taken;
+                            With::Nothing
+                        }
+                    };
+                    batch.effects.push((e, with));
+                }
                 batch.begun.push((txid, Waiter::Layer { reply }));
             }
             Err(e) => batch.replies.push((reply, Err(e.into()))),
@@ -676,10 +710,8 @@ impl Core {
 
     fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
-            Done::Staged { txid, result } => {
-                (txid, result.map(|()| None).map_err(EngineError::from))
-            }
-            Done::Sealed { txid, result } => (txid, result.map(Some).map_err(EngineError::from)),
+            Done::Staged { txid, result } => (txid, result.map(|()| None)),
+            Done::Sealed { txid, result } => (txid, result.map(Some)),
             Done::Imported { txid, result } => return self.handle_imported(txid, result, batch),
         };
         let waiter = self.waiting.remove(&txid);
@@ -690,38 +722,30 @@ impl Core {
             }
             return;
         }
-        // The keys this completion changes in the index: the created key, or a commit's key
-        // and name. Read before applying, which removes the pending entry.
-        match self.state.pending.get(&txid) {
-            Some(crate::state::Pending::Create { key, .. }) => batch.touched.push(key.clone()),
-            Some(crate::state::Pending::Commit { key, name, .. }) => {
-                batch.touched.push(key.clone());
-                batch.touched.push(name.clone());
-            }
-            Some(crate::state::Pending::Import { .. }) | None => {}
-        }
         let (op, outcome) = match result {
             Ok(usage) => (Op::Complete { of: txid, usage }, Ok(None)),
             Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
-        let before: Option<Vec<String>> =
-            matches!(op, Op::Abort { .. }).then(|| self.state.snapshots.keys().cloned().collect());
-        let (record_txid, effects) = self
-            .accept(op, batch)
-            .expect("a completion follows a pending transaction");
-        if let Some(before) = before {
-            // An aborted container step deletes its other snapshot too.
-            let gone = before
-                .into_iter()
-                .filter(|k| !self.state.snapshots.contains_key(k));
-            batch.touched.extend(gone);
-        }
+        let (record_txid, effects) = match self.accept(op, batch) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Only a bug gets here (a completion always follows its pending transaction);
+                // the refusal changed nothing, so the engine carries on and the client hears.
+                tracing::error!(%txid, error = %e, "bug: a worker's completion was refused");
+                if let Some(w) = waiter {
+                    let _ = w.reply().send(Err(e.into()));
+                }
+                return;
+            }
+        };
         // A completion that begins the next step (a container's read-write snapshot) keeps
         // its client waiting for that step.
         let continues = effects
             .iter()
             .any(|e| matches!(e, Effect::Stage { txid, .. } if *txid == record_txid));
-        batch.effects.extend(effects.into_iter().map(|e| (e, None)));
+        batch
+            .effects
+            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
         if let Some(w) = waiter {
             if continues {
                 batch.begun.push((record_txid, w));
@@ -772,28 +796,30 @@ impl Core {
                     size_bytes: done.size_bytes,
                     usage: done.usage,
                 };
-                batch.touched.push(imported.chain_id.clone());
                 (op, Ok(Answer::Response(Response::Imported(imported))))
             }
             Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
-        match self.accept(op, batch) {
-            Ok((_, effects)) => {
-                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
-                if let Some(w) = waiter {
-                    batch.completed.push((w, outcome));
+        let (effects, outcome) = match self.accept(op, batch) {
+            Ok((_, effects)) => (effects, outcome),
+            Err(refused) => {
+                // The completion was refused (a snapshot of a root older than the reserved
+                // ChainID keys has the layer's key, or the record is over the journal's limit)
+                // and changed nothing: the import is still pending, so abort it.
+                match self.accept(Op::Abort { of: txid }, batch) {
+                    Ok((_, effects)) => (effects, Err(refused.into())),
+                    Err(e) => {
+                        tracing::error!(%txid, error = %e, "bug: aborting a pending import was refused");
+                        (Vec::new(), Err(refused.into()))
+                    }
                 }
             }
-            Err(e) => {
-                // A user snapshot already has the layer's key: drop the import.
-                let (_, effects) = self
-                    .accept(Op::Abort { of: txid }, batch)
-                    .expect("aborting a pending import always applies");
-                batch.effects.extend(effects.into_iter().map(|e| (e, None)));
-                if let Some(w) = waiter {
-                    batch.completed.push((w, Err(e.into())));
-                }
-            }
+        };
+        batch
+            .effects
+            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
+        if let Some(w) = waiter {
+            batch.completed.push((w, outcome));
         }
     }
 
@@ -804,9 +830,8 @@ impl Core {
 
     fn finish_batch(&mut self, mut batch: Batch) {
         if !batch.records.is_empty() && self.failed.is_none() {
-            let payloads: Vec<Vec<u8>> = batch.records.iter().map(journal::encode).collect();
             fail::fail_point!("engine::batch::before_append");
-            let journaled = self.wal.append_batch(&payloads).and_then(|_| {
+            let journaled = self.wal.append_batch(&batch.records).and_then(|_| {
                 fail::fail_point!("engine::batch::after_append");
                 self.wal.sync()
             });
@@ -830,8 +855,8 @@ impl Core {
             for (w, _) in batch.completed {
                 let _ = w.reply().send(failed());
             }
-            for (_, reply) in batch.effects {
-                if let Some(reply) = reply {
+            for (_, with) in batch.effects {
+                if let With::Reply(reply) = with {
                     let _ = reply.send(failed());
                 }
             }
@@ -904,14 +929,14 @@ impl Core {
 
     /// Run effects in order; consecutive installs share one pair of directory fsyncs, and any
     /// other effect waits for the installs before it.
-    fn run_effects(&mut self, effects: Vec<(Effect, Option<Reply>)>) {
+    fn run_effects(&mut self, effects: Vec<(Effect, With)>) {
         let mut installs = Vec::new();
-        for (effect, reply) in effects {
+        for (effect, with) in effects {
             match effect {
                 Effect::Install { txid, id } => installs.push((txid, id)),
                 other => {
                     self.install(&mut installs);
-                    self.run_effect(other, reply);
+                    self.run_effect(other, with);
                 }
             }
         }
@@ -964,68 +989,101 @@ impl Core {
         installs.clear();
     }
 
-    fn run_effect(&mut self, effect: Effect, reply: Option<Reply>) {
-        match effect {
-            Effect::Stage { txid, .. } if self.imports.contains_key(&txid) => {
-                let job = self.imports.remove(&txid).expect("checked");
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = super::layers::import(driver.as_ref(), txid, job);
+    fn run_effect(&mut self, effect: Effect, with: With) {
+        let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
+        match (effect, with) {
+            (
+                Effect::Stage {
+                    txid,
+                    stage: Stage::Import { .. },
+                },
+                with,
+            ) => {
+                let deliver = move |r: Result<_, Panicked>| {
+                    let result = r.unwrap_or_else(|p| Err(p.into()));
                     let _ = done.send(Done::Imported { txid, result });
-                });
+                };
+                match with {
+                    With::Import(job) => self.workers.run(
+                        "import",
+                        move || super::layers::import(driver.as_ref(), txid, job),
+                        deliver,
+                    ),
+                    // Only a bug stages an import without its input: fail the import.
+                    _ => deliver(Err(Panicked {
+                        job: "import",
+                        message: format!("import {txid} was staged without its input"),
+                    })),
+                }
             }
-            Effect::Stage { txid, kind, parent } if self.inits.remove(&txid) => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = driver.stage(txid, kind, parent).and_then(|()| {
+            (Effect::Stage { txid, stage }, _) => {
+                let (kind, parent) = stage.tree();
+                let init = matches!(stage, Stage::ContainerInit { .. });
+                let work = move || {
+                    driver.stage(txid, kind, parent)?;
+                    if init {
                         let tree = driver.staged_tree(txid);
                         super::layers::write_init_files(&tree).map_err(|source| {
-                            crate::driver::DriverError::Io {
+                            DriverError::Io {
                                 op: "write init files",
                                 path: tree.clone(),
                                 source,
                             }
                         })?;
-                        // Invariant: the init snapshot is durable before its completion is journaled.
-                        driver.sync_staged(txid)
-                    });
+                        // Invariant: the init snapshot is durable before its completion is
+                        // journaled.
+                        driver.sync_staged(txid)?;
+                    }
+                    Ok(())
+                };
+                let deliver = move |r: Result<Result<(), DriverError>, Panicked>| {
+                    let result = match r {
+                        Ok(r) => r.map_err(EngineError::from),
+                        Err(p) => Err(p.into()),
+                    };
                     let _ = done.send(Done::Staged { txid, result });
-                });
+                };
+                self.workers.run("stage", work, deliver);
             }
-            Effect::Stage { txid, kind, parent } => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = driver.stage(txid, kind, parent);
-                    let _ = done.send(Done::Staged { txid, result });
-                });
-            }
-            Effect::Seal { txid, id } => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = driver.seal(id, txid);
+            (Effect::Seal { txid, id }, _) => {
+                let deliver = move |r: Result<Result<Usage, DriverError>, Panicked>| {
+                    let result = match r {
+                        Ok(r) => r.map_err(EngineError::from),
+                        Err(p) => Err(p.into()),
+                    };
                     let _ = done.send(Done::Sealed { txid, result });
-                });
+                };
+                self.workers
+                    .run("seal", move || driver.seal(id, txid), deliver);
             }
-            Effect::Install { txid, id } => self.install(&mut vec![(txid, id)]),
-            Effect::Discard { txid } => {
+            (Effect::Install { txid, id }, _) => self.install(&mut vec![(txid, id)]),
+            (Effect::Discard { txid }, _) => {
                 if let Err(e) = self.driver.discard(txid) {
                     tracing::warn!(%txid, error = %e, "discarding staging failed; recovery removes it");
                 }
             }
-            Effect::Delete { id } => {
-                let driver = Arc::clone(&self.driver);
+            (Effect::Delete { id }, with) => {
+                let reply = match with {
+                    With::Reply(reply) => Some(reply),
+                    With::Nothing | With::Import(_) => None,
+                };
                 let deleting = Arc::clone(&self.deleting);
                 lock(&deleting).insert(id);
-                self.workers.spawn(move || {
+                let work = move || {
                     if let Err(e) = driver.remove(id) {
                         // The removal is durable; cleanup and recovery delete what is left.
                         tracing::warn!(%id, error = %e, "deleting a removed snapshot's tree failed");
                     }
+                };
+                let deliver = move |r: Result<(), Panicked>| {
                     lock(&deleting).remove(&id);
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(Response::Done));
+                        // The removal is journaled either way; a panic while deleting its tree
+                        // is still an error for the client (cleanup deletes what is left).
+                        let _ = reply.send(r.map(|()| Response::Done).map_err(EngineError::from));
                     }
-                });
+                };
+                self.workers.run("delete", work, deliver);
             }
         }
     }
@@ -1101,6 +1159,13 @@ pub(crate) struct Strays {
     pub staging: Vec<TxId>,
     pub trash: Vec<SnapshotId>,
     pub unexpected: Vec<PathBuf>,
+}
+
+/// Delivers a worker's answer to its client; a panicked job becomes an error for it.
+fn answer(reply: Reply) -> impl FnOnce(Result<Result<Response, EngineError>, Panicked>) {
+    move |r| {
+        let _ = reply.send(r.unwrap_or_else(|p| Err(p.into())));
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -65,6 +65,13 @@ pub enum EngineError {
     Failed { cause: String },
     #[error("the engine has shut down")]
     ShutDown,
+    /// A bug: a worker's job for this command panicked. The engine keeps running; the command
+    /// was not completed (a removal already journaled stays removed).
+    #[error("bug: the {job} job of this command panicked: {message}")]
+    WorkerPanicked { job: &'static str, message: String },
+    /// A bug: the engine thread panicked. Reopen the root to recover.
+    #[error("bug: the engine thread panicked: {message}")]
+    EnginePanicked { message: String },
 }
 
 /// Why a root directory cannot be used.
