@@ -7,7 +7,7 @@
 //! chunk takes what is left if the length runs past the end). Each chunk is one WAL payload, so
 //! a chunk is normally `0x01` (the record version) followed by the postcard of a `Record`.
 //! The chunks are appended with `cairn_wal::Wal` on `SimStorage`, read back through `Wal::open`,
-//! and replayed onto `State::new()` with `cairn::engine::recovery::replay`, exactly as
+//! and replayed onto `State::new()` with `cairn_engine::recovery::replay`, exactly as
 //! `Engine::open` does for a root without a checkpoint.
 //!
 //! Applied record by record, a record the state machine refuses must leave the state
@@ -17,13 +17,13 @@
 //! Seeds, `fuzz/seeds/journal_replay/`, are real journals in this layout: the payloads the
 //! engine wrote (read back from a root's log) for a prepare/commit/view/update/remove session
 //! (`session`), a root left with transactions pending (`pending`), and a single prepare
-//! (`one-prepare`). They are written by `tests/engine_format.rs` with `CAIRN_BLESS=1`.
+//! (`one-prepare`). They are written by `crates/cairn-engine/tests/engine_format.rs` with `CAIRN_BLESS=1`.
 
 #![no_main]
 
-use cairn::engine::checkpoint::{self, Checkpoint};
-use cairn::engine::{journal, recovery, RecoveryReport};
-use cairn::state::{Op, State};
+use cairn_engine::checkpoint::{self, Checkpoint};
+use cairn_engine::{journal, recovery, RecoveryReport};
+use cairn_state::{Op, State};
 use cairn_wal::storage::{SimStorage, Storage};
 use cairn_wal::{Lsn, StoreId, Wal, WalOptions};
 use libfuzzer_sys::fuzz_target;

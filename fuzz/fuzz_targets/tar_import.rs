@@ -3,7 +3,7 @@
 //! the very stream it hashed.
 #![no_main]
 
-use cairn::layer::{export, extract, ExtractOptions};
+use cairn_layer::{export, extract, ExtractOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

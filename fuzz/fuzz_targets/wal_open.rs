@@ -31,7 +31,7 @@
 //! - `one-record`: a single segment with one 5-byte record, and a junk file (kind 3).
 //!
 //! `fuzz/regressions/wal_open/` holds hand-made inputs (headers and records with a correct
-//! CRC-32) that panic in `wal/src` at the time of writing: a segment whose first LSN is 0
+//! CRC-32) that panic in `cairn-wal` at the time of writing: a segment whose first LSN is 0
 //! (`lsn-zero`), and first LSN `u64::MAX` with no record (`lsn-max-then-append`, panics on the
 //! append) or with one (`lsn-max-record`, panics in the scan). Replay one with
 //! `cargo fuzz run --sanitizer none wal_open regressions/wal_open/<name>`; once fixed, move them

@@ -1,0 +1,133 @@
+//! The one error type of the driver module.
+//!
+//! Every variant names what it was working on (a path, a snapshot id, a transaction id) so a
+//! failure in recovery or fsck can be traced to one directory without re-running anything.
+
+use cairn_state::types::{SnapshotId, TxId};
+use std::io;
+use std::path::PathBuf;
+
+/// Why a marker file could not be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerFault {
+    /// Not exactly the fixed record length.
+    Length(usize),
+    /// The first four bytes are not the marker magic.
+    Magic,
+    /// The stored CRC32 does not match the bytes it covers.
+    Checksum { stored: u32, computed: u32 },
+}
+
+impl std::fmt::Display for MarkerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MarkerFault::Length(n) => write!(f, "length {n}, expected 16"),
+            MarkerFault::Magic => f.write_str("bad magic"),
+            MarkerFault::Checksum { stored, computed } => {
+                write!(f, "crc32 {stored:08x} stored, {computed:08x} computed")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// A filesystem call failed; `op` is the call ("rename", "fsync", "mknod", ...).
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("install {txid} as snapshot {id}: neither {staging} nor {installed} exists")]
+    InstallSourceMissing {
+        txid: TxId,
+        id: SnapshotId,
+        staging: PathBuf,
+        installed: PathBuf,
+    },
+
+    #[error("install {txid} as snapshot {id}: {installed} already exists")]
+    InstallTargetExists {
+        txid: TxId,
+        id: SnapshotId,
+        installed: PathBuf,
+    },
+
+    #[error("snapshot {id} is not installed at {path}")]
+    SnapshotMissing { id: SnapshotId, path: PathBuf },
+
+    #[error("staged snapshot {txid} is not at {path}")]
+    StagingMissing { txid: TxId, path: PathBuf },
+
+    #[error("marker {path} is corrupt: {fault}")]
+    MarkerCorrupt { path: PathBuf, fault: MarkerFault },
+
+    /// Device nodes can only be created by root; copying one unprivileged would lose it.
+    #[error("{path} is a device node; only root can copy it")]
+    DeviceNeedsRoot { path: PathBuf },
+
+    /// An unprivileged copy cannot give a file away; silently changing the owner would be a
+    /// fidelity bug, so it is an error unless the ids already match the caller.
+    #[error("{path} is owned by {uid}:{gid}; only root can recreate that owner")]
+    ForeignOwner { path: PathBuf, uid: u32, gid: u32 },
+
+    #[error("{path}: unsupported file type (mode {mode:o})")]
+    UnsupportedFileType { path: PathBuf, mode: u32 },
+
+    #[error("overlay is not usable under {root}: {source}")]
+    OverlayUnsupported {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("mount {kind} {source_path} on {target}: {source}")]
+    Mount {
+        kind: String,
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("mount type {kind} on {target} is not supported")]
+    UnsupportedMount { kind: String, target: PathBuf },
+
+    /// The overlay option string stays over one page even with lowerdirs made relative.
+    #[error(
+        "overlay mount data for {target} is {len} bytes even after shortening (limit {limit})"
+    )]
+    MountDataTooLong {
+        target: PathBuf,
+        len: usize,
+        limit: usize,
+    },
+
+    #[error("unmount {target}: {source}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DriverError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        DriverError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn nix(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        errno: nix::errno::Errno,
+    ) -> Self {
+        DriverError::io(op, path, io::Error::from(errno))
+    }
+}

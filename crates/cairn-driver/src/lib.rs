@@ -1,0 +1,103 @@
+//! Drivers: the on-disk trees behind snapshots, and the mounts that expose them.
+//!
+//! A driver owns three directories under the cairn root (see docs/drivers.md):
+//! `staging/<txid>/` (being built), `snapshots/<id>/` (installed), `trash/<id>/` (being
+//! deleted). Every step that moves a tree between them is a single rename followed by the
+//! directory fsyncs that make it durable, so after a crash each tree is wholly in one place
+//! and `inventory` tells recovery which.
+//!
+//! The engine thread calls only the cheap operations (install, discard, mounts, inventory);
+//! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
+
+mod copy;
+mod error;
+mod layout;
+pub mod marker;
+pub mod mount;
+mod overlay;
+mod probe;
+mod remove;
+mod sync;
+mod vfs;
+mod walk;
+
+pub use copy::{copy_tree, CopyStats};
+pub use error::{DriverError, MarkerFault};
+pub use layout::{Inventory, Layout};
+pub use overlay::OverlayDriver;
+pub use sync::{sync_tree, SyncMode};
+pub use vfs::VfsDriver;
+
+use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
+use std::path::{Path, PathBuf};
+
+/// How a layer's whiteouts are written into a driver's trees (the layer library's type).
+pub use cairn_layer::WhiteoutStyle;
+
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> DriverKind;
+    /// Build a new snapshot's tree in staging/<txid> (remove any leftover staging/<txid> first).
+    /// Active with parent: vfs copies the parent's fs tree; overlay makes empty fs/ + work/.
+    /// Active without parent, or View: empty fs/ (a vfs View's mounts bind the parent read-only,
+    /// nothing is copied). Writes the marker = txid. Everything staged is durable when this returns.
+    /// Heavy: called on a worker thread, never on the engine thread.
+    fn stage(&self, txid: TxId, kind: Kind, parent: Option<SnapshotId>) -> Result<(), DriverError>;
+    /// The directory a layer import extracts into for a staged snapshot: staging/<txid>/fs.
+    fn staged_tree(&self, txid: TxId) -> PathBuf;
+    /// Make staging/<txid>/fs durable after someone (layer import) wrote into it.
+    fn sync_staged(&self, txid: TxId) -> Result<(), DriverError>;
+    /// rename(staging/<txid>, snapshots/<id>) then fsync(snapshots/). Idempotent: if staging/<txid>
+    /// is gone and snapshots/<id> exists, Ok(()). Error if neither exists.
+    fn install(&self, txid: TxId, id: SnapshotId) -> Result<(), DriverError>;
+    /// `install` of each (txid, id) in order, with the directory fsyncs done once for all: the
+    /// engine thread installs every completion of a journal batch at once.
+    fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        items
+            .iter()
+            .try_for_each(|&(txid, id)| self.install(txid, id))
+    }
+    /// Remove staging/<txid> if present (idempotent), fsync staging/.
+    fn discard(&self, txid: TxId) -> Result<(), DriverError>;
+    /// Before a commit is journaled as complete: make every file and directory of snapshot id's own
+    /// tree durable, rewrite its marker with `txid`, return its usage (bytes of its own tree: sum of
+    /// regular-file sizes counting each hardlinked inode once; inodes = number of inodes).
+    fn seal(&self, id: SnapshotId, txid: TxId) -> Result<Usage, DriverError>;
+    fn usage(&self, id: SnapshotId) -> Result<Usage, DriverError>;
+    /// Mounts as data (containerd shape). `parents` = committed ancestors, nearest first.
+    /// vfs: Active -> [bind rw of fs]; View -> [bind ro of parents[0]'s fs] (or its own empty fs if
+    /// no parent); Committed -> [bind ro of fs].
+    /// overlay: Active no parent -> bind rw fs; Active with parents -> overlay lowerdir=p0/fs:p1/fs…,
+    /// upperdir, workdir; View with one parent -> bind ro of parent fs; View with >=2 parents ->
+    /// overlay with lowerdir only (ro); Committed -> bind ro of fs.
+    fn mounts(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        parents: &[SnapshotId],
+    ) -> Result<Vec<Mount>, DriverError>;
+    /// rename(snapshots/<id>, trash/<id>) + fsync both dirs, then delete trash/<id>. Idempotent.
+    fn remove(&self, id: SnapshotId) -> Result<(), DriverError>;
+    /// Delete everything under trash/ (recovery calls this).
+    fn purge_trash(&self) -> Result<(), DriverError>;
+    /// What is on disk, for recovery and fsck: installed ids with their marker txid (None if the
+    /// marker is missing or unreadable), staging txids, trash ids, and any unexpected names.
+    fn inventory(&self) -> Result<Inventory, DriverError>;
+    /// `inventory` without the markers (each `installed` value `None`): what recovery needs,
+    /// without a file read per snapshot.
+    fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.inventory()
+    }
+    /// The snapshot's own tree (vfs: full tree; overlay: its diff/upper dir).
+    fn tree(&self, id: SnapshotId) -> PathBuf;
+    /// How a layer's whiteouts must be written into this driver's trees.
+    fn whiteout_style(&self) -> WhiteoutStyle;
+}
+
+/// Opens (creating if needed) the driver directories under `root`. The overlay driver probes
+/// overlay support first and fails with `DriverError::OverlayUnsupported` when it cannot mount.
+pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, DriverError> {
+    Ok(match kind {
+        DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
+        DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
+    })
+}

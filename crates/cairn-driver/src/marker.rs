@@ -1,0 +1,151 @@
+//! The `txid` marker: the last transaction the driver applied to a snapshot directory.
+//!
+//! Format, 16 bytes, all integers little-endian:
+//! ```text
+//! offset 0  4 bytes  magic b"CTX1"
+//! offset 4  8 bytes  txid (u64)
+//! offset 12 4 bytes  crc32 (IEEE, crc32fast) of bytes 0..12
+//! ```
+//! A fixed binary record rather than decimal text so that a torn or zero-filled file (possible
+//! on some filesystems after a crash before the rename's directory sync) is detected, not read
+//! as a different number.
+
+use super::error::{DriverError, MarkerFault};
+use super::sync::fsync_dir;
+use cairn_state::types::TxId;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub const MARKER_NAME: &str = "txid";
+const MARKER_TMP: &str = "txid.tmp";
+const MAGIC: &[u8; 4] = b"CTX1";
+pub const MARKER_LEN: usize = 16;
+
+pub fn encode(txid: TxId) -> [u8; MARKER_LEN] {
+    let mut buf = [0u8; MARKER_LEN];
+    buf[0..4].copy_from_slice(MAGIC);
+    buf[4..12].copy_from_slice(&txid.0.to_le_bytes());
+    let crc = crc32fast::hash(&buf[0..12]);
+    buf[12..16].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+pub fn decode(bytes: &[u8]) -> Result<TxId, MarkerFault> {
+    let buf: &[u8; MARKER_LEN] = bytes
+        .try_into()
+        .map_err(|_| MarkerFault::Length(bytes.len()))?;
+    if &buf[0..4] != MAGIC {
+        return Err(MarkerFault::Magic);
+    }
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(&buf[12..16]);
+    let stored = u32::from_le_bytes(crc_bytes);
+    let computed = crc32fast::hash(&buf[0..12]);
+    if stored != computed {
+        return Err(MarkerFault::Checksum { stored, computed });
+    }
+    let mut tx = [0u8; 8];
+    tx.copy_from_slice(&buf[4..12]);
+    Ok(TxId(u64::from_le_bytes(tx)))
+}
+
+/// Replaces `<dir>/txid` atomically: a reader (after any crash) sees the old marker or the new
+/// one, never a mix.
+pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
+    let tmp = dir.join(MARKER_TMP);
+    let dst = dir.join(MARKER_NAME);
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| DriverError::io("create", &tmp, e))?;
+        f.write_all(&encode(txid))
+            .map_err(|e| DriverError::io("write", &tmp, e))?;
+        // Invariant: the rename below must never publish a name whose data is not yet on disk
+        // (otherwise a crash leaves `txid` empty or torn).
+        f.sync_all()
+            .map_err(|e| DriverError::io("fsync", &tmp, e))?;
+    }
+    fail::fail_point!("driver::marker::before_rename");
+    // Invariant: `txid` is replaced in one step; readers never see a partial marker.
+    fs::rename(&tmp, &dst).map_err(|e| DriverError::io("rename", &tmp, e))?;
+    fail::fail_point!("driver::marker::after_rename");
+    // Invariant: once write() returns, the new marker survives a crash (the rename is durable).
+    fsync_dir(dir)?;
+    fail::fail_point!("driver::marker::after_dir_sync");
+    Ok(())
+}
+
+/// Removes a `<dir>/txid.tmp` left by a `write` interrupted before its rename; returns whether
+/// there was one. The marker itself is untouched: it is still the old, complete one.
+pub fn remove_leftover(dir: &Path) -> Result<bool, DriverError> {
+    let tmp = dir.join(MARKER_TMP);
+    match fs::remove_file(&tmp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DriverError::io("unlink", tmp, e)),
+    }
+}
+
+/// Reads `<dir>/txid`. Missing file -> Ok(None); unreadable or corrupt -> Err.
+pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
+    let path = dir.join(MARKER_NAME);
+    match fs::read(&path) {
+        Ok(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|fault| DriverError::MarkerCorrupt { path, fault }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DriverError::io("read", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption_detected() {
+        for tx in [0u64, 1, 42, u64::MAX] {
+            assert_eq!(decode(&encode(TxId(tx))), Ok(TxId(tx)));
+        }
+        let good = encode(TxId(7));
+        assert_eq!(decode(&good[..15]), Err(MarkerFault::Length(15)));
+        let mut bad = good;
+        bad[0] = b'X';
+        assert_eq!(decode(&bad), Err(MarkerFault::Magic));
+        let mut flipped = good;
+        flipped[5] ^= 1;
+        assert!(matches!(
+            decode(&flipped),
+            Err(MarkerFault::Checksum { .. })
+        ));
+        assert_eq!(decode(&[0u8; 16]), Err(MarkerFault::Magic));
+    }
+
+    #[test]
+    fn write_replaces_and_read_reports_missing() -> Result<(), DriverError> {
+        let dir = tempfile::tempdir().map_err(|e| DriverError::io("tempdir", "/tmp", e))?;
+        assert_eq!(read(dir.path())?, None);
+        write(dir.path(), TxId(5))?;
+        assert_eq!(read(dir.path())?, Some(TxId(5)));
+        write(dir.path(), TxId(9))?;
+        assert_eq!(read(dir.path())?, Some(TxId(9)));
+        assert!(!dir.path().join(MARKER_TMP).exists());
+        fs::write(dir.path().join(MARKER_NAME), b"9\n")
+            .map_err(|e| DriverError::io("write", dir.path(), e))?;
+        assert!(matches!(
+            read(dir.path()),
+            Err(DriverError::MarkerCorrupt {
+                fault: MarkerFault::Length(2),
+                ..
+            })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! Throughput and open times of the engine on the vfs driver, against the disk's own peer figure
+//! (128-byte append + `fdatasync`).
+//!
+//! `cargo bench --bench engine` prints one `name: value` line per figure on stdout (where the
+//! run happened and what recovery reported go to stderr). Every figure is measured in the same
+//! run, in a tempdir under `$CAIRN_BENCH_DIR`, else under the cargo target dir: never `/tmp`,
+//! which may be tmpfs, where `fdatasync` is free.
+//!
+//! - `prepare_commit_ops_per_s_{1,16}_clients`: one op = `prepare` of a fresh key with no parent
+//!   (an empty snapshot) then `commit` of it under a fresh name; both are durable when they
+//!   return. 16 clients are 16 threads sharing one cloned handle.
+//! - `remove_ops_per_s`: removing the committed snapshots just made, one client.
+//! - `recovery_ms_10k_records`: `Engine::open` of a root whose log holds exactly 10,000 records
+//!   after the last checkpoint (2,500 prepare+commits). The root is built by a child process
+//!   (this binary, re-run with `CAIRN_ENGINE_BENCH_CHILD`) that exits without `close`, as a crash
+//!   would, so nothing is checkpointed at shutdown.
+//! - `open_ms_10k_snapshots`: `Engine::open` of a root with 10,000 snapshots, all in the
+//!   checkpoint (the root was closed cleanly).
+
+use cairn_engine::{Engine, EngineHandle, EngineOptions};
+use cairn_state::Labels;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "../../cairn-wal/benches/support.rs"]
+mod support;
+use support::{bench_base_dir, figure, fs_type_of};
+
+const MEASURE: Duration = Duration::from_secs(3);
+const WARM_UP: Duration = Duration::from_millis(300);
+const CLIENTS: usize = 16;
+const RECOVERY_OPS: u64 = 2_500;
+/// prepare (BeginCreate + Complete) and commit (BeginCommit + Complete).
+const RECORDS_PER_OP: u64 = 4;
+const OPEN_SNAPSHOTS: u64 = 10_000;
+const CHILD_ENV: &str = "CAIRN_ENGINE_BENCH_CHILD";
+
+fn main() {
+    if let Some(spec) = std::env::var_os(CHILD_ENV) {
+        child(&spec.to_string_lossy());
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: then only check that
+    // the bench builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let base = bench_base_dir();
+    std::fs::create_dir_all(&base).expect("create the bench base directory");
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-engine-bench-")
+        .tempdir_in(&base)
+        .expect("create the bench tempdir");
+    let fs_type = fs_type_of(dir.path()).unwrap_or_else(|| "unknown".to_string());
+    eprintln!("bench dir: {} ({fs_type})", dir.path().display());
+    if fs_type == "tmpfs" || fs_type == "ramfs" {
+        eprintln!("warning: {fs_type} ignores fdatasync; set CAIRN_BENCH_DIR to a real disk");
+    }
+
+    let raw = raw_fdatasync_ops_per_s(&dir.path().join("raw"));
+    figure("raw_fdatasync_ops_per_s", raw, 0);
+
+    let root = dir.path().join("throughput");
+    let (engine, _) = Engine::open(&root, options()).expect("open the throughput root");
+    let one = prepare_commit_ops_per_s(&engine, 1, "one");
+    figure("prepare_commit_ops_per_s_1_client", one, 0);
+    let sixteen = prepare_commit_ops_per_s(&engine, CLIENTS, "many");
+    figure("prepare_commit_ops_per_s_16_clients", sixteen, 0);
+    let removed = remove_ops_per_s(&engine);
+    figure("remove_ops_per_s", removed, 0);
+    // Whatever the figures cost, the root must be consistent after them.
+    let fsck = engine.fsck(false).expect("fsck");
+    assert!(
+        fsck.is_clean(),
+        "fsck after the throughput figures: {fsck:?}"
+    );
+    engine.close().expect("close the throughput root");
+
+    let recovery_root = dir.path().join("recovery");
+    run_child(&format!("records:{}", recovery_root.display()));
+    figure("recovery_ms_10k_records", time_open(&recovery_root), 1);
+
+    let open_root = dir.path().join("open");
+    run_child(&format!("snapshots:{}", open_root.display()));
+    figure("open_ms_10k_snapshots", time_open(&open_root), 1);
+
+    figure("ratio_16_vs_1_clients", sixteen / one, 2);
+    figure("ratio_1_client_vs_raw", one / raw, 3);
+}
+
+fn options() -> EngineOptions {
+    EngineOptions::default()
+}
+
+/// Open `root` (timed) and close it again (not timed: close checkpoints).
+fn time_open(root: &Path) -> f64 {
+    let start = Instant::now();
+    let (engine, report) = Engine::open(root, options()).expect("open the prepared root");
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "open {}: checkpoint_lsn {} replayed {} installed {} dropped {} index_rebuilt {}",
+        root.display(),
+        report.checkpoint_lsn,
+        report.replayed_records,
+        report.installed.len(),
+        report.dropped.len(),
+        report.index_rebuilt
+    );
+    engine.close().expect("close the prepared root");
+    ms
+}
+
+/// Re-run this binary to build a root, so that the process that built it ends without `close`.
+fn run_child(spec: &str) {
+    let exe = std::env::current_exe().expect("path of the bench binary");
+    let status = std::process::Command::new(exe)
+        .env(CHILD_ENV, spec)
+        .status()
+        .expect("run the bench child");
+    assert!(status.success(), "bench child {spec} failed: {status}");
+}
+
+fn child(spec: &str) {
+    let (what, root) = spec.split_once(':').expect("CHILD_ENV is <what>:<root>");
+    let root = PathBuf::from(root);
+    match what {
+        "records" => {
+            // No checkpoint while building; the process exits without close, so none at
+            // shutdown either: the log holds every record.
+            let options = EngineOptions {
+                checkpoint_every_records: u64::MAX,
+                ..options()
+            };
+            let (engine, _) = Engine::open(&root, options).expect("open the recovery root");
+            run_clients(&engine, CLIENTS, "rec", prepare_commit, RECOVERY_OPS);
+            let expected = RECOVERY_OPS * RECORDS_PER_OP;
+            eprintln!("recovery root: {expected} records journaled; exiting without close");
+            // Like a crash, minus the torn tail: every acknowledged record is durable.
+            std::process::exit(0);
+        }
+        "snapshots" => {
+            let (engine, _) = Engine::open(&root, options()).expect("open the snapshots root");
+            run_clients(
+                &engine,
+                CLIENTS,
+                "snap",
+                |engine, tag, i| {
+                    engine
+                        .prepare(&format!("{tag}-{i}"), None, Labels::new())
+                        .expect("prepare");
+                },
+                OPEN_SNAPSHOTS,
+            );
+            // Close checkpoints: the next open reads 10,000 snapshots from the checkpoint.
+            engine.close().expect("close the snapshots root");
+        }
+        other => panic!("unknown bench child {other}"),
+    }
+}
+
+/// Run exactly `total` ops spread over `clients` threads, each op numbered once.
+fn run_clients(
+    engine: &EngineHandle,
+    clients: usize,
+    tag: &str,
+    op: impl Fn(&EngineHandle, &str, u64) + Send + Sync + Copy + 'static,
+    total: u64,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (engine, next, tag) = (engine.clone(), Arc::clone(&next), tag.to_owned());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                op(&engine, &tag, i);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}
+
+fn prepare_commit(engine: &EngineHandle, tag: &str, i: u64) {
+    let key = format!("{tag}-active-{i}");
+    engine.prepare(&key, None, Labels::new()).expect("prepare");
+    engine
+        .commit(&format!("{tag}-{i}"), &key, Labels::new())
+        .expect("commit");
+}
+
+/// `clients` threads doing prepare+commit of fresh keys, for the warm-up and then [`MEASURE`];
+/// ops per second of the measured part.
+fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) -> f64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + WARM_UP;
+    let end = measure_from + MEASURE;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (engine, next, tag) = (engine.clone(), Arc::clone(&next), tag.to_owned());
+            std::thread::spawn(move || {
+                let mut measured = 0u64;
+                loop {
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    prepare_commit(&engine, &tag, next.fetch_add(1, Ordering::Relaxed));
+                    // An op counts if it started in the measured window.
+                    if began >= measure_from {
+                        measured += 1;
+                    }
+                }
+                measured
+            })
+        })
+        .collect();
+    let ops: u64 = threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .sum();
+    ops as f64 / MEASURE.as_secs_f64()
+}
+
+/// Remove the committed snapshots the throughput figures made, one client, for at most
+/// [`MEASURE`].
+fn remove_ops_per_s(engine: &EngineHandle) -> f64 {
+    let names: Vec<String> = engine
+        .walk(&["kind==committed"])
+        .expect("walk")
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert!(!names.is_empty(), "nothing to remove");
+    let start = Instant::now();
+    let mut removed = 0u64;
+    for name in &names {
+        engine.remove(name).expect("remove");
+        removed += 1;
+        if start.elapsed() >= MEASURE {
+            break;
+        }
+    }
+    eprintln!("removed {removed} of {} committed snapshots", names.len());
+    removed as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The peer: what any append-only file with per-write durability costs on this disk.
+fn raw_fdatasync_ops_per_s(path: &Path) -> f64 {
+    let file = File::create(path).expect("create the raw file");
+    let record = [0x5au8; 128];
+    let mut end = 0u64;
+    let mut op = || {
+        file.write_all_at(&record, end).expect("raw write");
+        end += record.len() as u64;
+        file.sync_data().expect("raw fdatasync");
+    };
+    let start = Instant::now();
+    while start.elapsed() < WARM_UP {
+        op();
+    }
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < MEASURE {
+        op();
+        ops += 1;
+    }
+    ops as f64 / start.elapsed().as_secs_f64()
+}

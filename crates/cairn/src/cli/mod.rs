@@ -1,0 +1,240 @@
+//! The `cairn` command line: parse, open the root, run one command, close the root.
+//!
+//! Every invocation takes the root's lock for the length of one command (the engine refuses a
+//! second process with `root … is locked by pid N`); `wal dump` and `umount` do not open the
+//! engine at all.
+
+mod container;
+mod error;
+mod image;
+mod layer;
+mod maint;
+mod mount;
+mod output;
+mod progress;
+mod snapshot;
+mod wal;
+
+pub use error::{CliError, ErrorKind};
+pub use output::Output;
+
+use cairn_engine::{Engine, EngineHandle, EngineOptions};
+use cairn_state::types::DriverKind;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A crash-safe, transactional store for container snapshots (containerd's snapshot model).
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The root directory; created on first use.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_ROOT",
+        default_value = "./cairn-data",
+        value_name = "DIR"
+    )]
+    pub root: PathBuf,
+    /// The driver of a new root; for an existing root it must be the one it was created with.
+    #[arg(long, global = true, value_enum, value_name = "DRIVER")]
+    pub driver: Option<DriverArg>,
+    /// Machine-readable output: one JSON value per line on stdout, errors as
+    /// {"error": {"kind", "message"}} on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DriverArg {
+    /// Full copies; works unprivileged (the default for a new root).
+    Vfs,
+    /// Overlay upper dirs on parent lowerdirs; needs root and overlayfs.
+    Overlay,
+}
+
+impl From<DriverArg> for DriverKind {
+    fn from(d: DriverArg) -> DriverKind {
+        match d {
+            DriverArg::Vfs => DriverKind::Vfs,
+            DriverArg::Overlay => DriverKind::Overlay,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, commit, inspect and remove snapshots.
+    #[command(subcommand, alias = "snapshots")]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Mount a snapshot on TARGET (needs root).
+    Mount { key: String, target: PathBuf },
+    /// Unmount TARGET, including every mount `cairn mount` stacked on it (needs root).
+    Umount { target: PathBuf },
+    /// Check the journal, checkpoint, index and trees against each other; exit 1 when
+    /// something is wrong and was not repaired.
+    Fsck {
+        /// Fix what can be fixed (the index, orphaned trees, stray staging, trash).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Inspect the write-ahead log.
+    #[command(subcommand)]
+    Wal(wal::WalCmd),
+    /// Remove trees and staging areas on disk that no snapshot owns.
+    Cleanup,
+    /// Import, export, list and remove layers (OCI/Docker layer tars).
+    #[command(subcommand, alias = "layers")]
+    Layer(layer::LayerCmd),
+    /// Load, list and remove images.
+    #[command(subcommand, alias = "images")]
+    Image(image::ImageCmd),
+    /// Create, list and remove containers' read-write snapshots.
+    #[command(subcommand, alias = "containers")]
+    Container(container::ContainerCmd),
+    /// Re-hash stored layers (one, or all) against their DiffIDs; exit 1 when any differs.
+    Verify { chain_id: Option<String> },
+}
+
+/// What a command needs: where the root is, how to open it, how to print.
+#[derive(Debug)]
+pub struct Ctx {
+    pub root: PathBuf,
+    pub driver: Option<DriverKind>,
+    pub out: Output,
+}
+
+impl Ctx {
+    /// Open the root (recovering it), run `f`, and close the root again whatever `f` returned.
+    pub fn with_engine<T>(
+        &self,
+        f: impl FnOnce(&EngineHandle) -> Result<T, CliError>,
+    ) -> Result<T, CliError> {
+        let options = EngineOptions {
+            driver: self.driver,
+            workers: 2,
+            ..EngineOptions::default()
+        };
+        let (engine, report) = Engine::open(&self.root, options)?;
+        tracing::debug!(root = %self.root.display(), ?report, "opened the root");
+        let result = f(&engine);
+        let closed = engine.close();
+        let value = result?;
+        closed?;
+        Ok(value)
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAIRN_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// clap's error as one line: its message and tips, without the usage block.
+fn clap_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
+        }
+    }
+    parts.join("; ")
+}
+
+/// Run the command line of this process.
+pub fn run() -> ExitCode {
+    run_from(std::env::args_os())
+}
+
+/// Run a command line (the first item is the program name).
+pub fn run_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            if matches!(
+                e.kind(),
+                K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            }
+            // The flag may come anywhere; the parse failed, so look for it by hand.
+            let json = args
+                .iter()
+                .skip(1)
+                .take_while(|a| *a != "--")
+                .any(|a| a == "--json");
+            let err = CliError::invalid(clap_message(&e));
+            Output::new(json).error(&err);
+            return err.kind.exit_code();
+        }
+    };
+    init_tracing();
+    let ctx = Ctx {
+        root: cli.root,
+        driver: cli.driver.map(Into::into),
+        out: Output::new(cli.json),
+    };
+    match dispatch(&ctx, cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            ctx.out.error(&e);
+            e.kind.exit_code()
+        }
+    }
+}
+
+/// Run one command; `Ok` carries the exit code (0, or 1 for an fsck that found problems).
+fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Snapshot(cmd) => snapshot::run(ctx, cmd).map(|()| 0),
+        Command::Mount { key, target } => mount::mount(ctx, &key, &target).map(|()| 0),
+        Command::Umount { target } => mount::umount(ctx, &target).map(|()| 0),
+        Command::Fsck { repair } => maint::fsck(ctx, repair),
+        Command::Wal(cmd) => wal::run(ctx, cmd).map(|()| 0),
+        Command::Cleanup => maint::cleanup(ctx).map(|()| 0),
+        Command::Layer(cmd) => layer::run(ctx, cmd).map(|()| 0),
+        Command::Image(cmd) => image::run(ctx, cmd).map(|()| 0),
+        Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
+        Command::Verify { chain_id } => layer::verify(ctx, chain_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
