@@ -375,3 +375,26 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Overlay;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn an_overlay_reads_through_and_iterates_in_order() {
+        let base: BTreeMap<u32, &str> = [(1, "a"), (3, "c"), (5, "e")].into();
+        let mut o = Overlay::new(&base);
+        assert_eq!(o.insert(2, "b"), None);
+        assert_eq!(o.remove(&3), Some("c"));
+        assert_eq!(o.remove(&3), None);
+        *o.get_mut(&5).expect("5") = "E";
+        assert_eq!(o.insert(6, "f"), None);
+        assert_eq!(o.insert(1, "A"), Some("a"));
+        let seen: Vec<(u32, &str)> = o.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(seen, vec![(1, "A"), (2, "b"), (5, "E"), (6, "f")]);
+        assert!(!o.contains_key(&3) && o.contains_key(&2));
+        assert_eq!(base.len(), 3, "the base is never written");
+        assert_eq!(base[&5], "e");
+    }
+}
