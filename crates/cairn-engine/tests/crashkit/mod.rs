@@ -508,7 +508,7 @@ impl Model {
 
     /// Snapshots whose files the model does not track (layers: checked by export; container
     /// snapshots: checked for their init files).
-    fn opaque(&self, key: &str) -> bool {
+    pub fn opaque(&self, key: &str) -> bool {
         self.layers.contains_key(key)
             || self.containers.contains_key(key)
             || key
@@ -517,7 +517,7 @@ impl Model {
     }
 
     #[allow(clippy::type_complexity)]
-    fn store(
+    pub fn store(
         &self,
     ) -> (
         BTreeMap<String, (String, Option<String>, u64, bool, usize, usize)>,
@@ -561,7 +561,7 @@ impl Model {
         (layers, images, containers)
     }
 
-    fn meta(&self) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
+    pub fn meta(&self) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
         self.snaps
             .iter()
             .map(|(k, s)| (k.clone(), (s.kind, s.parent.clone(), s.labels.clone())))
@@ -570,7 +570,7 @@ impl Model {
 }
 
 #[allow(clippy::type_complexity)]
-fn actual_store(
+pub fn actual_store(
     h: &EngineHandle,
 ) -> (
     BTreeMap<String, (String, Option<String>, u64, bool, usize, usize)>,
@@ -610,7 +610,7 @@ fn actual_store(
     (layers, images, containers)
 }
 
-fn actual_meta(infos: &[Info]) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
+pub fn actual_meta(infos: &[Info]) -> BTreeMap<String, (Kind, Option<String>, Labels)> {
     infos
         .iter()
         .map(|i| (i.key.clone(), (i.kind, i.parent.clone(), i.labels.clone())))
@@ -886,7 +886,7 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
 
 /// A writer the test keeps a handle on.
 #[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct SharedBuf(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Write for SharedBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
