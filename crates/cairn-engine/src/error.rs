@@ -68,10 +68,19 @@ pub enum EngineError {
     /// A bug: a worker's job for this command panicked. The engine keeps running; the command
     /// was not completed (a removal already journaled stays removed).
     #[error("bug: the {job} job of this command panicked: {message}")]
-    WorkerPanicked { job: &'static str, message: String },
+    WorkerPanicked {
+        /// What the job was doing: `stage`, `seal`, `import`, `delete`, `usage`, `export`,
+        /// `diff` or `verify`.
+        job: &'static str,
+        /// What the panic said.
+        message: String,
+    },
     /// A bug: the engine thread panicked. Reopen the root to recover.
     #[error("bug: the engine thread panicked: {message}")]
-    EnginePanicked { message: String },
+    EnginePanicked {
+        /// What the panic said.
+        message: String,
+    },
 }
 
 /// Why a root directory cannot be used.
