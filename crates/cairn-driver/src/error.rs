@@ -31,6 +31,7 @@ impl std::fmt::Display for MarkerFault {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriverError {
     /// A filesystem call failed; `op` is the call ("rename", "fsync", "mknod", ...).
     #[error("{op} {path}: {source}")]

@@ -1,6 +1,7 @@
 //! What clients send and get back.
 
 use super::error::EngineError;
+use super::fsck::FsckReport;
 use cairn_state::types::{Kind, Mount, SnapshotId, TxId, Usage};
 use cairn_state::{Labels, Snapshot};
 use crossbeam_channel::Sender;
@@ -9,11 +10,17 @@ use serde::{Deserialize, Serialize};
 /// containerd's `snapshots.Info`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {
+    /// The snapshot's name.
     pub key: String,
+    /// The committed snapshot it is based on, if any.
     pub parent: Option<String>,
+    /// Active, View or Committed.
     pub kind: Kind,
+    /// Its labels (containerd's).
     pub labels: Labels,
+    /// When it was created, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
+    /// When it was last changed (labels, commit), in nanoseconds since the Unix epoch.
     pub updated_ns: i64,
 }
 
@@ -33,25 +40,40 @@ impl Info {
 /// A layer as `layer ls` / `layer inspect` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
+    /// The layer's ChainID (`sha256:…`), also the key of its committed snapshot.
     pub chain_id: String,
+    /// The DiffID of its uncompressed tar.
     pub diff_id: String,
+    /// The ChainID of the layer below, if any.
     pub parent: Option<String>,
+    /// Bytes its tree uses on disk.
     pub size_bytes: u64,
+    /// How many holds keep it: the user's pin, images, containers and child layers.
     pub refcount: u64,
+    /// The user holds it (imported with `pin`) until `remove_layer`.
     pub pinned: bool,
+    /// Layers directly on top of it.
     pub children: u64,
+    /// Images and containers that hold it.
     pub holders: u64,
+    /// The id of its snapshot's directory.
     pub snapshot_id: SnapshotId,
 }
 
 /// An image: its name, its top layer and the chain below it (base first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
+    /// The image's name (`repo:tag`).
     pub name: String,
+    /// The ChainID of its top layer.
     pub top: String,
+    /// ChainIDs of its layers, base first.
     pub layers: Vec<String>,
+    /// Digest of its manifest.
     pub manifest_digest: String,
+    /// Digest of its config.
     pub config_digest: String,
+    /// When it was recorded, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
 }
 
@@ -70,8 +92,11 @@ pub struct ImportOptions {
 /// The result of an import.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Imported {
+    /// The layer's ChainID.
     pub chain_id: String,
+    /// The DiffID of the tar that was read.
     pub diff_id: String,
+    /// Bytes the layer's tree uses on disk.
     pub size_bytes: u64,
     /// The layer was there already; the import changed nothing on disk.
     pub existed: bool,
@@ -80,6 +105,7 @@ pub struct Imported {
 /// One layer re-hashed by `verify`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
+    /// The layer that was checked.
     pub chain_id: String,
     /// `None`: the layer re-exports to its DiffID. Otherwise what differs.
     pub problem: Option<String>,
@@ -88,11 +114,17 @@ pub struct Verified {
 /// A container: a read-write snapshot on its init snapshot, on an image layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
+    /// The container's name.
     pub name: String,
+    /// The ChainID of the layer it runs on.
     pub layer: String,
+    /// The key of its init snapshot (`NAME-init`).
     pub init_key: String,
+    /// The key of its read-write snapshot.
     pub key: String,
+    /// Both snapshots exist: creation finished.
     pub ready: bool,
+    /// When it was created, in nanoseconds since the Unix epoch.
     pub created_ns: i64,
 }
 
@@ -117,10 +149,17 @@ impl std::fmt::Debug for Output {
 /// What `cleanup` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
+    /// Trees on disk that no snapshot named, removed.
     pub snapshots_removed: Vec<SnapshotId>,
+    /// Staging areas no pending transaction named, removed.
     pub staging_removed: Vec<TxId>,
 }
 
+/// The channel a request is answered on: of the request's own result type, so a reply can
+/// only be the one its caller waits for.
+pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
+
+/// One command to the engine thread, with the channel its answer goes back on.
 #[derive(Debug)]
 pub(crate) enum Request {
     Create {
@@ -128,107 +167,141 @@ pub(crate) enum Request {
         parent: Option<String>,
         kind: Kind,
         labels: Labels,
+        reply: Reply<Vec<Mount>>,
     },
     Commit {
         name: String,
         key: String,
         labels: Labels,
+        reply: Reply<()>,
     },
     Remove {
         key: String,
+        reply: Reply<()>,
     },
     Update {
         info: Info,
         fieldpaths: Vec<String>,
+        reply: Reply<Info>,
     },
     Stat {
         key: String,
+        reply: Reply<Info>,
     },
     Usage {
         key: String,
+        reply: Reply<Usage>,
     },
     Mounts {
         key: String,
+        reply: Reply<Vec<Mount>>,
     },
     Walk {
         filters: Vec<String>,
+        reply: Reply<Vec<Info>>,
     },
-    Cleanup,
+    Cleanup {
+        reply: Reply<CleanupReport>,
+    },
     Fsck {
         repair: bool,
+        reply: Reply<FsckReport>,
     },
-    Checkpoint,
+    Checkpoint {
+        reply: Reply<()>,
+    },
     ImportLayer {
         input: Input,
         options: ImportOptions,
+        reply: Reply<Imported>,
     },
     ExportLayer {
         chain_id: String,
         out: Output,
+        reply: Reply<String>,
     },
     /// A snapshot's changes against its parent, as a layer tar.
     Diff {
         key: String,
         out: Output,
+        reply: Reply<String>,
     },
-    Layers,
+    Layers {
+        reply: Reply<Vec<LayerInfo>>,
+    },
     RemoveLayer {
         chain_id: String,
+        reply: Reply<()>,
     },
     PutImage {
         name: String,
         top: String,
         manifest_digest: String,
         config_digest: String,
+        reply: Reply<()>,
     },
-    Images,
+    Images {
+        reply: Reply<Vec<ImageInfo>>,
+    },
     RemoveImage {
         name: String,
+        reply: Reply<()>,
     },
     Verify {
         chain_id: Option<String>,
+        reply: Reply<Vec<Verified>>,
     },
     CreateContainer {
         name: String,
         layer: Option<String>,
         image: Option<String>,
+        reply: Reply<Vec<Mount>>,
     },
     RemoveContainer {
         name: String,
+        reply: Reply<()>,
     },
-    Containers,
+    Containers {
+        reply: Reply<Vec<ContainerInfo>>,
+    },
+}
+
+impl Request {
+    /// Answer with `error` instead of running the request (the engine has stopped).
+    pub(crate) fn refuse(self, error: EngineError) {
+        fn send<T>(reply: Reply<T>, error: EngineError) {
+            // The caller may have gone away; nothing is waiting then.
+            let _ = reply.send(Err(error));
+        }
+        match self {
+            Request::Create { reply, .. }
+            | Request::Mounts { reply, .. }
+            | Request::CreateContainer { reply, .. } => send(reply, error),
+            Request::Commit { reply, .. }
+            | Request::Remove { reply, .. }
+            | Request::Checkpoint { reply }
+            | Request::RemoveLayer { reply, .. }
+            | Request::PutImage { reply, .. }
+            | Request::RemoveImage { reply, .. }
+            | Request::RemoveContainer { reply, .. } => send(reply, error),
+            Request::Update { reply, .. } | Request::Stat { reply, .. } => send(reply, error),
+            Request::Usage { reply, .. } => send(reply, error),
+            Request::Walk { reply, .. } => send(reply, error),
+            Request::Cleanup { reply } => send(reply, error),
+            Request::Fsck { reply, .. } => send(reply, error),
+            Request::ImportLayer { reply, .. } => send(reply, error),
+            Request::ExportLayer { reply, .. } | Request::Diff { reply, .. } => send(reply, error),
+            Request::Layers { reply } => send(reply, error),
+            Request::Images { reply } => send(reply, error),
+            Request::Verify { reply, .. } => send(reply, error),
+            Request::Containers { reply } => send(reply, error),
+        }
+    }
 }
 
 #[derive(Debug)]
-pub(crate) enum Response {
-    Mounts(Vec<Mount>),
-    Info(Info),
-    Infos(Vec<Info>),
-    Usage(Usage),
-    Cleanup(CleanupReport),
-    Fsck(super::fsck::FsckReport),
-    Layers(Vec<LayerInfo>),
-    Imported(Imported),
-    Digest(String),
-    Images(Vec<ImageInfo>),
-    Verified(Vec<Verified>),
-    Containers(Vec<ContainerInfo>),
-    Done,
-}
-
-pub(crate) type Reply = Sender<Result<Response, EngineError>>;
-
 pub(crate) enum Msg {
-    Request(Request, Reply),
+    Request(Request),
     /// Stop after the work in flight: checkpoint, then exit.
     Shutdown(Sender<()>),
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Msg::Request(r, _) => write!(f, "Request({r:?})"),
-            Msg::Shutdown(_) => f.write_str("Shutdown"),
-        }
-    }
 }

@@ -12,6 +12,7 @@ use cairn_wal::storage::Storage;
 use cairn_wal::{Lsn, StoreId};
 use std::path::Path;
 
+/// The checkpoint's file name in the root.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const MAGIC: [u8; 8] = *b"CAIRNCKP";
 const VERSION: u16 = 1;
@@ -20,9 +21,11 @@ const HEADER_BYTES: usize = 64;
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// A checkpoint: the whole state as of an LSN (docs/engine-format.md).
 pub struct Checkpoint {
     /// Every record up to and including this LSN is in `state`.
     pub lsn: Lsn,
+    /// The state after every record up to `lsn`.
     pub state: State,
 }
 
@@ -33,6 +36,7 @@ fn crc(header: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The checkpoint file's bytes: header, then the postcard state, checksummed with the store id.
 pub fn encode(store_id: StoreId, checkpoint: &Checkpoint) -> Vec<u8> {
     let payload = postcard::to_stdvec(&checkpoint.state).expect("State always encodes");
     let mut out = vec![0u8; HEADER_BYTES];
@@ -54,6 +58,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Decode and check a checkpoint file of store `store_id`.
 pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointProblem> {
     if bytes.len() < HEADER_BYTES {
         return Err(CheckpointProblem::Truncated { len: bytes.len() });

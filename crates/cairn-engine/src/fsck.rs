@@ -11,70 +11,103 @@ use cairn_state::State;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
+/// One thing fsck found wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub enum Problem {
     /// Replaying checkpoint + journal does not give the state in memory.
     JournalDiverges {
+        /// What differs.
         detail: String,
     },
     /// The index does not hold a snapshot the state has, or holds it differently.
     IndexMissing {
+        /// The snapshot's key.
         key: String,
     },
+    /// The index holds a snapshot differently from the state.
     IndexDiffers {
+        /// The snapshot's key.
         key: String,
     },
     /// The index holds a key the state does not.
     IndexExtra {
+        /// The key.
         key: String,
     },
+    /// The index was last applied at another transaction than the journal's last.
     IndexTxId {
+        /// The index's applied transaction id, if it has one.
         index: Option<u64>,
+        /// The journal's last transaction id.
         journal: u64,
     },
     /// A snapshot's tree is missing.
     TreeMissing {
+        /// The snapshot's key.
         key: String,
+        /// Its id.
         id: SnapshotId,
+        /// Where its tree should be.
         path: String,
     },
     /// A tree no snapshot names.
     OrphanTree {
+        /// The tree's id (its directory name).
         id: SnapshotId,
+        /// Its path.
         path: String,
     },
     /// The driver's marker names a transaction outside the snapshot's life.
     MarkerMismatch {
+        /// The snapshot's key.
         key: String,
+        /// Its id.
         id: SnapshotId,
+        /// The transaction id the marker holds, if it is readable.
         marker: Option<u64>,
+        /// The transaction that created the snapshot.
         created: u64,
+        /// The last transaction in the journal.
         last: u64,
     },
+    /// A staging area no pending transaction names.
     StrayStaging {
+        /// The transaction it was made for.
         txid: TxId,
     },
+    /// A tree left in `trash/` (a removal's deletion did not finish).
     Trash {
+        /// The tree's id.
         id: SnapshotId,
     },
+    /// A name in the driver's directories that nothing creates (left alone).
     Unexpected {
+        /// Its path.
         path: String,
     },
 }
 
+/// A problem and whether fsck repaired it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
+    /// What is wrong.
     pub problem: Problem,
+    /// Repaired (with `repair`, for problems that can be fixed safely).
     pub repaired: bool,
 }
 
+/// What fsck found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FsckReport {
+    /// Every problem found, in the order checked.
     pub findings: Vec<Finding>,
+    /// How many snapshots were checked.
     pub snapshots_checked: usize,
 }
 
 impl FsckReport {
+    /// Nothing was found.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
     }

@@ -2,8 +2,8 @@
 //! thread and wait for its reply.
 
 use super::api::{
-    CleanupReport, ImageInfo, ImportOptions, Imported, Info, Input, LayerInfo, Msg, Output,
-    Request, Response, Verified,
+    CleanupReport, ImageInfo, ImportOptions, Imported, Info, Input, LayerInfo, Msg, Output, Reply,
+    Request, Verified,
 };
 use super::core::Core;
 use super::error::EngineError;
@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 #[derive(Clone, Debug)]
+/// A client of one root's engine thread: cloneable and `Send`; every method sends one command
+/// and blocks until it is answered (durably, for a change). Get one from
+/// [`Engine::open`](crate::Engine::open); [`close`](Self::close) stops the engine.
 pub struct EngineHandle {
     tx: Sender<Msg>,
     /// Disconnected when the engine thread has exited. A request that reached the queue after
@@ -71,10 +74,11 @@ impl EngineHandle {
         }
     }
 
-    fn call(&self, req: Request) -> Result<Response, EngineError> {
+    /// Send the request `make` builds around a reply channel of its own type, and wait.
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, EngineError> {
         let (reply, rx) = bounded(1);
         self.tx
-            .send(Msg::Request(req, reply))
+            .send(Msg::Request(make(reply)))
             .map_err(|_| self.gone())?;
         self.wait(&rx).ok_or_else(|| self.gone())?
     }
@@ -116,103 +120,90 @@ impl EngineHandle {
         kind: Kind,
         labels: Labels,
     ) -> Result<Vec<Mount>, EngineError> {
-        let req = Request::Create {
+        self.call(|reply| Request::Create {
             key: key.to_owned(),
             parent: parent.map(str::to_owned),
             kind,
             labels,
-        };
-        match self.call(req)? {
-            Response::Mounts(m) => Ok(m),
-            other => unreachable!("create answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Commit Active `key` as `name`; `key` is gone afterwards.
     pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), EngineError> {
-        self.done(Request::Commit {
+        self.call(|reply| Request::Commit {
             name: name.to_owned(),
             key: key.to_owned(),
             labels,
+            reply,
         })
     }
 
+    /// Remove snapshot `key` (refused while a child or a container holds it); its tree is
+    /// deleted before this returns.
     pub fn remove(&self, key: &str) -> Result<(), EngineError> {
-        self.done(Request::Remove {
+        self.call(|reply| Request::Remove {
             key: key.to_owned(),
+            reply,
         })
     }
 
-    fn done(&self, req: Request) -> Result<(), EngineError> {
-        match self.call(req)? {
-            Response::Done => Ok(()),
-            other => unreachable!("expected Done, got {other:?}"),
-        }
-    }
-
+    /// containerd's Stat: the snapshot's info.
     pub fn stat(&self, key: &str) -> Result<Info, EngineError> {
-        match self.call(Request::Stat {
+        self.call(|reply| Request::Stat {
             key: key.to_owned(),
-        })? {
-            Response::Info(i) => Ok(i),
-            other => unreachable!("stat answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// containerd's update: `fieldpaths` are `labels` or `labels.<key>`; none means all labels.
     pub fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info, EngineError> {
         let fieldpaths = fieldpaths.iter().map(|s| (*s).to_owned()).collect();
-        match self.call(Request::Update { info, fieldpaths })? {
-            Response::Info(i) => Ok(i),
-            other => unreachable!("update answered {other:?}"),
-        }
+        self.call(|reply| Request::Update {
+            info,
+            fieldpaths,
+            reply,
+        })
     }
 
+    /// Disk usage of snapshot `key`: recorded at commit for a committed one, measured now for
+    /// an Active or View one.
     pub fn usage(&self, key: &str) -> Result<Usage, EngineError> {
-        match self.call(Request::Usage {
+        self.call(|reply| Request::Usage {
             key: key.to_owned(),
-        })? {
-            Response::Usage(u) => Ok(u),
-            other => unreachable!("usage answered {other:?}"),
-        }
+            reply,
+        })
     }
 
+    /// The mounts of Active or View snapshot `key` (a Committed one has none:
+    /// `FailedPrecondition`).
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, EngineError> {
-        match self.call(Request::Mounts {
+        self.call(|reply| Request::Mounts {
             key: key.to_owned(),
-        })? {
-            Response::Mounts(m) => Ok(m),
-            other => unreachable!("mounts answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Every snapshot matching any of `filters` (all when empty), ordered by key.
     pub fn walk(&self, filters: &[&str]) -> Result<Vec<Info>, EngineError> {
         let filters = filters.iter().map(|s| (*s).to_owned()).collect();
-        match self.call(Request::Walk { filters })? {
-            Response::Infos(i) => Ok(i),
-            other => unreachable!("walk answered {other:?}"),
-        }
+        self.call(|reply| Request::Walk { filters, reply })
     }
 
     /// Remove anything on disk the engine does not own.
     pub fn cleanup(&self) -> Result<CleanupReport, EngineError> {
-        match self.call(Request::Cleanup)? {
-            Response::Cleanup(r) => Ok(r),
-            other => unreachable!("cleanup answered {other:?}"),
-        }
+        self.call(|reply| Request::Cleanup { reply })
     }
 
+    /// Check the root: journal against state, index, trees and markers, staging, trash. With
+    /// `repair`, fix what can be fixed safely (index, strays).
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, EngineError> {
-        match self.call(Request::Fsck { repair })? {
-            Response::Fsck(r) => Ok(r),
-            other => unreachable!("fsck answered {other:?}"),
-        }
+        self.call(|reply| Request::Fsck { repair, reply })
     }
 
     /// Write a checkpoint now and truncate the log behind it.
     pub fn checkpoint(&self) -> Result<(), EngineError> {
-        self.done(Request::Checkpoint)
+        self.call(|reply| Request::Checkpoint { reply })
     }
 
     /// Import a layer tar (plain, gzip or zstd), streamed: extracted off the engine thread into
@@ -222,13 +213,11 @@ impl EngineHandle {
         input: Box<dyn std::io::Read + Send>,
         options: ImportOptions,
     ) -> Result<Imported, EngineError> {
-        match self.call(Request::ImportLayer {
+        self.call(|reply| Request::ImportLayer {
             input: Input(input),
             options,
-        })? {
-            Response::Imported(i) => Ok(i),
-            other => unreachable!("import answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Write the original tar of a layer, byte for byte; returns its DiffID (checked).
@@ -237,14 +226,11 @@ impl EngineHandle {
         chain_id: &str,
         out: Box<dyn std::io::Write + Send>,
     ) -> Result<String, EngineError> {
-        let req = Request::ExportLayer {
+        self.call(|reply| Request::ExportLayer {
             chain_id: chain_id.to_owned(),
             out: Output(out),
-        };
-        match self.call(req)? {
-            Response::Digest(d) => Ok(d),
-            other => unreachable!("export answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Write the changes of snapshot `key` (Active or Committed) against its parent as an
@@ -255,23 +241,19 @@ impl EngineHandle {
         key: &str,
         out: Box<dyn std::io::Write + Send>,
     ) -> Result<String, EngineError> {
-        let req = Request::Diff {
+        self.call(|reply| Request::Diff {
             key: key.to_owned(),
             out: Output(out),
-        };
-        match self.call(req)? {
-            Response::Digest(d) => Ok(d),
-            other => unreachable!("diff answered {other:?}"),
-        }
+            reply,
+        })
     }
 
+    /// Every stored layer, by ChainID.
     pub fn layers(&self) -> Result<Vec<LayerInfo>, EngineError> {
-        match self.call(Request::Layers)? {
-            Response::Layers(l) => Ok(l),
-            other => unreachable!("layers answered {other:?}"),
-        }
+        self.call(|reply| Request::Layers { reply })
     }
 
+    /// One stored layer by ChainID.
     pub fn layer(&self, chain_id: &str) -> Result<LayerInfo, EngineError> {
         let layers = self.layers()?;
         layers
@@ -288,8 +270,9 @@ impl EngineHandle {
     /// Release the user's hold on a layer (refused while images, containers or child layers
     /// hold it); it and every ancestor nothing holds any more are deleted in one transaction.
     pub fn remove_layer(&self, chain_id: &str) -> Result<(), EngineError> {
-        self.done(Request::RemoveLayer {
+        self.call(|reply| Request::RemoveLayer {
             chain_id: chain_id.to_owned(),
+            reply,
         })
     }
 
@@ -301,35 +284,34 @@ impl EngineHandle {
         manifest_digest: &str,
         config_digest: &str,
     ) -> Result<(), EngineError> {
-        self.done(Request::PutImage {
+        self.call(|reply| Request::PutImage {
             name: name.to_owned(),
             top: top.to_owned(),
             manifest_digest: manifest_digest.to_owned(),
             config_digest: config_digest.to_owned(),
+            reply,
         })
     }
 
+    /// Every image, by name.
     pub fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
-        match self.call(Request::Images)? {
-            Response::Images(i) => Ok(i),
-            other => unreachable!("images answered {other:?}"),
-        }
+        self.call(|reply| Request::Images { reply })
     }
 
+    /// Remove image `name`; layers nothing else holds are deleted with it.
     pub fn remove_image(&self, name: &str) -> Result<(), EngineError> {
-        self.done(Request::RemoveImage {
+        self.call(|reply| Request::RemoveImage {
             name: name.to_owned(),
+            reply,
         })
     }
 
     /// Re-hash stored layers (one, or all) against their DiffIDs.
     pub fn verify(&self, chain_id: Option<&str>) -> Result<Vec<Verified>, EngineError> {
-        match self.call(Request::Verify {
+        self.call(|reply| Request::Verify {
             chain_id: chain_id.map(str::to_owned),
-        })? {
-            Response::Verified(v) => Ok(v),
-            other => unreachable!("verify answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Create container `name`: a read-write snapshot on a `NAME-init` snapshot (placeholder
@@ -341,29 +323,25 @@ impl EngineHandle {
         layer: Option<&str>,
         image: Option<&str>,
     ) -> Result<Vec<Mount>, EngineError> {
-        let req = Request::CreateContainer {
+        self.call(|reply| Request::CreateContainer {
             name: name.to_owned(),
             layer: layer.map(str::to_owned),
             image: image.map(str::to_owned),
-        };
-        match self.call(req)? {
-            Response::Mounts(m) => Ok(m),
-            other => unreachable!("create container answered {other:?}"),
-        }
+            reply,
+        })
     }
 
     /// Remove a container, its two snapshots, and its hold on its layer.
     pub fn remove_container(&self, name: &str) -> Result<(), EngineError> {
-        self.done(Request::RemoveContainer {
+        self.call(|reply| Request::RemoveContainer {
             name: name.to_owned(),
+            reply,
         })
     }
 
+    /// Every container, by name.
     pub fn containers(&self) -> Result<Vec<super::api::ContainerInfo>, EngineError> {
-        match self.call(Request::Containers)? {
-            Response::Containers(c) => Ok(c),
-            other => unreachable!("containers answered {other:?}"),
-        }
+        self.call(|reply| Request::Containers { reply })
     }
 
     /// Finish the work in flight, checkpoint, and stop the engine thread. Other clones of the

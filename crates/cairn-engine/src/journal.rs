@@ -7,6 +7,7 @@ use cairn_wal::Lsn;
 
 const RECORD_VERSION: u8 = 1;
 
+/// A record's journal payload: a version byte, then the postcard record.
 pub fn encode(record: &Record) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     // postcard only fails on types it cannot encode, and Record has none.

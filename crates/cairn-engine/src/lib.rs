@@ -1,10 +1,52 @@
-//! The engine: one thread that owns the journal, the state, the index and the driver, driven
-//! by commands over a channel. See docs/engine.md.
+//! cairn's engine: a crash-safe, transactional store for container snapshots and image layers,
+//! in containerd's model (prepare, view, commit, remove, labels, usage, walk, mounts) with a
+//! layer store on top (import, export, images, containers).
+//!
+//! One thread owns the journal, the state, the index and the driver; every command is sent to
+//! it over a channel by an [`EngineHandle`], checked by a pure state machine, journaled to a
+//! write-ahead log (one sync per batch of commands), applied to the driver, and only then
+//! answered. An answered command survives any crash; an unanswered one is wholly there or
+//! wholly gone; a refused one ([`EngineError::State`]) changed nothing. See docs/engine.md.
 //!
 //! ```text
 //! EngineHandle::prepare ──channel──► engine thread: apply (pure) → journal (one sync per batch)
 //!                                        → effects (renames here, copies on workers) → reply
 //! ```
+//!
+//! # Example
+//!
+//! Open a root (created on first use, recovered on every later open), prepare an Active
+//! snapshot, write into it, commit it, and close:
+//!
+//! ```
+//! use cairn_engine::{Engine, EngineOptions, Labels};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let root = dir.path().join("root");
+//! let (engine, _recovery) = Engine::open(&root, EngineOptions::default())?;
+//!
+//! // An Active snapshot on no parent; on the default (vfs) driver its one mount is a bind
+//! // of a directory the caller writes into.
+//! let mounts = engine.prepare("build", None, Labels::new())?;
+//! std::fs::write(mounts[0].source.join("hello"), "hi\n")?;
+//!
+//! // Commit it as a read-only layer others can build on.
+//! engine.commit("base", "build", Labels::new())?;
+//! assert_eq!(engine.stat("base")?.kind, cairn_engine::Kind::Committed);
+//!
+//! // Refusals are typed and change nothing.
+//! let again = engine.commit("base", "build", Labels::new());
+//! assert!(matches!(again, Err(cairn_engine::EngineError::State(_))));
+//!
+//! engine.close()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/embed.rs` does more (a view, labels, a walk, usage, reopening the root).
+
+#![warn(missing_docs)]
 
 mod api;
 mod atomic;
@@ -33,13 +75,18 @@ pub use handle::EngineHandle;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
 
-use cairn_state::types::DriverKind;
+// What an embedder needs from the crates below, so it depends on this crate alone.
+pub use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
+pub use cairn_state::{Invalid, Labels, Precondition, StateError};
+pub use cairn_wal::{WalError, WalOptions};
+
 use cairn_wal::storage::{FsStorage, Storage};
-use cairn_wal::{StoreId, WalOptions};
+use cairn_wal::StoreId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
+/// How to open a root. `EngineOptions::default()` suits most embedders.
 pub struct EngineOptions {
     /// The driver for a new root; for an existing root, if set, it must be the recorded one.
     pub driver: Option<DriverKind>,
@@ -51,6 +98,7 @@ pub struct EngineOptions {
     pub workers: usize,
     /// Commands waiting for the engine thread, at most; senders block beyond it.
     pub queue_capacity: usize,
+    /// Options of the root's write-ahead log (segment size, record limit).
     pub wal: WalOptions,
 }
 
@@ -120,6 +168,7 @@ impl Engine {
         Engine::open_with_storage(root, options, Arc::new(FsStorage))
     }
 
+    /// [`Engine::open`] on a given storage (the simulated, power-cutting one in crash tests).
     pub fn open_with_storage(
         root: &Path,
         options: EngineOptions,

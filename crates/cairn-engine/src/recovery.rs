@@ -17,8 +17,11 @@ use std::path::Path;
 /// What recovery found and did, row by row of the decision table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
+    /// The LSN the checkpoint recovery started from covers.
     pub checkpoint_lsn: u64,
+    /// Journal records replayed onto the checkpoint's state.
     pub replayed_records: u64,
+    /// Journal records the checkpoint already covered.
     pub skipped_records: u64,
     /// The log's torn tail, if one was cut: (segment, offset, first lost LSN).
     pub torn_tail: Option<(String, u64, u64)>,
@@ -28,10 +31,13 @@ pub struct RecoveryReport {
     pub installed: Vec<SnapshotId>,
     /// Trees on disk that no snapshot names: removed.
     pub orphans_removed: Vec<SnapshotId>,
+    /// Staging areas no pending transaction named: removed.
     pub staging_removed: Vec<TxId>,
+    /// Trees left in `trash/` by an interrupted removal: deleted.
     pub trash_purged: Vec<SnapshotId>,
     /// Snapshots whose creation is durable but whose tree is gone: reported, not repaired.
     pub lost: Vec<SnapshotId>,
+    /// The derived index disagreed with the journal and was rebuilt.
     pub index_rebuilt: bool,
     /// Layers nothing held were released.
     pub layers_collected: bool,

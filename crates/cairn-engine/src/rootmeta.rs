@@ -16,12 +16,16 @@ const VERSION: u16 = 1;
 pub const META_BYTES: usize = 36;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The root's meta file (`cairn.meta`): which driver and which store the root belongs to.
 pub struct RootMeta {
+    /// The driver the root was created with.
     pub driver: DriverKind,
+    /// The store id of the root's log.
     pub store_id: StoreId,
 }
 
 impl RootMeta {
+    /// The meta file's bytes.
     pub fn encode(&self) -> [u8; META_BYTES] {
         let mut out = [0u8; META_BYTES];
         out[0..8].copy_from_slice(&MAGIC);
@@ -36,6 +40,7 @@ impl RootMeta {
         out
     }
 
+    /// Decode and check a meta file.
     pub fn decode(bytes: &[u8]) -> Result<RootMeta, RootProblem> {
         if bytes.len() != META_BYTES || bytes[0..8] != MAGIC {
             return Err(RootProblem::BadMeta);

@@ -59,8 +59,14 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// The fixture journal: one record of every `Op` variant, ending with a create and a commit
-/// still pending, exactly as the engine would journal them (ids and times chosen up front).
+/// A `sha256:` digest of 32 bytes `b`.
+fn digest(b: u8) -> String {
+    format!("sha256:{}", format!("{b:02x}").repeat(32))
+}
+
+/// The fixture journal: at least one record of every `Op` variant (kept so by
+/// `journal_fixture_has_every_op`), leaving a create and a commit pending, exactly as the
+/// engine would journal them (ids and times chosen up front).
 fn journal_records() -> Vec<Record> {
     let ops = vec![
         Op::BeginCreate {
@@ -141,6 +147,111 @@ fn journal_records() -> Vec<Record> {
             labels: Labels::new(),
             time_ns: -1,
         },
+        // The layer store, while the create and the commit above stay pending: a pinned base
+        // layer, a layer on it that an image holds, a pinned layer removed again, a layer nothing
+        // holds (an interrupted image load) collected, a container created and removed, an
+        // image put and removed.
+        Op::BeginImport {
+            id: SnapshotId(6),
+            parent: None,
+            pin: true,
+            time_ns: T0 + 7,
+        },
+        Op::CompleteImport {
+            of: TxId(15),
+            diff_id: digest(0x11),
+            chain_id: digest(0x11),
+            size_bytes: 2048,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 2,
+            },
+        },
+        Op::BeginImport {
+            id: SnapshotId(7),
+            parent: Some(digest(0x11)),
+            pin: false,
+            time_ns: T0 + 8,
+        },
+        Op::CompleteImport {
+            of: TxId(17),
+            diff_id: digest(0xa2),
+            chain_id: digest(0x22),
+            size_bytes: 1024,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 1,
+            },
+        },
+        Op::PutImage {
+            name: "hello:1".into(),
+            top: digest(0x22),
+            manifest_digest: digest(0xd1),
+            config_digest: digest(0xc1),
+            time_ns: T0 + 9,
+        },
+        Op::BeginImport {
+            id: SnapshotId(8),
+            parent: Some(digest(0x11)),
+            pin: true,
+            time_ns: T0 + 10,
+        },
+        Op::CompleteImport {
+            of: TxId(20),
+            diff_id: digest(0xa3),
+            chain_id: digest(0x33),
+            size_bytes: 512,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 1,
+            },
+        },
+        Op::RemoveLayer {
+            chain_id: digest(0x33),
+        },
+        Op::BeginImport {
+            id: SnapshotId(9),
+            parent: Some(digest(0x11)),
+            pin: false,
+            time_ns: T0 + 11,
+        },
+        Op::CompleteImport {
+            of: TxId(23),
+            diff_id: digest(0xa4),
+            chain_id: digest(0x44),
+            size_bytes: 512,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 1,
+            },
+        },
+        Op::CollectLayers,
+        Op::BeginContainer {
+            name: "web".into(),
+            layer: digest(0x22),
+            init_id: SnapshotId(10),
+            time_ns: T0 + 12,
+        },
+        // Completes the init snapshot and begins the read-write one (txid 27, id 11).
+        Op::Complete {
+            of: TxId(26),
+            usage: None,
+        },
+        Op::Complete {
+            of: TxId(27),
+            usage: None,
+        },
+        Op::PutImage {
+            name: "old:1".into(),
+            top: digest(0x22),
+            manifest_digest: digest(0xd2),
+            config_digest: digest(0xc2),
+            time_ns: T0 + 13,
+        },
+        Op::RemoveImage {
+            name: "old:1".into(),
+        },
+        Op::RemoveContainer { name: "web".into() },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -149,6 +260,37 @@ fn journal_records() -> Vec<Record> {
             op,
         })
         .collect()
+}
+
+/// How many records the fixture journal has: the LSN and txid of the last.
+const JOURNAL_RECORDS: u64 = 31;
+
+/// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
+/// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
+#[test]
+fn journal_fixture_has_every_op() {
+    let records = journal_records();
+    assert_eq!(records.len() as u64, JOURNAL_RECORDS);
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &records {
+        seen.insert(match r.op {
+            Op::BeginCreate { .. } => "BeginCreate",
+            Op::BeginCommit { .. } => "BeginCommit",
+            Op::Complete { .. } => "Complete",
+            Op::Abort { .. } => "Abort",
+            Op::Remove { .. } => "Remove",
+            Op::Update { .. } => "Update",
+            Op::BeginImport { .. } => "BeginImport",
+            Op::CompleteImport { .. } => "CompleteImport",
+            Op::RemoveLayer { .. } => "RemoveLayer",
+            Op::PutImage { .. } => "PutImage",
+            Op::RemoveImage { .. } => "RemoveImage",
+            Op::CollectLayers => "CollectLayers",
+            Op::BeginContainer { .. } => "BeginContainer",
+            Op::RemoveContainer { .. } => "RemoveContainer",
+        });
+    }
+    assert_eq!(seen.len(), 14, "one of each of the 14 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -232,6 +374,7 @@ fn meta_damage_is_a_typed_error() {
             bad[at] ^= 1 << bit;
             match RootMeta::decode(&bad) {
                 Err(RootProblem::BadMeta | RootProblem::Version(_)) => {}
+                Err(other) => panic!("byte {at} bit {bit} flipped: unexpected {other:?}"),
                 Ok(v) => panic!("byte {at} bit {bit} flipped, decoded as {v:?}"),
             }
         }
@@ -260,7 +403,7 @@ fn meta_damage_is_a_typed_error() {
 
 fn fixture_checkpoint() -> Checkpoint {
     Checkpoint {
-        lsn: Lsn(14),
+        lsn: Lsn(JOURNAL_RECORDS),
         state: journal_state(),
     }
 }
@@ -268,9 +411,13 @@ fn fixture_checkpoint() -> Checkpoint {
 #[test]
 fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     let cp = fixture_checkpoint();
-    // The state covers every shape: committed, active, pending create and pending commit.
-    assert_eq!(cp.state.snapshots.len(), 2);
+    // The state covers every shape: committed, active, pending create and pending commit,
+    // layers (one pinned, one an image holds) and an image.
+    assert_eq!(cp.state.snapshots.len(), 4);
     assert_eq!(cp.state.pending.len(), 2);
+    assert_eq!(cp.state.layers.len(), 2);
+    assert_eq!(cp.state.images.len(), 1);
+    assert!(cp.state.containers.is_empty());
     let bytes = check_fixture("checkpoint", &checkpoint::encode(STORE, &cp));
     assert_eq!(
         checkpoint::decode(STORE, &bytes).expect("decode the fixture"),
@@ -281,8 +428,8 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(le_u16(&bytes, 8), 1, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 14, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 14, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 31, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 31, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -293,9 +440,9 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 14, next_id 6 (varints).
-    assert_eq!(&bytes[64..66], [14, 6]);
-    assert_eq!(bytes[66], 2, "two snapshots");
+    // The payload starts with State's first two fields: last_txid 31, next_id 12 (varints).
+    assert_eq!(&bytes[64..66], [31, 12]);
+    assert_eq!(bytes[66], 4, "four snapshots");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use cairn_engine::EngineError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     #[error("{op} {path}: {source}")]
     Io {

@@ -13,6 +13,7 @@ pub const NO_ENTRY: &str = "<layer>";
 
 /// Everything that can go wrong importing or exporting a layer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayerError {
     /// Reading the (uncompressed) input failed for a reason other than corruption.
     #[error("{path}: at tar offset {offset}: reading the layer failed: {source}")]

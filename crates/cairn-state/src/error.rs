@@ -3,6 +3,7 @@
 use crate::types::TxId;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     #[error("snapshot {key}: not found")]
     NotFound { key: String },
@@ -20,6 +21,7 @@ pub enum StateError {
 
 /// The failed-precondition cases, each a distinct reason a caller can match on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Precondition {
     #[error("it has children")]
     HasChildren,
@@ -40,6 +42,7 @@ pub enum Precondition {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Invalid {
     #[error("the key is empty")]
     EmptyKey,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 /// What is wrong with a record found by recovery or a reader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Damage {
     /// The frame failed to decode (length or checksum).
     Frame(RecordError),
@@ -38,6 +39,7 @@ impl fmt::Display for Damage {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalError {
     #[error("{op} {path}: {source}")]
     Io {

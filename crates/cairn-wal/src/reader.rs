@@ -11,6 +11,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub lsn: Lsn,
+    /// The highest LSN already durable when this record was written.
+    pub acked: Lsn,
     pub payload: Vec<u8>,
 }
 
@@ -139,6 +141,7 @@ impl Records {
             if rec.lsn >= self.from {
                 return Ok(Some(Record {
                     lsn: rec.lsn,
+                    acked: rec.acked,
                     payload: rec.payload.to_vec(),
                 }));
             }

@@ -5,7 +5,8 @@ use crate::format::{encode_record, record_span, SegmentHeader, HEADER_BYTES};
 use crate::lsn::{Lsn, StoreId};
 use crate::options::WalOptions;
 use crate::reader::Records;
-use crate::segment::{classify, scan, segment_name, temp_name, EntryKind, SegmentInfo, Tail};
+use crate::scan::{scan_log, LogScan};
+use crate::segment::{segment_name, temp_name, SegmentInfo, Tail};
 use crate::storage::{Storage, StorageFile};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -80,78 +81,21 @@ impl Wal {
             }
             Err(e) => return Err(io_err("list", dir)(e)),
         };
-        let mut named: Vec<Lsn> = Vec::new();
-        let mut temps = Vec::new();
-        for name in &names {
-            match classify(name) {
-                EntryKind::Segment(lsn) => named.push(lsn),
-                EntryKind::Temp => temps.push(dir.join(name)),
-                EntryKind::Other => {}
-            }
-        }
-        named.sort();
-
         // Read and check every segment before changing anything, so a corruption error leaves
         // the directory exactly as it was.
-        let mut segments = Vec::with_capacity(named.len());
-        let mut store_id = options.store_id;
-        let mut expected: Option<Lsn> = None;
-        let mut last_tail = Tail::Clean;
-        for (i, &name_lsn) in named.iter().enumerate() {
-            let path = dir.join(segment_name(name_lsn));
-            let data = read_whole(storage.as_ref(), &path)?;
-            let scanned = scan(&data, &path, store_id, options.max_record_bytes)?;
-            store_id = Some(scanned.header.store_id);
-            if scanned.header.first_lsn != name_lsn {
-                return Err(WalError::MisnamedSegment {
-                    path,
-                    named: name_lsn,
-                    header: scanned.header.first_lsn,
-                });
-            }
-            if let Some(expected) = expected {
-                if scanned.header.first_lsn != expected {
-                    return Err(WalError::MissingSegment {
-                        path,
-                        expected,
-                        found: scanned.header.first_lsn,
-                    });
-                }
-            }
-            let is_last = i + 1 == named.len();
-            if let Tail::Torn { offset, damage, .. } = &scanned.tail {
-                if let Some(&successor) = named.get(i + 1) {
-                    // Invariant: a segment is synced whole before its successor is created, so
-                    // damage here cannot be a torn write. It is harmless only if every record
-                    // up to the successor's first LSN is intact: then it lies in unused space.
-                    if scanned.next_lsn != successor {
-                        let damage = match damage {
-                            Damage::Frame(e) => Damage::InSealedSegment(*e),
-                            other => *other,
-                        };
-                        return Err(WalError::Corrupt {
-                            path,
-                            offset: *offset,
-                            lsn: scanned.next_lsn,
-                            damage,
-                        });
-                    }
-                    tracing::warn!(
-                        segment = %path.display(), offset,
-                        "non-zero bytes after the last record of a sealed segment; ignored"
-                    );
-                }
-            }
-            expected = Some(scanned.next_lsn);
-            segments.push(SegmentInfo {
-                path,
-                first_lsn: scanned.header.first_lsn,
-                end_offset: scanned.end_offset,
-            });
-            if is_last {
-                last_tail = scanned.tail;
-            }
-        }
+        let LogScan {
+            store_id,
+            mut segments,
+            temps,
+            next_lsn: expected,
+            last_tail,
+        } = scan_log(
+            storage.as_ref(),
+            dir,
+            &names,
+            options.store_id,
+            options.max_record_bytes,
+        )?;
 
         for temp in temps {
             storage
@@ -516,23 +460,6 @@ fn create_segment(
         },
         file,
     ))
-}
-
-fn read_whole(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
-    let file = storage.open(path).map_err(io_err("open segment", path))?;
-    let len = file.size_bytes().map_err(io_err("stat segment", path))?;
-    if len > crate::options::MAX_SEGMENT_BYTES {
-        return Err(WalError::Corrupt {
-            path: path.to_path_buf(),
-            offset: crate::options::MAX_SEGMENT_BYTES,
-            lsn: Lsn::NONE,
-            damage: Damage::Frame(crate::format::RecordError::Length { len: u32::MAX }),
-        });
-    }
-    let mut data = vec![0u8; len as usize];
-    file.read_exact_at(&mut data, 0)
-        .map_err(io_err("read segment", path))?;
-    Ok(data)
 }
 
 /// Overwrite `[from, to)` with zeros and make it durable, so no stale record can ever be read

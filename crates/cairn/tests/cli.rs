@@ -724,3 +724,47 @@ fn wal_dump_reports_a_torn_tail_and_changes_nothing() {
         "dump never writes"
     );
 }
+
+/// Damage that a later record proves was durable is corruption, not a torn tail: `wal dump`
+/// refuses it exactly as opening the root does (one scanner in the WAL crate for both), and
+/// neither changes a byte.
+#[test]
+fn wal_dump_calls_corrupt_what_opening_the_root_refuses() {
+    use cairn_wal::format::{decode_record, SegmentHeader, HEADER_BYTES, RECORD_HEADER_BYTES};
+    use std::os::unix::fs::FileExt;
+    let r = Root::new();
+    r.run(&["snapshot", "prepare", "a"]).ok();
+    r.run(&["snapshot", "prepare", "b"]).ok();
+    let segment = r.path.join("wal/00000000000000000001.wal");
+    let data = std::fs::read(&segment).unwrap();
+    let store = SegmentHeader::decode(&data).unwrap().store_id;
+    // Find record LSN 3 (b's begin) and check that a later record acknowledges it.
+    let (mut pos, mut at3, mut proof) = (HEADER_BYTES, None, false);
+    while let Ok(rec) = decode_record(&data[pos..], store, u32::MAX >> 8) {
+        if rec.lsn.0 == 3 {
+            at3 = Some(pos);
+        }
+        proof |= rec.lsn.0 > 3 && rec.acked.0 >= 3;
+        pos += rec.span;
+    }
+    let at3 = at3.expect("record LSN 3");
+    assert!(proof, "a record after LSN 3 acknowledges it");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    // Flip a payload byte: the record's checksum no longer matches.
+    let flipped = [data[at3 + RECORD_HEADER_BYTES] ^ 0xff];
+    file.write_all_at(&flipped, (at3 + RECORD_HEADER_BYTES) as u64)
+        .unwrap();
+    let before = std::fs::read(&segment).unwrap();
+    let e = r.run(&["wal", "dump"]).fails(1);
+    assert!(e.contains("corrupt record") && e.contains("LSN 3"), "{e}");
+    let e = r.run(&["snapshot", "ls"]).fails(1);
+    assert!(e.contains("corrupt record") && e.contains("LSN 3"), "{e}");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        before,
+        "neither dump nor open writes"
+    );
+}

@@ -118,7 +118,8 @@ fn state_kind(e: &StateError) -> ErrorKind {
         StateError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
         StateError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
         StateError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-        StateError::NotPending { .. } => ErrorKind::Other,
+        // NotPending, and refusals a newer state machine may add.
+        _ => ErrorKind::Other,
     }
 }
 
