@@ -203,10 +203,13 @@ impl Core {
             });
         }
         let Applied { effects, snapshots } = self.state.commit(plan);
+        let txid = record.txid;
+        // The transaction id of each accepted command, for servers' request logs (key in op).
+        tracing::debug!(%txid, op = ?record.op, "accepted");
         // The index follows what the record changed, as the state machine reports it.
         batch.touched.extend(snapshots);
         batch.records.push(payload);
-        Ok((record.txid, effects))
+        Ok((txid, effects))
     }
 
     fn fail(&mut self, cause: String) {

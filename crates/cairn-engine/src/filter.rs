@@ -69,7 +69,9 @@ fn parse(filter: &str) -> Result<Filter, EngineError> {
 fn value(info: &Info, field: &Field) -> Option<String> {
     match field {
         Field::Name => Some(info.key.clone()),
-        Field::Parent => info.parent.clone(),
+        // containerd's snapshot adaptors: the parent is always present, "" when there is none
+        // (so `parent==""` selects the snapshots without one, as its remote-snapshot lookup asks).
+        Field::Parent => Some(info.parent.clone().unwrap_or_default()),
         Field::Kind => Some(info.kind.to_string().to_lowercase()),
         Field::Label(k) => info.labels.get(k).cloned(),
     }
@@ -128,6 +130,8 @@ mod tests {
             !matches_any(&f, &info("no-parent", Kind::Active, None)),
             "a missing parent is \"\""
         );
+        let f = parse_all(&["parent==\"\"".into()]).expect("parse");
+        assert!(matches_any(&f, &info("base", Kind::Committed, None)));
         let f = parse_all(&["labels.a!=1".into()]).expect("parse");
         assert!(matches_any(&f, &info("no-label", Kind::Active, None)));
         assert!(matches_any(&[], &info("z", Kind::View, None)));

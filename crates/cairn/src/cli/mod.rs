@@ -12,6 +12,8 @@ mod maint;
 mod mount;
 mod output;
 mod progress;
+pub mod remote;
+mod serve;
 mod snapshot;
 mod wal;
 
@@ -103,6 +105,9 @@ pub enum Command {
     Container(container::ContainerCmd),
     /// Re-hash stored layers (one, or all) against their DiffIDs; exit 1 when any differs.
     Verify { chain_id: Option<String> },
+    /// Serve containerd's snapshots gRPC API on a unix socket (a containerd proxy
+    /// snapshotter) until SIGTERM or SIGINT. See docs/serve.md.
+    Serve(serve::ServeArgs),
 }
 
 /// What a command needs: where the root is, how to open it, how to print.
@@ -111,6 +116,8 @@ pub struct Ctx {
     pub root: PathBuf,
     pub driver: Option<DriverKind>,
     pub out: Output,
+    /// Set when the command runs inside `cairn serve` (its control socket): that engine.
+    pub engine: Option<EngineHandle>,
 }
 
 impl Ctx {
@@ -119,6 +126,9 @@ impl Ctx {
         &self,
         f: impl FnOnce(&EngineHandle) -> Result<T, CliError>,
     ) -> Result<T, CliError> {
+        if let Some(engine) = &self.engine {
+            return f(engine);
+        }
         let options = EngineOptions {
             driver: self.driver,
             workers: 2,
@@ -202,9 +212,32 @@ where
         root: cli.root,
         driver: cli.driver.map(Into::into),
         out: Output::new(cli.json),
+        engine: None,
     };
+    let serving = matches!(cli.command, Command::Serve(_));
     match dispatch(&ctx, cli.command) {
         Ok(code) => ExitCode::from(code),
+        // The root is held: by `cairn serve`, if it has its control socket there.
+        Err(e)
+            if e.kind == ErrorKind::Locked
+                && !serving
+                && remote::control_path(&ctx.root).exists() =>
+        {
+            ctx.out.warn(
+                "served",
+                &format!(
+                    "{} is held by cairn serve; running this command through it",
+                    ctx.root.display()
+                ),
+            );
+            match remote::forward(&ctx.out, &ctx.root, &args[1..]) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    ctx.out.error(&e);
+                    e.kind.exit_code()
+                }
+            }
+        }
         Err(e) => {
             ctx.out.error(&e);
             e.kind.exit_code()
@@ -225,6 +258,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Image(cmd) => image::run(ctx, cmd).map(|()| 0),
         Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
         Command::Verify { chain_id } => layer::verify(ctx, chain_id),
+        Command::Serve(args) => serve::run(ctx, args).map(|()| 0),
     }
 }
 

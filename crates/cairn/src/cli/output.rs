@@ -13,6 +13,9 @@ pub struct Output {
     pub json: bool,
     /// Set when stdout went away (`cairn wal dump | head`): the rest is dropped silently.
     closed: Cell<bool>,
+    /// A command run for a client of `cairn serve`'s control socket: lines go to it as frames
+    /// (docs/serve.md), not to this process's stdout and stderr.
+    remote: Option<std::sync::Arc<std::sync::Mutex<std::os::unix::net::UnixStream>>>,
 }
 
 impl Output {
@@ -20,7 +23,26 @@ impl Output {
         Output {
             json,
             closed: Cell::new(false),
+            remote: None,
         }
+    }
+
+    pub(crate) fn remote(
+        json: bool,
+        conn: std::sync::Arc<std::sync::Mutex<std::os::unix::net::UnixStream>>,
+    ) -> Output {
+        Output {
+            json,
+            closed: Cell::new(false),
+            remote: Some(conn),
+        }
+    }
+
+    /// Send one line to the remote client as a frame; false when there is no remote client.
+    fn to_remote(&self, stream: &str, text: &str) -> Option<std::io::Result<()>> {
+        let conn = self.remote.as_ref()?;
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        Some(writeln!(conn, "{}", json!({ stream: text })).and_then(|()| conn.flush()))
     }
 
     /// Print one line of text on stdout.
@@ -28,8 +50,14 @@ impl Output {
         if self.closed.get() {
             return Ok(());
         }
-        let mut out = std::io::stdout().lock();
-        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        let written = match self.to_remote("stdout", text) {
+            Some(r) => r,
+            None => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{text}").and_then(|()| out.flush())
+            }
+        };
+        match written {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 self.closed.set(true);
@@ -72,21 +100,27 @@ impl Output {
 
     /// A warning on stderr (not an error: the exit code is not affected).
     pub fn warn(&self, kind: &str, message: &str) {
-        if self.json {
-            eprintln!("{}", json!({"warning": {"kind": kind, "message": message}}));
+        let line = if self.json {
+            json!({"warning": {"kind": kind, "message": message}}).to_string()
         } else {
-            eprintln!("cairn: warning: {message}");
-        }
+            format!("cairn: warning: {message}")
+        };
+        self.err_line(&line);
     }
 
     pub fn error(&self, e: &CliError) {
-        if self.json {
-            eprintln!(
-                "{}",
-                json!({"error": {"kind": e.kind.name(), "message": e.message}})
-            );
+        let line = if self.json {
+            json!({"error": {"kind": e.kind.name(), "message": e.message}}).to_string()
         } else {
-            eprintln!("cairn: {}", e.message);
+            format!("cairn: {}", e.message)
+        };
+        self.err_line(&line);
+    }
+
+    /// One line on stderr (or to the remote client).
+    pub fn err_line(&self, line: &str) {
+        if self.to_remote("stderr", line).is_none() {
+            eprintln!("{line}");
         }
     }
 }
