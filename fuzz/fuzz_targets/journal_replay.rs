@@ -10,6 +10,10 @@
 //! and replayed onto `State::new()` with `cairn_engine::recovery::replay`, exactly as
 //! `Engine::open` does for a root without a checkpoint.
 //!
+//! Applied record by record, a record the state machine refuses must leave the state
+//! byte-identical (its checkpoint encoding), and every accepted one must keep the layers'
+//! refcounts exact.
+//!
 //! Seeds, `fuzz/seeds/journal_replay/`, are real journals in this layout: the payloads the
 //! engine wrote (read back from a root's log) for a prepare/commit/view/update/remove session
 //! (`session`), a root left with transactions pending (`pending`), and a single prepare
@@ -19,7 +23,7 @@
 
 use cairn_engine::checkpoint::{self, Checkpoint};
 use cairn_engine::{journal, recovery, RecoveryReport};
-use cairn_state::State;
+use cairn_state::{Op, State};
 use cairn_wal::storage::{SimStorage, Storage};
 use cairn_wal::{Lsn, StoreId, Wal, WalOptions};
 use libfuzzer_sys::fuzz_target;
@@ -38,6 +42,41 @@ fn chunks(mut data: &[u8]) -> Vec<&[u8]> {
         data = rest;
     }
     out
+}
+
+fn encoded(state: &State) -> Vec<u8> {
+    let cp = Checkpoint {
+        lsn: Lsn(1),
+        state: state.clone(),
+    };
+    checkpoint::encode(STORE, &cp)
+}
+
+/// Apply the payloads one by one; `None` if one is refused (after checking the refusal changed
+/// nothing) or breaks the sequence rules replay checks before applying.
+fn step_through(payloads: &[&[u8]]) -> Option<State> {
+    let mut state = State::new();
+    for (i, payload) in payloads.iter().enumerate() {
+        let record = journal::decode(Lsn(i as u64 + 1), payload).ok()?;
+        if record.txid <= state.last_txid {
+            return None;
+        }
+        let id = match &record.op {
+            Op::BeginCreate { id, .. } | Op::BeginImport { id, .. } => Some(*id),
+            Op::BeginContainer { init_id, .. } => Some(*init_id),
+            _ => None,
+        };
+        if id.is_some_and(|id| id.0 != state.next_id) {
+            return None;
+        }
+        let before = encoded(&state);
+        if state.apply(&record).is_err() {
+            assert_eq!(encoded(&state), before, "a refused record changed the state");
+            return None;
+        }
+        state.assert_refcounts();
+    }
+    Some(state)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -69,6 +108,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let (wal, records, _) = Wal::open(Arc::clone(&shared), dir, options).expect("reopen the log");
 
+    // Record by record, as replay does: a record the state machine refuses must leave the
+    // state byte-identical (compared as checkpoint encodings).
+    let stepped = step_through(&payloads);
+
     let mut state = State::new();
     let mut report = RecoveryReport::default();
     match recovery::replay(&mut state, Lsn::NONE, records, &mut report) {
@@ -76,9 +119,15 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             // Messages are built from untrusted fields: formatting them must not panic.
             let _ = e.to_string();
+            assert!(stepped.is_none(), "replay refused what applying record by record took");
             return;
         }
     }
+    assert_eq!(
+        stepped.as_ref(),
+        Some(&state),
+        "replay and record-by-record application differ"
+    );
     assert_eq!(report.replayed_records, payloads.len() as u64);
 
     // Every accepted record re-encodes to a payload that decodes to the same record.

@@ -31,7 +31,7 @@ use super::EngineOptions;
 use batch::{Batch, Waiter};
 use cairn_driver::Driver;
 use cairn_state::types::{SnapshotId, TxId};
-use cairn_state::{Effect, Op, Record, State, StateError};
+use cairn_state::{Applied, Effect, Invalid, Op, Record, State, StateError};
 use cairn_wal::storage::Storage;
 use cairn_wal::{Lsn, StoreId, Wal};
 use crossbeam_channel::{select, unbounded, Receiver, Sender, TryRecvError};
@@ -56,13 +56,9 @@ pub(crate) struct Core {
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     waiting: BTreeMap<TxId, Waiter>,
-    /// Layer imports begun in the current batch, waiting for their staging effect.
-    imports: BTreeMap<TxId, super::layers::ImportJob>,
     /// Snapshots whose trees a worker is deleting right now: cleanup and fsck leave them to it,
     /// so two deletions of one tree never race.
     deleting: Arc<std::sync::Mutex<BTreeSet<SnapshotId>>>,
-    /// Container init snapshots begun in the current batch: staged with placeholder files.
-    inits: BTreeSet<TxId>,
     failed: Option<String>,
     index_stale: bool,
 }
@@ -105,8 +101,6 @@ impl Core {
             done_tx,
             done_rx,
             waiting: BTreeMap::new(),
-            imports: BTreeMap::new(),
-            inits: BTreeSet::new(),
             deleting: Arc::default(),
             failed: None,
             index_stale: false,
@@ -188,17 +182,33 @@ impl Core {
         self.state.last_txid.next()
     }
 
-    /// Apply a new record to the state; on success it joins the batch.
+    /// Check a new record against the state and the journal's record limit; if both accept
+    /// it, apply it and add it to the batch. A refusal changes nothing.
     fn accept(&mut self, op: Op, batch: &mut Batch) -> Result<(TxId, Vec<Effect>), StateError> {
         let record = Record {
             txid: self.next_txid(),
             op,
         };
-        let effects = self.state.apply(&record)?;
+        let plan = self.state.check(&record)?;
+        let payload = crate::journal::encode(&record);
+        // The state machine bounds every record far below the engine's default; a root opened
+        // with a smaller WAL record limit refuses here rather than failing the batch's append.
+        let max = self.options.wal.max_record_bytes as usize;
+        if payload.len() > max {
+            return Err(StateError::InvalidArgument {
+                reason: Invalid::RecordTooLarge {
+                    bytes: payload.len(),
+                    max,
+                },
+            });
+        }
+        let Applied { effects, snapshots } = self.state.commit(plan);
         let txid = record.txid;
         // The transaction id of each accepted command, for servers' request logs (key in op).
         tracing::debug!(%txid, op = ?record.op, "accepted");
-        batch.records.push(record);
+        // The index follows what the record changed, as the state machine reports it.
+        batch.touched.extend(snapshots);
+        batch.records.push(payload);
         Ok((txid, effects))
     }
 

@@ -145,6 +145,22 @@ pub enum EngineError {
     /// The engine was closed.
     #[error("the engine has shut down")]
     ShutDown,
+    /// A bug: a worker's job for this command panicked. The engine keeps running; the command
+    /// was not completed (a removal already journaled stays removed).
+    #[error("bug: the {job} job of this command panicked: {message}")]
+    WorkerPanicked {
+        /// What the job was doing: `stage`, `seal`, `import`, `delete`, `usage`, `export`,
+        /// `diff` or `verify`.
+        job: &'static str,
+        /// What the panic said.
+        message: String,
+    },
+    /// A bug: the engine thread panicked. Reopen the root to recover.
+    #[error("bug: the engine thread panicked: {message}")]
+    EnginePanicked {
+        /// What the panic said.
+        message: String,
+    },
 }
 
 /// Why a root directory cannot be used.

@@ -11,7 +11,7 @@ use super::fsck::FsckReport;
 use cairn_state::types::{Kind, Mount, Usage};
 use cairn_state::Labels;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 #[derive(Clone, Debug)]
@@ -25,31 +25,51 @@ pub struct EngineHandle {
     /// sender, while any handle lives), so waiting for a reply also watches this.
     stopped: Receiver<()>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// What the engine thread panicked with, if it did (set before `stopped` disconnects).
+    panicked: Arc<OnceLock<String>>,
 }
 
 impl EngineHandle {
     pub(crate) fn start(core: Core, queue_capacity: usize) -> EngineHandle {
         let (tx, rx) = bounded(queue_capacity.max(1));
         let (alive, stopped) = bounded::<()>(0);
+        let panicked = Arc::new(OnceLock::new());
+        let record = Arc::clone(&panicked);
         let thread = std::thread::Builder::new()
             .name("cairn-engine".into())
             .spawn(move || {
-                // Dropped when run returns: after every reply (workers included) was sent.
+                // Dropped when run returns: after every reply (workers included) was sent, and
+                // after a panic is recorded.
                 let _alive = alive;
-                core.run(rx)
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run(rx)));
+                if let Err(payload) = run {
+                    let message = super::workers::panic_message(payload.as_ref());
+                    tracing::error!(%message, "bug: the engine thread panicked; reopen the root");
+                    let _ = record.set(message);
+                }
             })
             .expect("spawn the engine thread");
         EngineHandle {
             tx,
             stopped,
             thread: Arc::new(Mutex::new(Some(thread))),
+            panicked,
         }
     }
 
     /// Waits for `rx`, or for the engine thread to exit; a reply sent before it exited wins.
     fn wait<T>(&self, rx: &Receiver<T>) -> Option<T> {
         select! {
-            recv(rx) -> r => r.ok(),
+            recv(rx) -> r => match r {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    // The reply was dropped unanswered: only a panicking engine thread does
+                    // that. Give it a moment to finish unwinding (and record why) so the
+                    // caller hears the panic, not a plain shutdown.
+                    let _ = self.stopped.recv_timeout(std::time::Duration::from_secs(5));
+                    None
+                }
+            },
             recv(self.stopped) -> _ => rx.try_recv().ok(),
         }
     }
@@ -59,8 +79,18 @@ impl EngineHandle {
         let (reply, rx) = bounded(1);
         self.tx
             .send(Msg::Request(make(reply)))
-            .map_err(|_| EngineError::ShutDown)?;
-        self.wait(&rx).ok_or(EngineError::ShutDown)?
+            .map_err(|_| self.gone())?;
+        self.wait(&rx).ok_or_else(|| self.gone())?
+    }
+
+    /// Why the engine no longer answers: it was shut down, or its thread panicked.
+    fn gone(&self) -> EngineError {
+        match self.panicked.get() {
+            Some(message) => EngineError::EnginePanicked {
+                message: message.clone(),
+            },
+            None => EngineError::ShutDown,
+        }
     }
 
     /// Create an Active snapshot on `parent` (a committed snapshot) and return its mounts.
@@ -325,7 +355,8 @@ impl EngineHandle {
     }
 
     /// Finish the work in flight, checkpoint, and stop the engine thread. Other clones of the
-    /// handle get `ShutDown` afterwards.
+    /// handle get `ShutDown` afterwards. If the engine thread panicked (a bug), every closer
+    /// gets `EnginePanicked`, and so do calls on other clones.
     pub fn close(self) -> Result<(), EngineError> {
         let (tx, rx) = bounded(1);
         if self.tx.send(Msg::Shutdown(tx)).is_ok() {
@@ -336,8 +367,17 @@ impl EngineHandle {
         let _ = self.stopped.recv();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
-            let _ = t.join();
+            // The thread catches its own panic (recorded in `panicked`); a join error would be
+            // a panic while recording it.
+            if let Err(payload) = t.join() {
+                let _ = self
+                    .panicked
+                    .set(super::workers::panic_message(payload.as_ref()));
+            }
         }
-        Ok(())
+        match self.panicked.get() {
+            Some(_) => Err(self.gone()),
+            None => Ok(()),
+        }
     }
 }

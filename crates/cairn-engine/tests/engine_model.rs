@@ -531,3 +531,207 @@ fn run_case(seed: u64) {
 fn engine_matches_containerd_model() {
     common::run_seeds("engine_model", 3, 0xC0FF_EE00_5EED, run_case);
 }
+
+// ---- The state machine alone: a refusal leaves the state byte-identical. ----
+
+use cairn_state::types::{SnapshotId, TxId, Usage};
+use cairn_state::{Op, Pending, Record, State};
+
+const CHAINS: &[&str] = &[
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+    "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+    "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+];
+
+fn any_key(rng: &mut ChaCha8Rng) -> String {
+    match rng.gen_range(0..20) {
+        0 => CHAINS.choose(rng).expect("chains").to_string(),
+        1 => String::new(),
+        2 => "x".repeat(5000),
+        3 => "c-init".into(),
+        _ => KEYS.choose(rng).expect("keys").to_string(),
+    }
+}
+
+fn any_labels(rng: &mut ChaCha8Rng) -> Labels {
+    match rng.gen_range(0..10) {
+        0 => (0..300).map(|i| (format!("k{i}"), String::new())).collect(),
+        1 => (0..20)
+            .map(|i| (format!("k{i}"), "v".repeat(4000)))
+            .collect(),
+        2 => [("k".to_owned(), "v".repeat(5000))].into(),
+        _ => labels(&[("n", &rng.gen_range(0..3u8).to_string())]),
+    }
+}
+
+fn any_txid(rng: &mut ChaCha8Rng, state: &State) -> TxId {
+    let pending: Vec<TxId> = state.pending.keys().copied().collect();
+    match pending.choose(rng) {
+        Some(t) if rng.gen_bool(0.8) => *t,
+        _ => TxId(rng.gen_range(0..=state.last_txid.0 + 1)),
+    }
+}
+
+fn import_pending(state: &State) -> Option<TxId> {
+    state
+        .pending
+        .iter()
+        .find(|(_, p)| matches!(p, Pending::Import { .. }))
+        .map(|(t, _)| *t)
+}
+
+fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
+    let next = SnapshotId(state.next_id);
+    let chain = || CHAINS.to_vec();
+    match rng.gen_range(0..16) {
+        0..=2 => Op::BeginCreate {
+            key: any_key(rng),
+            parent: rng.gen_bool(0.6).then(|| any_key(rng)),
+            kind: *[Kind::Active, Kind::View, Kind::Committed]
+                .choose(rng)
+                .expect("kinds"),
+            id: next,
+            labels: any_labels(rng),
+            time_ns: 1,
+        },
+        3 => Op::BeginCommit {
+            key: any_key(rng),
+            name: any_key(rng),
+            labels: any_labels(rng),
+            time_ns: 2,
+        },
+        4..=5 => Op::Complete {
+            of: any_txid(rng, state),
+            usage: rng.gen_bool(0.5).then_some(Usage {
+                size_bytes: 1,
+                inodes: 1,
+            }),
+            digest: rng.gen_bool(0.5).then(|| "sha256:00".to_owned()),
+        },
+        6 => Op::Abort {
+            of: any_txid(rng, state),
+        },
+        7 => Op::Remove { key: any_key(rng) },
+        8 => Op::Update {
+            key: any_key(rng),
+            labels: any_labels(rng),
+            time_ns: 3,
+        },
+        9 => Op::BeginImport {
+            id: next,
+            parent: rng
+                .gen_bool(0.5)
+                .then(|| chain().choose(rng).expect("chain").to_string()),
+            pin: rng.gen_bool(0.5),
+            time_ns: 4,
+        },
+        10 => {
+            let chain_id = if rng.gen_bool(0.8) {
+                chain().choose(rng).expect("chain").to_string()
+            } else {
+                any_key(rng)
+            };
+            Op::CompleteImport {
+                of: import_pending(state).unwrap_or_else(|| any_txid(rng, state)),
+                diff_id: chain_id.clone(),
+                chain_id,
+                size_bytes: 1,
+                usage: Usage {
+                    size_bytes: 1,
+                    inodes: 1,
+                },
+            }
+        }
+        11 => Op::RemoveLayer {
+            chain_id: chain().choose(rng).expect("chain").to_string(),
+        },
+        12 => Op::PutImage {
+            name: ["img", "other"].choose(rng).expect("names").to_string(),
+            top: chain().choose(rng).expect("chain").to_string(),
+            manifest_digest: "sha256:m".into(),
+            config_digest: "sha256:c".into(),
+            time_ns: 5,
+        },
+        13 => Op::RemoveImage {
+            name: ["img", "other"].choose(rng).expect("names").to_string(),
+        },
+        14 => Op::BeginContainer {
+            name: any_key(rng),
+            layer: chain().choose(rng).expect("chain").to_string(),
+            init_id: next,
+            time_ns: 6,
+        },
+        _ => {
+            if rng.gen_bool(0.2) {
+                Op::CollectLayers
+            } else {
+                Op::RemoveContainer { name: any_key(rng) }
+            }
+        }
+    }
+}
+
+/// The keys whose snapshot entry differs between two states.
+fn changed_keys(before: &State, after: &State) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = before
+        .snapshots
+        .keys()
+        .chain(after.snapshots.keys())
+        .collect();
+    keys.into_iter()
+        .filter(|k| before.snapshots.get(*k) != after.snapshots.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn run_state_case(seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut state = State::new();
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    for step in 0..3000 {
+        let op = random_op(&mut rng, &state);
+        let record = Record {
+            txid: state.last_txid.next(),
+            op,
+        };
+        let before = postcard::to_stdvec(&state).expect("encode");
+        let copy = state.clone();
+        match state.apply(&record) {
+            Err(e) => {
+                refused += 1;
+                assert_eq!(
+                    postcard::to_stdvec(&state).expect("encode"),
+                    before,
+                    "seed {seed} step {step}: refused {record:?} ({e}) changed the state"
+                );
+            }
+            Ok(applied) => {
+                accepted += 1;
+                state.assert_refcounts();
+                let changed = changed_keys(&copy, &state);
+                assert!(
+                    changed.iter().all(|k| applied.snapshots.contains(k)),
+                    "seed {seed} step {step}: {record:?} changed {changed:?}, reported {:?}",
+                    applied.snapshots
+                );
+                assert!(
+                    applied
+                        .snapshots
+                        .iter()
+                        .all(|k| copy.snapshots.contains_key(k) || state.snapshots.contains_key(k)),
+                    "seed {seed} step {step}: reported a key that never existed"
+                );
+            }
+        }
+    }
+    println!("seed {seed}: {accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 300,
+        "seed {seed}: the generator must reach the state machine"
+    );
+}
+
+#[test]
+fn state_refusals_change_no_byte_of_the_state() {
+    common::run_seeds("engine_model", 8, 0x5747_E000_5EED, run_state_case);
+}

@@ -7,7 +7,7 @@
 //! is that record's, its snapshot id the next one), and completing that makes the container
 //! ready. Aborting either step removes everything the container had.
 
-use super::{Effect, Kind, Pending, Precondition, Snapshot, State, StateError};
+use super::{Draft, Effect, Kind, Pending, Precondition, Read, Snapshot, Stage, State, StateError};
 use crate::types::{SnapshotId, TxId};
 use serde::{Deserialize, Serialize};
 
@@ -22,19 +22,33 @@ pub struct Container {
     pub ready: bool,
 }
 
+/// What a container's init snapshot key adds to its name.
+pub const INIT_SUFFIX: &str = "-init";
+
 pub fn init_key(name: &str) -> String {
-    format!("{name}-init")
+    format!("{name}{INIT_SUFFIX}")
 }
 
 impl State {
     /// The container owning snapshot `key`, if any.
     pub fn container_of(&self, key: &str) -> Option<&str> {
-        self.containers
-            .iter()
-            .find(|(_, c)| c.key == key || c.init_key == key)
-            .map(|(name, _)| name.as_str())
+        Read::container_of(self, key)
     }
 
+    /// Containers whose creation was interrupted with nothing pending (recovery drops them).
+    pub fn stranded_containers(&self) -> Vec<String> {
+        self.containers
+            .iter()
+            .filter(|(_, c)| !c.ready)
+            .filter(|(_, c)| {
+                !self.pending.values().any(|p| matches!(p, Pending::Create { key, .. } if *key == c.key || *key == c.init_key))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+impl Draft<'_> {
     pub(super) fn begin_container(
         &mut self,
         txid: TxId,
@@ -43,7 +57,7 @@ impl State {
         init_id: SnapshotId,
         time_ns: i64,
     ) -> Result<Vec<Effect>, StateError> {
-        super::validate_key(name)?;
+        super::validate_snapshot_key(name)?;
         let init = init_key(name);
         if self.containers.contains_key(name) {
             return Err(StateError::AlreadyExists {
@@ -60,7 +74,11 @@ impl State {
         self.layer(layer)?;
         let parent_id = self.get(layer)?.id;
         self.take_id(init_id);
-        self.layers.get_mut(layer).expect("checked").holders += 1;
+        let held = self.layers.get_mut(layer).expect("checked");
+        held.holders = held
+            .holders
+            .checked_add(1)
+            .unwrap_or_else(|| panic!("invariant: refcount of layer {layer} overflows"));
         let parent = Some(layer.to_owned());
         let snapshot = Snapshot::created(
             init_id,
@@ -89,8 +107,7 @@ impl State {
         );
         Ok(vec![Effect::Stage {
             txid,
-            kind: Kind::Active,
-            parent: Some(parent_id),
+            stage: Stage::ContainerInit { parent: parent_id },
         }])
     }
 
@@ -127,8 +144,10 @@ impl State {
         );
         vec![Effect::Stage {
             txid,
-            kind: Kind::Active,
-            parent: Some(init),
+            stage: Stage::OnParent {
+                kind: Kind::Active,
+                parent: init,
+            },
         }]
     }
 
@@ -178,17 +197,5 @@ impl State {
             });
         }
         Ok(self.drop_container(name))
-    }
-
-    /// Containers whose creation was interrupted with nothing pending (recovery drops them).
-    pub fn stranded_containers(&self) -> Vec<String> {
-        self.containers
-            .iter()
-            .filter(|(_, c)| !c.ready)
-            .filter(|(_, c)| {
-                !self.pending.values().any(|p| matches!(p, Pending::Create { key, .. } if *key == c.key || *key == c.init_key))
-            })
-            .map(|(name, _)| name.clone())
-            .collect()
     }
 }

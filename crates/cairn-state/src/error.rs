@@ -64,4 +64,20 @@ pub enum Invalid {
     BadFilter { filter: String },
     #[error("parent chain of {key:?} is deeper than {max}")]
     ChainTooDeep { key: String, max: usize },
+    /// Keys of the form `sha256:<64 hex digits>` are the layer store's (its layers' ChainIDs).
+    #[error("key {key:?} has the form of a layer's ChainID, which only the layer store may use")]
+    ReservedKey { key: String },
+    #[error("{count} labels, more than the {max} a snapshot may have")]
+    TooManyLabels { count: usize, max: usize },
+    #[error("labels of {bytes} bytes in all, more than {max}")]
+    LabelsTooLarge { bytes: usize, max: usize },
+    #[error("{field} {value:?}… is {len} bytes, longer than {max}")]
+    TooLong {
+        field: &'static str,
+        value: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("the record would take {bytes} bytes in the journal, more than {max}")]
+    RecordTooLarge { bytes: usize, max: usize },
 }

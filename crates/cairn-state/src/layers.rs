@@ -5,7 +5,7 @@
 //! Releasing the last hold deletes it and releases its parent, up the chain, in the same
 //! transaction.
 
-use super::{Effect, Kind, Pending, Precondition, Snapshot, State, StateError};
+use super::{Draft, Effect, Kind, Pending, Precondition, Read, Snapshot, Stage, State, StateError};
 use crate::types::{SnapshotId, TxId, Usage};
 use serde::{Deserialize, Serialize};
 
@@ -39,28 +39,30 @@ pub struct Image {
 
 impl State {
     pub fn layer(&self, chain_id: &str) -> Result<&Layer, StateError> {
-        self.layers
-            .get(chain_id)
-            .ok_or_else(|| StateError::NotFound {
-                key: chain_id.to_owned(),
-            })
+        Read::layer(self, chain_id)
     }
 
     /// ChainIDs from `chain_id` down to the base layer.
     pub fn layer_chain(&self, chain_id: &str) -> Result<Vec<String>, StateError> {
-        let mut chain = vec![chain_id.to_owned()];
-        let mut next = self.layer(chain_id)?.parent.clone();
-        while let Some(p) = next {
-            next = self.layer(&p)?.parent.clone();
-            chain.push(p);
-            assert!(
-                chain.len() <= MAX_LAYER_DEPTH + 1,
-                "layer chain of {chain_id} loops"
-            );
-        }
-        Ok(chain)
+        Read::layer_chain(self, chain_id)
     }
+}
 
+/// One more hold on a layer.
+fn hold(count: &mut u64, chain_id: &str) {
+    *count = count
+        .checked_add(1)
+        .unwrap_or_else(|| panic!("invariant: refcount of layer {chain_id} overflows"));
+}
+
+/// One hold fewer; releasing a hold nobody has is a double free.
+fn release(count: &mut u64, chain_id: &str) {
+    *count = count
+        .checked_sub(1)
+        .unwrap_or_else(|| panic!("invariant: layer {chain_id} released more often than held"));
+}
+
+impl Draft<'_> {
     pub(super) fn begin_import(
         &mut self,
         txid: TxId,
@@ -102,8 +104,7 @@ impl State {
         );
         Ok(vec![Effect::Stage {
             txid,
-            kind: Kind::Active,
-            parent: parent_id,
+            stage: Stage::Import { parent: parent_id },
         }])
     }
 
@@ -115,16 +116,13 @@ impl State {
         size_bytes: u64,
         usage: Usage,
     ) -> Result<Vec<Effect>, StateError> {
-        let Some(Pending::Import { .. }) = self.pending.get(&of) else {
-            return Err(StateError::NotPending { txid: of });
-        };
         let Some(Pending::Import {
             mut snapshot,
             parent,
             pin,
         }) = self.pending.remove(&of)
         else {
-            unreachable!("checked above");
+            return Err(StateError::NotPending { txid: of });
         };
         if let Some(layer) = self.layers.get_mut(chain_id) {
             // The same layer again: keep the one we have, drop the new copy.
@@ -132,6 +130,8 @@ impl State {
             return Ok(vec![Effect::Discard { txid: of }]);
         }
         if self.snapshots.contains_key(chain_id) {
+            // Only a root made before keys of this form were reserved can get here. The draft
+            // is dropped: the import stays pending and the engine aborts it.
             return Err(StateError::AlreadyExists {
                 key: chain_id.to_owned(),
             });
@@ -141,7 +141,7 @@ impl State {
                 .layers
                 .get_mut(p)
                 .expect("a parent with a pending child is never removed");
-            parent_layer.children += 1;
+            hold(&mut parent_layer.children, p);
         }
         snapshot.usage = Some(usage);
         let id = snapshot.id;
@@ -158,23 +158,6 @@ impl State {
             },
         );
         Ok(vec![Effect::Install { txid: of, id }])
-    }
-
-    /// Whether an import onto `chain_id` is in flight.
-    pub(super) fn has_pending_import_on(&self, chain_id: &str) -> bool {
-        self.pending
-            .values()
-            .any(|p| matches!(p, Pending::Import { parent: Some(q), .. } if q == chain_id))
-    }
-
-    fn check_removable_snapshot(&self, key: &str) -> Result<(), StateError> {
-        if self.has_children(key) {
-            return Err(StateError::FailedPrecondition {
-                key: key.to_owned(),
-                reason: Precondition::HasChildren,
-            });
-        }
-        Ok(())
     }
 
     pub(super) fn remove_layer(&mut self, chain_id: &str) -> Result<Vec<Effect>, StateError> {
@@ -223,7 +206,7 @@ impl State {
                     .layers
                     .get_mut(p)
                     .expect("a layer's parent outlives it");
-                parent.children -= 1;
+                release(&mut parent.children, p);
             }
             next = layer.parent;
         }
@@ -239,12 +222,13 @@ impl State {
         time_ns: i64,
     ) -> Result<Vec<Effect>, StateError> {
         super::validate_key(name)?;
-        self.layers
+        let layer = self
+            .layers
             .get_mut(top)
             .ok_or_else(|| StateError::NotFound {
                 key: top.to_owned(),
-            })?
-            .holders += 1;
+            })?;
+        hold(&mut layer.holders, top);
         let previous = self.images.insert(
             name.to_owned(),
             Image {
@@ -275,7 +259,7 @@ impl State {
             .layers
             .get_mut(chain_id)
             .expect("an image's top layer outlives the image");
-        layer.holders -= 1;
+        release(&mut layer.holders, chain_id);
         self.release_unreferenced(chain_id.to_owned())
     }
 

@@ -3,28 +3,38 @@
 //! [`State::apply`] does no IO, reads no clock and iterates only ordered maps, so the same
 //! records applied to the same state always give the same state and the same effects: that is
 //! what makes replay after a crash reach exactly the state that was acknowledged.
+//!
+//! Applying is two steps. [`State::check`] only reads the state: it refuses the record, or
+//! returns a [`Plan`] of the entries the record writes and the effects it asks for (planned on
+//! a copy-on-write draft). [`State::commit`] writes a plan and cannot fail. So a refused record
+//! changes nothing, by construction.
 
 mod containers;
+mod draft;
 mod effect;
 mod error;
 mod layers;
+pub mod limits;
 mod record;
 pub mod types;
 
-pub use containers::{init_key, Container};
-pub use effect::Effect;
+pub use containers::{init_key, Container, INIT_SUFFIX};
+pub use draft::{Applied, Plan};
+pub use effect::{Effect, Stage};
 pub use error::{Invalid, Precondition, StateError};
 pub use layers::{Image, Layer, MAX_LAYER_DEPTH};
+pub use limits::{
+    validate_key, validate_labels, validate_snapshot_key, MAX_KEY_BYTES, MAX_LABELS,
+    MAX_LABELS_TOTAL_BYTES, MAX_LABEL_BYTES, MAX_RECORD_BYTES,
+};
 pub use record::{Labels, Op, Record};
+
+use draft::{Draft, Read};
 
 use crate::types::{Kind, SnapshotId, TxId, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// containerd's limit on a label's key and value together.
-pub const MAX_LABEL_BYTES: usize = 4096;
-/// Keys are path-like names; bound them so nothing unbounded reaches the journal.
-pub const MAX_KEY_BYTES: usize = 4096;
 /// The deepest parent chain a snapshot may have (overlay's lowerdir limit is about 500; the
 /// layer store limits images to 125).
 pub const MAX_CHAIN_DEPTH: usize = 500;
@@ -118,84 +128,84 @@ impl State {
         }
     }
 
-    /// Use up snapshot id `id`: the engine puts the next id in the record, so any other id is a
-    /// bug (replay checks it first and reports a typed error).
-    fn take_id(&mut self, id: SnapshotId) {
-        assert_eq!(id.0, self.next_id, "snapshot ids are assigned in order");
-        self.next_id += 1;
-    }
-
     pub fn get(&self, key: &str) -> Result<&Snapshot, StateError> {
-        self.snapshots.get(key).ok_or_else(|| StateError::NotFound {
-            key: key.to_owned(),
-        })
+        Read::get(self, key)
     }
 
     /// The committed ancestors of `key`, nearest first, as snapshot ids.
     pub fn parent_ids(&self, key: &str) -> Result<Vec<SnapshotId>, StateError> {
-        let mut ids = Vec::new();
-        let mut next = self.get(key)?.parent.clone();
-        while let Some(parent) = next {
-            let snap = self.get(&parent)?;
-            ids.push(snap.id);
-            assert!(
-                ids.len() <= MAX_CHAIN_DEPTH + 1,
-                "parent chain of {key} loops"
-            );
-            next = snap.parent.clone();
-        }
-        Ok(ids)
+        Read::parent_ids(self, key)
     }
 
     /// Keys whose parent is `key`, including snapshots still being created.
     pub fn has_children(&self, key: &str) -> bool {
-        self.snapshots
-            .values()
-            .any(|s| s.parent.as_deref() == Some(key))
-            || self.pending.values().any(|p| match p {
-                Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
-                    snapshot.parent.as_deref() == Some(key)
-                }
-                Pending::Commit { .. } => false,
-            })
+        Read::has_children(self, key)
     }
 
-    /// Whether `key` is taken: by a snapshot, a snapshot being created, or a commit's name.
-    fn is_taken(&self, key: &str) -> bool {
-        self.snapshots.contains_key(key)
-            || self.container_of(key).is_some()
-            || self.pending.values().any(|p| match p {
-                Pending::Create { key: k, .. } => k == key,
-                Pending::Commit { name, .. } => name == key,
-                Pending::Import { .. } => false,
-            })
+    /// Apply one record: [`check`](State::check) it, then [`commit`](State::commit) the plan.
+    /// On error the state is unchanged (the check only reads it); on success the state has
+    /// moved to `record.txid` and [`Applied`] says what the engine must do on disk and which
+    /// snapshots changed.
+    pub fn apply(&mut self, record: &Record) -> Result<Applied, StateError> {
+        let plan = self.check(record)?;
+        Ok(self.commit(plan))
     }
 
-    fn is_busy(&self, key: &str) -> bool {
-        self.pending
-            .values()
-            .any(|p| matches!(p, Pending::Commit { key: k, .. } if k == key))
-    }
-
-    fn depth(&self, parent: &str) -> Result<usize, StateError> {
-        Ok(self.parent_ids(parent)?.len() + 1)
-    }
-
-    /// Apply one record. On error the state is unchanged; on success the state has moved to
-    /// `record.txid` and the effects say what the engine must do on disk, in order.
-    pub fn apply(&mut self, record: &Record) -> Result<Vec<Effect>, StateError> {
+    /// Decide whether `record` applies to this state, and if so what it writes: reads the state
+    /// and nothing else. The plan is committed with [`commit`](State::commit).
+    pub fn check(&self, record: &Record) -> Result<Plan, StateError> {
         let txid = record.txid;
         assert!(
             txid > self.last_txid,
             "transaction ids must increase: {txid} after {}",
             self.last_txid
         );
-        let effects = self.check_and_apply(txid, &record.op)?;
-        self.last_txid = txid;
-        Ok(effects)
+        limits::check_record(record)?;
+        let mut draft = Draft::new(self);
+        let effects = draft.plan(txid, &record.op)?;
+        Ok(draft.into_plan(self.last_txid, txid, effects))
     }
 
-    fn check_and_apply(&mut self, txid: TxId, op: &Op) -> Result<Vec<Effect>, StateError> {
+    /// Panics unless every layer's counts are what the state holds: `children` the layers on
+    /// it, `holders` the images and containers on it. A broken count is a leak or a double
+    /// free; the state machine stops on it.
+    pub fn assert_refcounts(&self) {
+        let mut counted: BTreeMap<&str, (u64, u64)> =
+            self.layers.keys().map(|k| (k.as_str(), (0, 0))).collect();
+        let mut count = |key: &str, child: bool| {
+            let entry = counted
+                .get_mut(key)
+                .unwrap_or_else(|| panic!("invariant: {key} is held but is not a layer"));
+            if child {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        };
+        for layer in self.layers.values() {
+            if let Some(p) = &layer.parent {
+                count(p, true);
+            }
+        }
+        for image in self.images.values() {
+            count(&image.top, false);
+        }
+        for container in self.containers.values() {
+            count(&container.layer, false);
+        }
+        for (key, layer) in &self.layers {
+            let (children, holders) = counted[key.as_str()];
+            assert_eq!(
+                (layer.children, layer.holders),
+                (children, holders),
+                "invariant: refcounts (children, holders) of layer {key}"
+            );
+        }
+    }
+}
+
+impl Draft<'_> {
+    fn plan(&mut self, txid: TxId, op: &Op) -> Result<Vec<Effect>, StateError> {
         match op {
             Op::BeginCreate {
                 key,
@@ -205,8 +215,7 @@ impl State {
                 labels,
                 time_ns,
             } => {
-                validate_key(key)?;
-                validate_labels(labels)?;
+                validate_snapshot_key(key)?;
                 if !matches!(kind, Kind::Active | Kind::View) {
                     return Err(invalid(Invalid::BadKind { kind: *kind }));
                 }
@@ -241,11 +250,14 @@ impl State {
                         snapshot,
                     },
                 );
-                Ok(vec![Effect::Stage {
-                    txid,
-                    kind: *kind,
-                    parent: parent_id,
-                }])
+                let stage = match parent_id {
+                    None => Stage::Empty { kind: *kind },
+                    Some(parent) => Stage::OnParent {
+                        kind: *kind,
+                        parent,
+                    },
+                };
+                Ok(vec![Effect::Stage { txid, stage }])
             }
             Op::BeginCommit {
                 key,
@@ -253,8 +265,7 @@ impl State {
                 labels,
                 time_ns,
             } => {
-                validate_key(name)?;
-                validate_labels(labels)?;
+                validate_snapshot_key(name)?;
                 if self.is_taken(name) {
                     return Err(StateError::AlreadyExists { key: name.clone() });
                 }
@@ -281,48 +292,39 @@ impl State {
                 );
                 Ok(vec![Effect::Seal { txid, id }])
             }
-            Op::Complete { of, usage, digest } => {
-                if matches!(self.pending.get(of), Some(Pending::Import { .. })) {
-                    // An import completes with CompleteImport, which names its layer.
-                    return Err(StateError::NotPending { txid: *of });
+            Op::Complete { of, usage, digest } => match self.pending.remove(of) {
+                // An import completes with CompleteImport, which names its layer.
+                None | Some(Pending::Import { .. }) => Err(StateError::NotPending { txid: *of }),
+                Some(Pending::Create { key, snapshot }) => {
+                    let id = snapshot.id;
+                    self.snapshots.insert(key.clone(), snapshot);
+                    let mut effects = vec![Effect::Install { txid: *of, id }];
+                    effects.extend(self.container_created(txid, &key));
+                    Ok(effects)
                 }
-                let pending = self
-                    .pending
-                    .remove(of)
-                    .ok_or(StateError::NotPending { txid: *of })?;
-                match pending {
-                    Pending::Import { .. } => unreachable!("checked before removal"),
-                    Pending::Create { key, snapshot } => {
-                        let id = snapshot.id;
-                        self.snapshots.insert(key.clone(), snapshot);
-                        let mut effects = vec![Effect::Install { txid: *of, id }];
-                        effects.extend(self.container_created(txid, &key));
-                        Ok(effects)
-                    }
-                    Pending::Commit {
-                        key,
-                        name,
-                        labels,
-                        time_ns,
-                    } => {
-                        let mut snap = self
-                            .snapshots
-                            .remove(&key)
-                            .expect("a pending commit's snapshot cannot be removed");
-                        snap.kind = Kind::Committed;
-                        snap.labels = labels;
-                        snap.usage = *usage;
-                        snap.digest = digest.clone();
-                        // containerd (storage.CommitActive) gives the committed snapshot new
-                        // times: created == updated == the commit's time.
-                        snap.created_ns = time_ns;
-                        snap.updated_ns = time_ns;
-                        snap.txid = *of;
-                        self.snapshots.insert(name, snap);
-                        Ok(Vec::new())
-                    }
+                Some(Pending::Commit {
+                    key,
+                    name,
+                    labels,
+                    time_ns,
+                }) => {
+                    let mut snap = self
+                        .snapshots
+                        .remove(&key)
+                        .expect("a pending commit's snapshot cannot be removed");
+                    snap.kind = Kind::Committed;
+                    snap.labels = labels;
+                    snap.usage = *usage;
+                    snap.digest = digest.clone();
+                    // containerd (storage.CommitActive) gives the committed snapshot new
+                    // times: created == updated == the commit's time.
+                    snap.created_ns = time_ns;
+                    snap.updated_ns = time_ns;
+                    snap.txid = *of;
+                    self.snapshots.insert(name, snap);
+                    Ok(Vec::new())
                 }
-            }
+            },
             Op::Abort { of } => {
                 let pending = self
                     .pending
@@ -396,7 +398,6 @@ impl State {
                 labels,
                 time_ns,
             } => {
-                validate_labels(labels)?;
                 let snap = self
                     .snapshots
                     .get_mut(key)
@@ -418,31 +419,6 @@ fn precondition(key: &str, reason: Precondition) -> StateError {
         key: key.to_owned(),
         reason,
     }
-}
-
-pub fn validate_key(key: &str) -> Result<(), StateError> {
-    if key.is_empty() {
-        return Err(invalid(Invalid::EmptyKey));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(invalid(Invalid::KeyTooLong {
-            key: key.chars().take(64).collect(),
-            max: MAX_KEY_BYTES,
-        }));
-    }
-    Ok(())
-}
-
-pub fn validate_labels(labels: &Labels) -> Result<(), StateError> {
-    for (k, v) in labels {
-        if k.len() + v.len() > MAX_LABEL_BYTES {
-            return Err(invalid(Invalid::LabelTooLong {
-                key: k.chars().take(64).collect(),
-                max: MAX_LABEL_BYTES,
-            }));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

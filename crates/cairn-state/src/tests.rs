@@ -15,13 +15,25 @@ impl Machine {
 
     fn apply(&mut self, op: Op) -> Result<(TxId, Vec<Effect>), StateError> {
         let txid = TxId(self.txid + 1);
-        let before = self.state.clone();
-        let result = self.state.apply(&Record { txid, op });
+        let before = postcard::to_stdvec(&self.state).expect("encode");
+        let record = Record { txid, op };
+        assert!(
+            limits::encoded_bytes_bound(&record)
+                >= postcard::to_stdvec(&record).expect("encode").len()
+        );
+        let result = self.state.apply(&record);
         match &result {
-            Ok(_) => self.txid += 1,
-            Err(_) => assert_eq!(self.state, before, "a refused record changed the state"),
+            Ok(_) => {
+                self.txid += 1;
+                self.state.assert_refcounts();
+            }
+            Err(_) => assert_eq!(
+                postcard::to_stdvec(&self.state).expect("encode"),
+                before,
+                "a refused record changed the state"
+            ),
         }
-        result.map(|e| (txid, e))
+        result.map(|a| (txid, a.effects))
     }
 
     fn create(&mut self, key: &str, parent: Option<&str>, kind: Kind) -> Result<TxId, StateError> {
@@ -163,8 +175,7 @@ fn pending_operations_reserve_keys_and_block_removal() {
         effects,
         vec![Effect::Stage {
             txid: t1,
-            kind: Kind::Active,
-            parent: None
+            stage: Stage::Empty { kind: Kind::Active },
         }]
     );
     assert!(m.state.get("k").is_err(), "not visible before it completes");
@@ -642,4 +653,252 @@ fn an_aborted_container_step_leaves_nothing() {
             vec!["L"]
         );
     }
+}
+
+const CHAIN: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn reserved(r: Result<(TxId, Vec<Effect>), StateError>) -> bool {
+    matches!(
+        r,
+        Err(StateError::InvalidArgument {
+            reason: Invalid::ReservedKey { .. }
+        })
+    )
+}
+
+#[test]
+fn chain_id_keys_belong_to_the_layer_store() {
+    assert!(limits::is_layer_key(CHAIN));
+    assert!(!limits::is_layer_key("sha256:0123"));
+    assert!(!limits::is_layer_key(&CHAIN.to_uppercase()));
+    let mut m = Machine::new();
+    let begin = |key: &str, id| Op::BeginCreate {
+        key: key.into(),
+        parent: None,
+        kind: Kind::Active,
+        id: SnapshotId(id),
+        labels: Labels::new(),
+        time_ns: 1,
+    };
+    assert!(reserved(m.apply(begin(CHAIN, 1))));
+    m.create("a", None, Kind::Active).expect("a");
+    assert!(reserved(m.apply(Op::BeginCommit {
+        key: "a".into(),
+        name: CHAIN.into(),
+        labels: Labels::new(),
+        time_ns: 2,
+    })));
+    m.import(CHAIN, None, true)
+        .expect("the layer store may use it");
+    assert!(reserved(m.apply(Op::BeginContainer {
+        name: CHAIN.into(),
+        layer: CHAIN.into(),
+        init_id: SnapshotId(m.state.next_id),
+        time_ns: 3,
+    })));
+    // A user snapshot may sit on a layer.
+    m.create("on-layer", Some(CHAIN), Kind::Active)
+        .expect("a layer is a parent");
+}
+
+#[test]
+fn a_refused_import_completion_leaves_the_import_pending() {
+    // A root made before ChainID keys were reserved can have a user snapshot under a layer's
+    // key. The completion is refused and changes nothing (Machine::apply compares the bytes);
+    // the import can still be aborted.
+    let mut m = Machine::new();
+    let (txid, _) = m
+        .apply(Op::BeginImport {
+            id: SnapshotId(1),
+            parent: None,
+            pin: true,
+            time_ns: 1,
+        })
+        .expect("begin");
+    let squatter = Snapshot::created(SnapshotId(2), Kind::Active, None, Labels::new(), 1, TxId(1));
+    m.state.snapshots.insert(CHAIN.into(), squatter);
+    m.state.next_id = 3;
+    let complete = Op::CompleteImport {
+        of: txid,
+        diff_id: CHAIN.into(),
+        chain_id: CHAIN.into(),
+        size_bytes: 1,
+        usage: Usage {
+            size_bytes: 1,
+            inodes: 1,
+        },
+    };
+    assert!(matches!(
+        m.apply(complete),
+        Err(StateError::AlreadyExists { .. })
+    ));
+    assert!(m.state.pending.contains_key(&txid), "still pending");
+    let (_, effects) = m.apply(Op::Abort { of: txid }).expect("abort applies");
+    assert_eq!(effects, vec![Effect::Discard { txid }]);
+}
+
+fn invalid_reason(r: Result<(TxId, Vec<Effect>), StateError>) -> Invalid {
+    match r {
+        Err(StateError::InvalidArgument { reason }) => reason,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[test]
+fn labels_keys_and_records_are_bounded() {
+    let mut m = Machine::new();
+    let many: Labels = (0..=MAX_LABELS)
+        .map(|i| (format!("k{i}"), String::new()))
+        .collect();
+    let big: Labels = (0..32)
+        .map(|i| (format!("k{i}"), "v".repeat(4000)))
+        .collect();
+    let prepare = |labels: &Labels| Op::BeginCreate {
+        key: "k".into(),
+        parent: None,
+        kind: Kind::Active,
+        id: SnapshotId(1),
+        labels: labels.clone(),
+        time_ns: 1,
+    };
+    assert!(matches!(
+        invalid_reason(m.apply(prepare(&many))),
+        Invalid::TooManyLabels { count, max: MAX_LABELS } if count == MAX_LABELS + 1
+    ));
+    assert!(matches!(
+        invalid_reason(m.apply(prepare(&big))),
+        Invalid::LabelsTooLarge { .. }
+    ));
+    m.create("k", None, Kind::Active).expect("k");
+    assert!(matches!(
+        invalid_reason(m.apply(Op::Update {
+            key: "k".into(),
+            labels: many.clone(),
+            time_ns: 2
+        })),
+        Invalid::TooManyLabels { .. }
+    ));
+    let long = "x".repeat(MAX_KEY_BYTES + 1);
+    for op in [
+        Op::Remove { key: long.clone() },
+        Op::RemoveImage { name: long.clone() },
+        Op::RemoveContainer { name: long.clone() },
+        Op::RemoveLayer {
+            chain_id: long.clone(),
+        },
+        Op::PutImage {
+            name: "i".into(),
+            top: "t".into(),
+            manifest_digest: long.clone(),
+            config_digest: "c".into(),
+            time_ns: 1,
+        },
+        Op::BeginContainer {
+            name: "n".repeat(MAX_KEY_BYTES - 4),
+            layer: "l".into(),
+            init_id: SnapshotId(m.state.next_id),
+            time_ns: 1,
+        },
+    ] {
+        assert!(matches!(
+            invalid_reason(m.apply(op)),
+            Invalid::TooLong { .. } | Invalid::KeyTooLong { .. }
+        ));
+    }
+    // The largest record the bounds allow stays inside the record limit, and the bound used
+    // for it is an upper bound of postcard's encoding.
+    let fullest: Labels = (0..MAX_LABELS)
+        .map(|i| {
+            (
+                format!("{i:04}"),
+                "v".repeat(MAX_LABELS_TOTAL_BYTES / MAX_LABELS - 4),
+            )
+        })
+        .collect();
+    let record = Record {
+        txid: TxId(u64::MAX),
+        op: Op::BeginCreate {
+            key: "k".repeat(MAX_KEY_BYTES),
+            parent: Some("p".repeat(MAX_KEY_BYTES)),
+            kind: Kind::Active,
+            id: SnapshotId(u64::MAX),
+            labels: fullest,
+            time_ns: i64::MIN,
+        },
+    };
+    let encoded = postcard::to_stdvec(&record).expect("encode").len();
+    let bound = limits::encoded_bytes_bound(&record);
+    assert!(encoded <= bound, "{encoded} > {bound}");
+    assert!(bound <= MAX_RECORD_BYTES);
+    limits::check_record(&record).expect("within every bound");
+}
+
+#[test]
+fn apply_reports_the_snapshots_it_changed() {
+    let mut m = Machine::new();
+    m.create("a", None, Kind::Active).expect("a");
+    let txid = TxId(m.txid + 1);
+    let applied = m
+        .state
+        .apply(&Record {
+            txid,
+            op: Op::BeginCommit {
+                key: "a".into(),
+                name: "c".into(),
+                labels: Labels::new(),
+                time_ns: 1,
+            },
+        })
+        .expect("begin commit");
+    m.txid += 1;
+    assert!(
+        applied.snapshots.is_empty(),
+        "a begun commit changes no snapshot"
+    );
+    let applied = m
+        .state
+        .apply(&Record {
+            txid: TxId(m.txid + 1),
+            op: Op::Complete {
+                of: txid,
+                usage: None,
+                digest: None,
+            },
+        })
+        .expect("complete");
+    m.txid += 1;
+    assert_eq!(applied.snapshots, vec!["a".to_owned(), "c".to_owned()]);
+    // A cascade reports every layer snapshot it removed.
+    m.import("L0", None, false).expect("L0");
+    m.import("L1", Some("L0"), true).expect("L1");
+    let applied = m
+        .state
+        .apply(&Record {
+            txid: TxId(m.txid + 1),
+            op: Op::RemoveLayer {
+                chain_id: "L1".into(),
+            },
+        })
+        .expect("rm L1");
+    assert_eq!(applied.snapshots, vec!["L0".to_owned(), "L1".to_owned()]);
+    assert_eq!(deletes(&applied.effects), 2);
+}
+
+#[test]
+fn a_plan_changes_nothing_until_committed() {
+    let mut m = Machine::new();
+    m.create("a", None, Kind::Active).expect("a");
+    let before = m.state.clone();
+    let plan = m
+        .state
+        .check(&Record {
+            txid: TxId(m.txid + 1),
+            op: Op::Remove { key: "a".into() },
+        })
+        .expect("removable");
+    assert_eq!(m.state, before);
+    assert!(matches!(plan.effects(), [Effect::Delete { .. }]));
+    let applied = m.state.commit(plan);
+    assert_eq!(applied.snapshots, vec!["a".to_owned()]);
+    assert!(m.state.snapshots.is_empty());
 }

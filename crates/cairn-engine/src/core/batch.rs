@@ -6,9 +6,8 @@ use super::Core;
 use crate::api::{CleanupReport, Imported, Reply};
 use crate::error::EngineError;
 use crate::fsck::FsckReport;
-use crate::journal;
 use cairn_state::types::{Kind, Mount, SnapshotId, TxId};
-use cairn_state::{Effect, Record};
+use cairn_state::Effect;
 
 /// A reply with its answer already known; sent once the batch is durable, or replaced by
 /// the batch's failure. Type-erased so the outbox holds replies of every type in one list.
@@ -125,12 +124,26 @@ impl Outgoing {
     }
 }
 
+/// What travels with an effect: the reply of the command that removed a snapshot (answered
+/// when its tree is gone), or the caller's input an import stages.
+pub(super) enum With {
+    Nothing,
+    Reply(Reply<()>),
+    Import(crate::layers::ImportJob),
+}
+
+impl With {
+    pub(super) fn reply(r: Option<Reply<()>>) -> With {
+        r.map_or(With::Nothing, With::Reply)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Batch {
-    pub records: Vec<Record>,
-    /// Effects of the records, in order; a `Delete` may carry the reply of the command that
-    /// removed the snapshot (answered when the tree is gone).
-    pub effects: Vec<(Effect, Option<Reply<()>>)>,
+    /// The journal payloads of the batch's records, in order.
+    pub records: Vec<Vec<u8>>,
+    /// Effects of the records, in order, with what travels with each.
+    pub effects: Vec<(Effect, With)>,
     /// Keys whose index entries the batch changes.
     pub touched: Vec<String>,
     /// How many of `effects` come from completions (they precede the requests' effects).
@@ -151,7 +164,8 @@ impl Batch {
 
     /// Effects that carry no reply.
     pub(super) fn effects(&mut self, effects: Vec<Effect>) {
-        self.effects.extend(effects.into_iter().map(|e| (e, None)));
+        self.effects
+            .extend(effects.into_iter().map(|e| (e, With::Nothing)));
     }
 }
 
@@ -164,9 +178,8 @@ impl Core {
 
     pub(super) fn finish_batch(&mut self, batch: Batch) {
         if !batch.records.is_empty() && self.failed.is_none() {
-            let payloads: Vec<Vec<u8>> = batch.records.iter().map(journal::encode).collect();
             fail::fail_point!("engine::batch::before_append");
-            let journaled = self.wal.append_batch(&payloads).and_then(|_| {
+            let journaled = self.wal.append_batch(&batch.records).and_then(|_| {
                 fail::fail_point!("engine::batch::after_append");
                 self.wal.sync()
             });
@@ -182,8 +195,8 @@ impl Core {
             for out in batch.outbox {
                 out.fail(failed());
             }
-            for (_, reply) in batch.effects {
-                if let Some(reply) = reply {
+            for (_, with) in batch.effects {
+                if let With::Reply(reply) = with {
                     let _ = reply.send(Err(failed()));
                 }
             }
@@ -233,9 +246,12 @@ impl Core {
                     Ok(mut report) => {
                         let targets = crate::verify::Targets::of(&self.state);
                         let driver = std::sync::Arc::clone(&self.driver);
-                        self.workers.spawn(move || {
+                        let work = move || {
                             crate::verify::run(driver.as_ref(), &targets, &mut report);
-                            let _ = reply.send(Ok(report));
+                            report
+                        };
+                        self.workers.run("verify", work, move |r| {
+                            let _ = reply.send(r.map_err(EngineError::from));
                         });
                     }
                     Err(e) => {

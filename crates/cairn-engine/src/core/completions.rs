@@ -6,7 +6,6 @@ use super::batch::{Batch, Completion, Outgoing, Waiter};
 use super::Core;
 use crate::api::Imported;
 use crate::error::EngineError;
-use cairn_driver::DriverError;
 use cairn_state::types::{TxId, Usage};
 use cairn_state::{Effect, Op};
 
@@ -15,12 +14,12 @@ use cairn_state::{Effect, Op};
 pub(crate) enum Done {
     Staged {
         txid: TxId,
-        result: Result<(), DriverError>,
+        result: Result<(), EngineError>,
     },
     Sealed {
         txid: TxId,
         /// The committed tree's usage and digest.
-        result: Result<(Usage, String), DriverError>,
+        result: Result<(Usage, String), EngineError>,
     },
     Imported {
         txid: TxId,
@@ -40,7 +39,7 @@ impl Core {
         };
         let waiter = self.waiting.remove(&txid);
         if let Err(e) = &result {
-            if e.stops_engine() {
+            if matches!(e, EngineError::Driver(d) if d.stops_engine()) {
                 // A failed tree sync that could not be recorded: stop before anyone retries it.
                 self.fail(e.to_string());
             }
@@ -51,16 +50,6 @@ impl Core {
             }
             return;
         }
-        // The keys this completion changes in the index: the created key, or a commit's key
-        // and name. Read before applying, which removes the pending entry.
-        match self.state.pending.get(&txid) {
-            Some(cairn_state::Pending::Create { key, .. }) => batch.touched.push(key.clone()),
-            Some(cairn_state::Pending::Commit { key, name, .. }) => {
-                batch.touched.push(key.clone());
-                batch.touched.push(name.clone());
-            }
-            Some(cairn_state::Pending::Import { .. }) | None => {}
-        }
         let (op, outcome) = match result {
             Ok((usage, digest)) => (
                 Op::Complete {
@@ -70,20 +59,20 @@ impl Core {
                 },
                 Ok(()),
             ),
-            Err(e) => (Op::Abort { of: txid }, Err(EngineError::from(e))),
+            Err(e) => (Op::Abort { of: txid }, Err(e)),
         };
-        let before: Option<Vec<String>> =
-            matches!(op, Op::Abort { .. }).then(|| self.state.snapshots.keys().cloned().collect());
-        let (record_txid, effects) = self
-            .accept(op, batch)
-            .expect("a completion follows a pending transaction");
-        if let Some(before) = before {
-            // An aborted container step deletes its other snapshot too.
-            let gone = before
-                .into_iter()
-                .filter(|k| !self.state.snapshots.contains_key(k));
-            batch.touched.extend(gone);
-        }
+        let (record_txid, effects) = match self.accept(op, batch) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Only a bug gets here (a completion always follows its pending transaction);
+                // the refusal changed nothing, so the engine carries on and the client hears.
+                tracing::error!(%txid, error = %e, "bug: a worker's completion was refused");
+                if let Some(w) = waiter {
+                    w.fail(e.into());
+                }
+                return;
+            }
+        };
         // A completion that begins the next step (a container's read-write snapshot) keeps
         // its client waiting for that step.
         let continues = effects
@@ -147,7 +136,6 @@ impl Core {
                     size_bytes: done.size_bytes,
                     usage: done.usage,
                 };
-                batch.touched.push(imported.chain_id.clone());
                 (op, Ok(imported))
             }
             Err(e) => (Op::Abort { of: txid }, Err(e)),
@@ -157,13 +145,17 @@ impl Core {
                 batch.effects(effects);
                 outcome
             }
-            Err(e) => {
-                // A user snapshot already has the layer's key: drop the import.
-                let (_, effects) = self
-                    .accept(Op::Abort { of: txid }, batch)
-                    .expect("aborting a pending import always applies");
-                batch.effects(effects);
-                Err(e.into())
+            Err(refused) => {
+                // The completion was refused (a snapshot of a root older than the reserved
+                // ChainID keys has the layer's key, or the record is over the journal's limit)
+                // and changed nothing: the import is still pending, so abort it.
+                match self.accept(Op::Abort { of: txid }, batch) {
+                    Ok((_, effects)) => batch.effects(effects),
+                    Err(e) => {
+                        tracing::error!(%txid, error = %e, "bug: aborting a pending import was refused");
+                    }
+                }
+                Err(refused.into())
             }
         };
         let Some(w) = waiter else { return };

@@ -2,12 +2,12 @@
 //! begins (or is) its transaction, and its reply goes to the batch's outbox or waits for the
 //! transaction to complete. Read-only requests are answered by `queries`.
 
-use super::batch::{Batch, Deferred, Outgoing, Waiter};
+use super::batch::{Batch, Deferred, Outgoing, Waiter, With};
 use super::{now_ns, Core};
 use crate::api::{ImportOptions, Imported, Info, Input, Reply, Request};
 use crate::error::EngineError;
 use cairn_state::types::{Kind, Mount, SnapshotId};
-use cairn_state::{Effect, Labels, Op, StateError};
+use cairn_state::{Effect, Labels, Op, Stage, StateError};
 
 impl Core {
     pub(super) fn handle_request(&mut self, req: Request, batch: &mut Batch) {
@@ -44,21 +44,18 @@ impl Core {
                     Err(e) => batch.reply(reply, Err(e.into())),
                 }
             }
-            Request::Remove { key, reply } => {
-                match self.accept(Op::Remove { key: key.clone() }, batch) {
-                    Ok((_, effects)) => {
-                        batch.touched.push(key);
-                        let mut reply = Some(reply);
-                        for e in effects {
-                            batch.effects.push((e, reply.take()));
-                        }
-                        if let Some(reply) = reply {
-                            batch.reply(reply, Ok(()));
-                        }
+            Request::Remove { key, reply } => match self.accept(Op::Remove { key }, batch) {
+                Ok((_, effects)) => {
+                    let mut reply = Some(reply);
+                    for e in effects {
+                        batch.effects.push((e, With::reply(reply.take())));
                     }
-                    Err(e) => batch.reply(reply, Err(e.into())),
+                    if let Some(reply) = reply {
+                        batch.reply(reply, Ok(()));
+                    }
                 }
-            }
+                Err(e) => batch.reply(reply, Err(e.into())),
+            },
             Request::Update {
                 info,
                 fieldpaths,
@@ -74,7 +71,6 @@ impl Core {
                 });
                 match result {
                     Ok(_) => {
-                        batch.touched.push(info.key.clone());
                         let info = self
                             .state
                             .get(&info.key)
@@ -210,7 +206,6 @@ impl Core {
         });
         match op.and_then(|op| self.accept(op, batch)) {
             Ok((txid, effects)) => {
-                self.inits.insert(txid);
                 batch.effects(effects);
                 batch
                     .outbox
@@ -223,19 +218,8 @@ impl Core {
     /// A one-record command whose effects may delete trees: journal it, then reply once the
     /// deletions are done (the last `Delete` effect carries the reply).
     fn remove_op(&mut self, op: Op, reply: Reply<()>, batch: &mut Batch) {
-        let before: Vec<String> = self.state.snapshots.keys().cloned().collect();
-        let layer_key = match &op {
-            Op::RemoveLayer { chain_id } => Some(chain_id.clone()),
-            _ => None,
-        };
         match self.accept(op, batch) {
             Ok((_, effects)) => {
-                batch.touched.extend(layer_key);
-                // Cascades remove snapshots: index every key that disappeared.
-                let gone = before
-                    .into_iter()
-                    .filter(|k| !self.state.snapshots.contains_key(k));
-                batch.touched.extend(gone);
                 let mut reply = Some(reply);
                 let last_delete = effects
                     .iter()
@@ -246,7 +230,7 @@ impl Core {
                     } else {
                         None
                     };
-                    batch.effects.push((e, r));
+                    batch.effects.push((e, With::reply(r)));
                 }
                 if let Some(reply) = reply {
                     batch.reply(reply, Ok(()));
@@ -297,13 +281,28 @@ impl Core {
         };
         match self.accept(op, batch) {
             Ok((txid, effects)) => {
-                let job = crate::layers::ImportJob {
+                // The caller's input travels with the import's staging effect.
+                let mut job = Some(crate::layers::ImportJob {
                     input,
                     expected: options.expected_diff_id,
                     parent,
-                };
-                self.imports.insert(txid, job);
-                batch.effects(effects);
+                });
+                for e in effects {
+                    let with = match (&e, job.take()) {
+                        (
+                            Effect::Stage {
+                                stage: Stage::Import { .. },
+                                ..
+                            },
+                            Some(job),
+                        ) => With::Import(job),
+                        (_, taken) => {
+                            job = taken;
+                            With::Nothing
+                        }
+                    };
+                    batch.effects.push((e, with));
+                }
                 batch
                     .outbox
                     .push(Outgoing::Begun(txid, Waiter::Layer { reply }));

@@ -2,23 +2,26 @@
 //! calls the driver's mutating methods (stage, seal, install, discard, remove), inline for
 //! renames and on workers for copies, extractions, syncs and deletions.
 
+use super::batch::With;
 use super::{lock, Core, Done};
-use crate::api::Reply;
-use cairn_state::types::{SnapshotId, TxId};
-use cairn_state::Effect;
+use crate::error::EngineError;
+use crate::workers::Panicked;
+use cairn_driver::DriverError;
+use cairn_state::types::{SnapshotId, TxId, Usage};
+use cairn_state::{Effect, Stage};
 use std::sync::Arc;
 
 impl Core {
     /// Run effects in order; consecutive installs share one pair of directory fsyncs, and any
     /// other effect waits for the installs before it.
-    pub(super) fn run_effects(&mut self, effects: Vec<(Effect, Option<Reply<()>>)>) {
+    pub(super) fn run_effects(&mut self, effects: Vec<(Effect, With)>) {
         let mut installs = Vec::new();
-        for (effect, reply) in effects {
+        for (effect, with) in effects {
             match effect {
                 Effect::Install { txid, id } => installs.push((txid, id)),
                 other => {
                     self.install(&mut installs);
-                    self.run_effect(other, reply);
+                    self.run_effect(other, with);
                 }
             }
         }
@@ -47,71 +50,106 @@ impl Core {
         installs.clear();
     }
 
-    fn run_effect(&mut self, effect: Effect, reply: Option<Reply<()>>) {
-        match effect {
-            Effect::Stage { txid, .. } if self.imports.contains_key(&txid) => {
-                let job = self.imports.remove(&txid).expect("checked");
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = crate::layers::import(driver.as_ref(), txid, job);
+    fn run_effect(&mut self, effect: Effect, with: With) {
+        let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
+        match (effect, with) {
+            (
+                Effect::Stage {
+                    txid,
+                    stage: Stage::Import { .. },
+                },
+                with,
+            ) => {
+                let deliver = move |r: Result<_, Panicked>| {
+                    let result = r.unwrap_or_else(|p| Err(p.into()));
                     let _ = done.send(Done::Imported { txid, result });
-                });
+                };
+                match with {
+                    With::Import(job) => self.workers.run(
+                        "import",
+                        move || crate::layers::import(driver.as_ref(), txid, job),
+                        deliver,
+                    ),
+                    // Only a bug stages an import without its input: fail the import.
+                    _ => deliver(Err(Panicked {
+                        job: "import",
+                        message: format!("import {txid} was staged without its input"),
+                    })),
+                }
             }
-            Effect::Stage { txid, kind, parent } if self.inits.remove(&txid) => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = driver.stage(txid, kind, parent).and_then(|()| {
+            (Effect::Stage { txid, stage }, _) => {
+                let (kind, parent) = stage.tree();
+                let init = matches!(stage, Stage::ContainerInit { .. });
+                let work = move || {
+                    driver.stage(txid, kind, parent)?;
+                    if init {
                         let tree = driver.staged_tree(txid);
                         crate::layers::write_init_files(&tree).map_err(|source| {
-                            cairn_driver::DriverError::Io {
+                            DriverError::Io {
                                 op: "write init files",
                                 path: tree.clone(),
                                 source,
                             }
                         })?;
-                        // Invariant: the init snapshot is durable before its completion is journaled.
-                        driver.sync_staged(txid)
-                    });
+                        // Invariant: the init snapshot is durable before its completion is
+                        // journaled.
+                        driver.sync_staged(txid)?;
+                    }
+                    Ok(())
+                };
+                let deliver = move |r: Result<Result<(), DriverError>, Panicked>| {
+                    let result = match r {
+                        Ok(r) => r.map_err(EngineError::from),
+                        Err(p) => Err(p.into()),
+                    };
                     let _ = done.send(Done::Staged { txid, result });
-                });
+                };
+                self.workers.run("stage", work, deliver);
             }
-            Effect::Stage { txid, kind, parent } => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    let result = driver.stage(txid, kind, parent);
-                    let _ = done.send(Done::Staged { txid, result });
-                });
-            }
-            Effect::Seal { txid, id } => {
-                let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
-                self.workers.spawn(move || {
-                    // The digest is of the tree just made durable: what the commit acknowledges.
-                    let result = driver.seal(id, txid).and_then(|usage| {
-                        cairn_driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
-                    });
+            (Effect::Seal { txid, id }, _) => {
+                let deliver = move |r: Result<Result<(Usage, String), DriverError>, Panicked>| {
+                    let result = match r {
+                        Ok(r) => r.map_err(EngineError::from),
+                        Err(p) => Err(p.into()),
+                    };
                     let _ = done.send(Done::Sealed { txid, result });
-                });
+                };
+                // The digest is of the tree just made durable: what the commit acknowledges.
+                let work = move || {
+                    driver.seal(id, txid).and_then(|usage| {
+                        cairn_driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
+                    })
+                };
+                self.workers.run("seal", work, deliver);
             }
-            Effect::Install { txid, id } => self.install(&mut vec![(txid, id)]),
-            Effect::Discard { txid } => {
+            (Effect::Install { txid, id }, _) => self.install(&mut vec![(txid, id)]),
+            (Effect::Discard { txid }, _) => {
                 if let Err(e) = self.driver.discard(txid) {
                     tracing::warn!(%txid, error = %e, "discarding staging failed; recovery removes it");
                 }
             }
-            Effect::Delete { id } => {
-                let driver = Arc::clone(&self.driver);
+            (Effect::Delete { id }, with) => {
+                let reply = match with {
+                    With::Reply(reply) => Some(reply),
+                    With::Nothing | With::Import(_) => None,
+                };
                 let deleting = Arc::clone(&self.deleting);
                 lock(&deleting).insert(id);
-                self.workers.spawn(move || {
+                let work = move || {
                     if let Err(e) = driver.remove(id) {
                         // The removal is durable; cleanup and recovery delete what is left.
                         tracing::warn!(%id, error = %e, "deleting a removed snapshot's tree failed");
                     }
+                };
+                let deliver = move |r: Result<(), Panicked>| {
                     lock(&deleting).remove(&id);
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(()));
+                        // The removal is journaled either way; a panic while deleting its tree
+                        // is still an error for the client (cleanup deletes what is left).
+                        let _ = reply.send(r.map_err(EngineError::from));
                     }
-                });
+                };
+                self.workers.run("delete", work, deliver);
             }
         }
     }

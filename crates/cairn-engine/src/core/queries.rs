@@ -6,6 +6,7 @@ use super::batch::Batch;
 use super::Core;
 use crate::api::{ContainerInfo, Info, LayerInfo, Output, Reply, Verified};
 use crate::error::EngineError;
+use crate::workers::Panicked;
 use cairn_state::types::{Kind, Mount, SnapshotId, Usage};
 use cairn_state::StateError;
 use std::sync::Arc;
@@ -78,19 +79,19 @@ impl Core {
         }
         // Active trees change under the caller: measure now, off this thread.
         let (driver, id) = (Arc::clone(&self.driver), snap.id);
-        self.workers.spawn(move || {
+        let work = move || {
             let measured = driver.usage(id);
             // A remove may have been applied meanwhile. It renames the tree away before
             // deleting anything, so if the tree is still in place the walk saw all of it; if
             // not, the remove came first: NotFound, not an I/O error or a count of a
             // half-deleted tree.
-            let r = if std::fs::symlink_metadata(driver.tree(id)).is_err() {
+            if std::fs::symlink_metadata(driver.tree(id)).is_err() {
                 Err(StateError::NotFound { key }.into())
             } else {
                 measured.map_err(EngineError::from)
-            };
-            let _ = reply.send(r);
-        });
+            }
+        };
+        self.workers.run("usage", work, answer(reply));
     }
 
     pub(super) fn export(
@@ -103,10 +104,11 @@ impl Core {
         match self.layer_target(chain_id) {
             Ok((id, diff)) => {
                 let driver = Arc::clone(&self.driver);
-                self.workers.spawn(move || {
-                    let r = crate::layers::export(driver.as_ref(), id, &diff, &mut out.0);
-                    let _ = reply.send(r.map(|d| d.to_string()));
-                });
+                let work = move || {
+                    crate::layers::export(driver.as_ref(), id, &diff, &mut out.0)
+                        .map(|d| d.to_string())
+                };
+                self.workers.run("export", work, answer(reply));
             }
             Err(e) => batch.reply(reply, Err(e)),
         }
@@ -132,10 +134,10 @@ impl Core {
         match target {
             Ok((id, parent)) => {
                 let driver = Arc::clone(&self.driver);
-                self.workers.spawn(move || {
-                    let r = crate::layers::diff(driver.as_ref(), id, parent, out.0);
-                    let _ = reply.send(r.map(|d| d.to_string()));
-                });
+                let work = move || {
+                    crate::layers::diff(driver.as_ref(), id, parent, out.0).map(|d| d.to_string())
+                };
+                self.workers.run("diff", work, answer(reply));
             }
             Err(e) => batch.reply(reply, Err(e)),
         }
@@ -158,13 +160,13 @@ impl Core {
         match targets {
             Ok(targets) => {
                 let driver = Arc::clone(&self.driver);
-                self.workers.spawn(move || {
-                    let results = targets
+                let work = move || {
+                    Ok(targets
                         .iter()
                         .map(|(c, id, diff)| crate::layers::verify(driver.as_ref(), c, *id, diff))
-                        .collect();
-                    let _ = reply.send(Ok(results));
-                });
+                        .collect())
+                };
+                self.workers.run("verify", work, answer(reply));
             }
             Err(e) => batch.reply(reply, Err(e)),
         }
@@ -178,5 +180,14 @@ impl Core {
         let layer = self.state.layer(chain_id)?;
         let diff = crate::layers::parse_digest(&layer.diff_id)?;
         Ok((self.state.get(chain_id)?.id, diff))
+    }
+}
+
+/// Delivers a worker's answer to its client; a panicked job becomes an error for it.
+fn answer<T: Send + 'static>(
+    reply: Reply<T>,
+) -> impl FnOnce(Result<Result<T, EngineError>, Panicked>) + Send + 'static {
+    move |r| {
+        let _ = reply.send(r.unwrap_or_else(|p| Err(p.into())));
     }
 }
