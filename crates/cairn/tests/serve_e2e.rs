@@ -3,10 +3,11 @@
 //! runs containers from it, shows cairn's snapshots through `ctr snapshots`, survives restarts
 //! of containerd and of cairn, and garbage-collects the snapshots in cairn when the image goes.
 //! Then the layer store: `cairn image load` of the same image through the running server, and
-//! an import beside it; and a pull from a registry of the test's own of layers cairn already
-//! holds, which containerd then never applies. Last, the power cut: a copy of cairn's loop-mounted backing file
-//! taken the instant `ctr images import` returns holds every committed snapshot intact.
-//! Needs root, containerd, ctr, runc and busybox; CI installs them.
+//! an import beside it; and a pull, from a registry of the test's own, of layers cairn already
+//! holds, which containerd then never applies. Last, the power cut: a copy of cairn's
+//! loop-mounted backing file taken the instant `ctr images import` returns holds every
+//! committed snapshot intact. Needs root, containerd, ctr, runc and busybox, and for the pull
+//! docker-registry, skopeo, Go and containerd's Go sources; CI installs them.
 
 #[path = "serve_image/mod.rs"]
 mod image;
