@@ -4,7 +4,7 @@
 use super::error::DriverError;
 use super::marker;
 use super::remove::remove_tree;
-use super::sync::{fsync_dir, sync_tree, SyncMode};
+use super::sync::{fsync_dir, sync_tree, sync_tree_unmetered, SyncMode};
 use super::walk;
 use cairn_state::types::{SnapshotId, TxId, Usage};
 use std::collections::BTreeMap;
@@ -162,7 +162,8 @@ impl Layout {
         }
         fail::fail_point!("driver::sync_staged::before_sync");
         // Invariant: everything a layer import wrote is on disk before install can publish it.
-        sync_tree(&tree, SyncMode::Auto)?;
+        // The usage is not needed here (the importer counted it), so no full walk first.
+        sync_tree_unmetered(&tree)?;
         fail::fail_point!("driver::sync_staged::after_sync");
         Ok(())
     }

@@ -33,28 +33,19 @@ pub(crate) fn probe_overlay(root: &Path) -> io::Result<()> {
     cleanup.map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Removes probe directories left by processes that died mid-probe (their pid is gone), first
-/// detaching a probe mount that may still be there. Best effort: a leftover only costs space,
-/// so failures are logged, not returned.
+/// Removes every probe directory in the root, first detaching a probe mount that may still be
+/// there. The driver's caller owns the root (the engine holds its `LOCK` from before the driver
+/// opens until after it closes), so no other probe can be running: one found here was left by
+/// a crash or a power cut mid-probe. Its pid says nothing: after a reboot pids are reused, and
+/// a crash image is often checked by the very process that wrote it. Best effort: a leftover
+/// only costs space, so failures are logged, not returned.
 fn clear_stale_probes(root: &Path) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PROBE_PREFIX))
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let alive = !matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        if alive {
+        if !name.to_str().is_some_and(|n| n.starts_with(PROBE_PREFIX)) {
             continue;
         }
         let dir = entry.path();

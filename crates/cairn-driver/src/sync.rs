@@ -95,3 +95,38 @@ pub fn sync_tree(root: &Path, mode: SyncMode) -> Result<Usage, DriverError> {
     }
     Ok(usage)
 }
+
+/// True when the tree under `root` holds more than `limit` entries. Reads directories only
+/// until the answer is known (entry types come from readdir), so a big tree costs a few
+/// readdirs, not the full walk with an lstat per entry.
+fn more_entries_than(root: &Path, limit: u64) -> Result<bool, DriverError> {
+    let mut count = 0u64;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| DriverError::io("readdir", &dir, e))? {
+            let entry = entry.map_err(|e| DriverError::io("readdir", &dir, e))?;
+            count += 1;
+            if count > limit {
+                return Ok(true);
+            }
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| DriverError::io("lstat", entry.path(), e))?
+                .is_dir();
+            if is_dir {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// `sync_tree(root, SyncMode::Auto)` for a caller that does not need the usage: a big tree is
+/// synced with one syncfs(2) without walking it first.
+pub fn sync_tree_unmetered(root: &Path) -> Result<(), DriverError> {
+    if more_entries_than(root, SYNCFS_THRESHOLD)? {
+        syncfs(root)
+    } else {
+        sync_tree(root, SyncMode::PerFile).map(|_| ())
+    }
+}

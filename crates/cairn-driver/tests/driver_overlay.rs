@@ -305,15 +305,24 @@ fn stale_probe_dirs_are_cleared() -> TestResult {
     }
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().join("root");
-    // Above any pid_max: no such process. And one of ours, which must survive.
+    // Above any pid_max: no such process. And one of ours: after a reboot pids are reused, and
+    // the caller owns the root, so any probe found at open is stale whoever's pid it names.
     let stale = root.join("overlay-probe.999999999.0");
-    let live = root.join(format!("overlay-probe.{}.999", std::process::id()));
+    let own = root.join(format!("overlay-probe.{}.999", std::process::id()));
     fs::create_dir_all(stale.join("merged"))?;
     fs::create_dir_all(stale.join("lower"))?;
     fs::write(stale.join("lower/probe"), b"cairn")?;
-    fs::create_dir_all(&live)?;
+    fs::create_dir_all(own.join("upper"))?;
     OverlayDriver::open(&root)?;
-    assert!(!stale.exists(), "stale probe dir left behind");
-    assert!(live.exists(), "probe dir of a live process removed");
+    assert!(!stale.exists(), "stale probe dir of a dead pid left behind");
+    assert!(
+        !own.exists(),
+        "stale probe dir naming a live pid left behind"
+    );
+    let mut names: Vec<String> = fs::read_dir(&root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["snapshots", "staging", "trash"]);
     Ok(())
 }

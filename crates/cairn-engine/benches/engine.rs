@@ -16,6 +16,11 @@
 //!   would, so nothing is checkpointed at shutdown.
 //! - `open_ms_10k_snapshots`: `Engine::open` of a root with 10,000 snapshots, all in the
 //!   checkpoint (the root was closed cleanly).
+//! - The cost curve, at 1,000 / 10,000 / 100,000 snapshots (see [`cost_curve`]):
+//!   `open_ms_<n>_snapshots`, `recovery_ms_<n>_snapshots` (checkpoint plus a WAL tail) and
+//!   `prepare_commit_ops_per_s_<n>_present`, with ratios to the smallest root. Building the
+//!   100,000-snapshot root takes minutes; `CAIRN_ENGINE_BENCH_NO_CURVE=1` skips the curve,
+//!   `CAIRN_ENGINE_BENCH_CURVE_ONLY=1` runs only the curve.
 
 use cairn_engine::{Engine, EngineHandle, EngineOptions};
 use cairn_state::Labels;
@@ -61,6 +66,10 @@ fn main() {
         eprintln!("warning: {fs_type} ignores fdatasync; set CAIRN_BENCH_DIR to a real disk");
     }
 
+    if std::env::var_os("CAIRN_ENGINE_BENCH_CURVE_ONLY").is_some() {
+        cost_curve(dir.path());
+        return;
+    }
     let raw = raw_fdatasync_ops_per_s(&dir.path().join("raw"));
     figure("raw_fdatasync_ops_per_s", raw, 0);
 
@@ -90,6 +99,93 @@ fn main() {
 
     figure("ratio_16_vs_1_clients", sixteen / one, 2);
     figure("ratio_1_client_vs_raw", one / raw, 3);
+
+    if std::env::var_os("CAIRN_ENGINE_BENCH_NO_CURVE").is_none() {
+        cost_curve(dir.path());
+    }
+}
+
+/// Snapshot counts of the cost curve.
+const CURVE: [u64; 3] = [1_000, 10_000, 100_000];
+/// Prepare+commits journaled after the checkpoint of a curve root, not checkpointed: the WAL
+/// tail recovery replays.
+const CURVE_TAIL_OPS: u64 = 200;
+const CURVE_MEASURE: Duration = Duration::from_secs(2);
+
+/// How open, recovery and throughput grow with the snapshots in the root: for each count, a
+/// root of that many snapshots closed cleanly (`open_ms_<n>_snapshots`: the checkpoint alone),
+/// then the same root with a WAL tail of [`CURVE_TAIL_OPS`] prepare+commits left by a process
+/// that exited without close (`recovery_ms_<n>_snapshots`: checkpoint plus replay), and
+/// prepare+commit throughput with 16 clients on it (`prepare_commit_ops_per_s_<n>_present`).
+/// The ratios to the first count show the curve: linear growth keeps
+/// `ratio_open_<n>_vs_<first>` at or under `<n>/<first>`.
+fn cost_curve(dir: &Path) {
+    let mut first: Option<(u64, f64, f64)> = None;
+    for n in CURVE {
+        let root = dir.join(format!("curve-{n}"));
+        let t = Instant::now();
+        build_curve_root(n, &root);
+        eprintln!(
+            "curve root of {n} snapshots built in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        let open = best_open(&root);
+        run_child(&format!("tail:{CURVE_TAIL_OPS}:{}", root.display()));
+        let recovery = time_open(&root);
+        let (engine, _) = Engine::open(&root, options()).expect("open the curve root");
+        let ops = prepare_commit_ops_per_s_for(&engine, CLIENTS, "present", CURVE_MEASURE);
+        engine.close().expect("close the curve root");
+        figure(&format!("open_ms_{n}_snapshots"), open, 1);
+        figure(&format!("recovery_ms_{n}_snapshots"), recovery, 1);
+        figure(&format!("prepare_commit_ops_per_s_{n}_present"), ops, 0);
+        match first {
+            None => first = Some((n, open, recovery)),
+            Some((n0, open0, recovery0)) => {
+                figure(&format!("ratio_open_{n}_vs_{n0}"), open / open0, 2);
+                figure(
+                    &format!("ratio_recovery_{n}_vs_{n0}"),
+                    recovery / recovery0,
+                    2,
+                );
+            }
+        }
+    }
+}
+
+/// Builds a root of `n` empty snapshots at `root`, closed cleanly. Building it where syncs
+/// cost nothing (`/dev/shm`, when it is a tmpfs) and copying it over is minutes faster for
+/// 100,000 snapshots than building it in place, and the root is the same: what open and
+/// recovery read does not depend on how fast it was written.
+fn build_curve_root(n: u64, root: &Path) {
+    let shm = Path::new("/dev/shm");
+    if fs_type_of(shm).as_deref() != Some("tmpfs") {
+        run_child(&format!("curve:{n}:{}", root.display()));
+        return;
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-engine-bench-curve-")
+        .tempdir_in(shm)
+        .expect("tempdir in /dev/shm");
+    let built = scratch.path().join("root");
+    run_child(&format!("curve:{n}:{}", built.display()));
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&built)
+        .arg(root)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp -a of the curve root: {status}");
+    // The copy is on disk before anything is timed.
+    let f = File::open(root).expect("open the curve root");
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    assert_eq!(rc, 0, "syncfs: {}", std::io::Error::last_os_error());
+}
+
+/// The best of three opens of a cleanly closed root (each open is closed again, which
+/// checkpoints, so every open reads the same checkpoint and an empty tail).
+fn best_open(root: &Path) -> f64 {
+    (0..3).map(|_| time_open(root)).fold(f64::MAX, f64::min)
 }
 
 fn options() -> EngineOptions {
@@ -126,6 +222,7 @@ fn run_child(spec: &str) {
 
 fn child(spec: &str) {
     let (what, root) = spec.split_once(':').expect("CHILD_ENV is <what>:<root>");
+    let spec = spec.to_owned();
     let root = PathBuf::from(root);
     match what {
         "records" => {
@@ -157,6 +254,41 @@ fn child(spec: &str) {
             );
             // Close checkpoints: the next open reads 10,000 snapshots from the checkpoint.
             engine.close().expect("close the snapshots root");
+        }
+        "curve" => {
+            let (n, root) = spec
+                .strip_prefix("curve:")
+                .and_then(|r| r.split_once(':'))
+                .expect("curve:<n>:<root>");
+            let n: u64 = n.parse().expect("curve count");
+            let (engine, _) = Engine::open(Path::new(root), options()).expect("open curve root");
+            run_clients(
+                &engine,
+                CLIENTS,
+                "c",
+                |engine, tag, i| {
+                    engine
+                        .prepare(&format!("{tag}-{i}"), None, Labels::new())
+                        .expect("prepare");
+                },
+                n,
+            );
+            engine.close().expect("close the curve root");
+        }
+        "tail" => {
+            let (n, root) = spec
+                .strip_prefix("tail:")
+                .and_then(|r| r.split_once(':'))
+                .expect("tail:<n>:<root>");
+            let n: u64 = n.parse().expect("tail count");
+            let options = EngineOptions {
+                checkpoint_every_records: u64::MAX,
+                ..options()
+            };
+            let (engine, _) = Engine::open(Path::new(root), options).expect("open curve root");
+            run_clients(&engine, CLIENTS, "tail", prepare_commit, n);
+            // Like a crash: every acknowledged record is durable, nothing checkpointed.
+            std::process::exit(0);
         }
         other => panic!("unknown bench child {other}"),
     }
@@ -199,10 +331,19 @@ fn prepare_commit(engine: &EngineHandle, tag: &str, i: u64) {
 /// `clients` threads doing prepare+commit of fresh keys, for the warm-up and then [`MEASURE`];
 /// ops per second of the measured part.
 fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) -> f64 {
+    prepare_commit_ops_per_s_for(engine, clients, tag, MEASURE)
+}
+
+fn prepare_commit_ops_per_s_for(
+    engine: &EngineHandle,
+    clients: usize,
+    tag: &str,
+    measure: Duration,
+) -> f64 {
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let measure_from = start + WARM_UP;
-    let end = measure_from + MEASURE;
+    let end = measure_from + measure;
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let (engine, next, tag) = (engine.clone(), Arc::clone(&next), tag.to_owned());
@@ -227,7 +368,7 @@ fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) ->
         .into_iter()
         .map(|t| t.join().expect("client thread"))
         .sum();
-    ops as f64 / MEASURE.as_secs_f64()
+    ops as f64 / measure.as_secs_f64()
 }
 
 /// Remove the committed snapshots the throughput figures made, one client, for at most

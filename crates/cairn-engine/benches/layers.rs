@@ -1,15 +1,18 @@
 //! Layer import/export throughput against GNU tar, and the importer's peak memory.
 //!
-//! `cargo bench --bench layers` prints one `name: value` line per figure on stdout (where the
-//! run happened, and anything else, goes to stderr). Every figure is measured in the same run
-//! on the same generated layer, in the same directory: a tempdir under `$CAIRN_BENCH_DIR`, else
-//! under the cargo target dir (not `/tmp`, which may be tmpfs where syncs are free).
+//! `cargo bench -p cairn-engine --bench layers` prints one `name: value` line per figure on
+//! stdout (where the run happened, and anything else, goes to stderr). Every figure is measured
+//! in the same run, on the same file system: as root, a fresh ext4 made for the run on a loop
+//! device (so the ratios do not drift with the age of the machine's disk); otherwise a tempdir
+//! under `$CAIRN_BENCH_DIR`, else under the cargo target dir (not `/tmp`, which may be tmpfs
+//! where syncs are free). Image load of a distribution-shaped root, through the command line,
+//! is `cargo bench -p cairn --bench image_load`.
 //!
-//! The layer: a seeded tree of about 200 MB (a few thousand files: many small, some hundreds of
-//! KB, a few MB-sized; half of every file's blocks compressible), tarred by GNU tar and gzipped.
-//! MB are 10^6 bytes of uncompressed tar. Durable on both sides: GNU tar is followed by
-//! `sync -f` (syncfs) or an fsync of the archive; `import_layer` returns only after the
-//! content is synced; the export's file is fsynced.
+//! The layer: a seeded tree of about 200 MB (a few thousand files: many small, some hundreds
+//! of KB, a few MB-sized; half of every file's blocks compressible), tarred by GNU tar and
+//! gzipped. MB are 10^6 bytes of uncompressed tar. Durable on both sides: GNU tar is followed
+//! by syncfs or an fsync of the archive; `import_layer` returns only after the content is
+//! synced; the export's file is fsynced.
 //!
 //! Each timed figure is the best of [`ROUNDS`] runs, the peers alternating with cairn.
 
@@ -24,7 +27,7 @@ use std::time::Instant;
 
 #[path = "../../cairn-wal/benches/support.rs"]
 mod support;
-use support::{bench_base_dir, figure, fs_type_of};
+use support::{figure, syncfs, BenchFs};
 
 const SEED: u64 = 0x0ca1_12b5;
 const ROUNDS: usize = 3;
@@ -42,23 +45,20 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let base = bench_base_dir();
-    std::fs::create_dir_all(&base).expect("create the bench base directory");
-    let dir = tempfile::Builder::new()
-        .prefix("cairn-layers-bench-")
-        .tempdir_in(&base)
-        .expect("create the bench tempdir");
-    let d = dir.path();
-    let fs_type = fs_type_of(d).unwrap_or_else(|| "unknown".to_string());
-    eprintln!("bench dir: {} ({fs_type})", d.display());
-    if fs_type == "tmpfs" || fs_type == "ramfs" {
-        eprintln!("warning: {fs_type} ignores syncs; set CAIRN_BENCH_DIR to a real disk");
+    let fs = BenchFs::new("layers");
+    let d = fs.path();
+    generated_figures(&d.join("generated"));
+    if !fs.is_fresh() {
+        eprintln!("note: figures taken on the machine's own disk, not a fresh file system");
     }
+}
 
+fn generated_figures(d: &Path) {
+    std::fs::create_dir_all(d).expect("mkdir");
     let t = Instant::now();
     let tree = d.join("tree");
     let (files, bytes) = generate_tree(&tree);
-    run(Command::new("sync").arg("-f").arg(&tree));
+    syncfs(&tree);
     eprintln!(
         "generated {files} files, {:.1} MB in {:.1}s",
         bytes as f64 / 1e6,
@@ -109,15 +109,15 @@ fn main() {
         // GNU tar extract into a fresh directory, then syncfs.
         let x = d.join(format!("gnu-x-{round}"));
         std::fs::create_dir(&x).expect("mkdir");
-        run(Command::new("sync").arg("-f").arg(d));
+        syncfs(d);
         let t = Instant::now();
         run(Command::new("tar").arg("-C").arg(&x).arg("-xf").arg(&layer));
-        run(Command::new("sync").arg("-f").arg(&x));
+        syncfs(&x);
         extract_s = extract_s.min(t.elapsed().as_secs_f64());
 
         // A root per figure: the same DiffID twice in one root would be a dedupe.
         let engine = open(&d.join(format!("root-{round}")));
-        run(Command::new("sync").arg("-f").arg(d));
+        syncfs(d);
         let t = Instant::now();
         let chain = import(&engine, &layer);
         import_s = import_s.min(t.elapsed().as_secs_f64());
@@ -136,7 +136,7 @@ fn main() {
         );
 
         let gz_engine = open(&d.join(format!("root-gz-{round}")));
-        run(Command::new("sync").arg("-f").arg(d));
+        syncfs(d);
         let t = Instant::now();
         import(&gz_engine, &gz);
         import_gz_s = import_gz_s.min(t.elapsed().as_secs_f64());

@@ -120,6 +120,15 @@ pub enum EngineError {
         #[source]
         source: sled::Error,
     },
+    /// sled panicked (0.34.7 unwraps some disk errors); the index is set aside until the next
+    /// open rebuilds it from the journal.
+    #[error("index {path} is set aside after sled panicked ({panic}); the next open rebuilds it")]
+    IndexDamaged {
+        /// The index directory.
+        path: PathBuf,
+        /// What the first contained panic said.
+        panic: String,
+    },
     /// A snapshot whose creation is durable has no tree on disk.
     #[error("snapshot {id} has no tree on disk although its creation is durable")]
     LostTree {

@@ -62,7 +62,9 @@ impl Source {
             path: path.display().to_string(),
             reason,
         };
-        for entry in archive.entries().map_err(io("read", path))? {
+        // Seeking over each file's data: indexing reads the headers only, not the layers
+        // (a whole extra pass over the archive before the first layer could start).
+        for entry in archive.entries_with_seek().map_err(io("read", path))? {
             let entry = entry.map_err(|e| bad(format!("tar: {e}")))?;
             let name = entry.path().map_err(|e| bad(format!("tar name: {e}")))?;
             let Some(name) = clean(&name.to_string_lossy()) else {

@@ -147,6 +147,8 @@ struct Ex<'o, R: Read> {
     dir_index: HashMap<Vec<u8>, usize>,
     next_file: u64,
     entries: u64,
+    /// sha256 of each file record's content, by record index (known once the stream ends).
+    file_digests: Vec<[u8; 32]>,
 }
 
 /// Imports a layer (plain, gzip or zstd tar) into `target`, writing the export metadata to
@@ -194,16 +196,19 @@ pub fn extract<R: Read>(
         dir_index: HashMap::new(),
         next_file: 0,
         entries: 0,
+        file_digests: Vec::new(),
     };
     ex.run()?;
     ex.finish_dirs()?;
     ex.flush_raw()?;
     let hash = std::mem::replace(&mut ex.tin.hash, super::hashpipe::HashPipe::new());
-    let diff_id = Digest(hash.finalize().ok_or_else(|| LayerError::Read {
+    let (diff_id, file_digests) = hash.finalize().ok_or_else(|| LayerError::Read {
         path: NO_ENTRY.to_string(),
         offset: ex.tin.offset,
         source: std::io::Error::other("the DiffID hashing thread failed"),
-    })?);
+    })?;
+    let diff_id = Digest(diff_id);
+    ex.file_digests = file_digests;
     let done = Extracted {
         diff_id,
         size_bytes: ex.tin.offset,

@@ -1,7 +1,10 @@
 //! sha256 of a stream on a helper thread, so the DiffID of a layer is computed while the
-//! caller goes on writing files (and hashing each one): the two hashes of every byte no longer
-//! run one after the other on the import's thread.
+//! caller goes on writing files; and, in the same pass over the same bytes, the sha256 of each
+//! file's content (a span of the stream) for the metadata records. The import's own thread
+//! then does no hashing at all: both hashes of every byte run beside the file writes, not
+//! after them.
 
+use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -12,43 +15,115 @@ const BATCH: usize = 256 * 1024;
 /// Batches in flight at most: bounds the memory to a few MiB.
 const IN_FLIGHT: usize = 4;
 
+/// A batch: stream bytes, and the file spans `(stream offset, length)` that start in it.
+type Batch = (Vec<u8>, Vec<(u64, u64)>);
+/// The stream's digest, and one digest per span in the order the spans were given.
+type Digests = ([u8; 32], Vec<[u8; 32]>);
 /// The channel to the hashing thread, the buffers it gives back, and the thread.
-type Pipe = (Sender<Vec<u8>>, Receiver<Vec<u8>>, JoinHandle<Sha256>);
+type Pipe = (Sender<Batch>, Receiver<Vec<u8>>, JoinHandle<Digests>);
+
+/// The hashing itself, the same on the thread and inline.
+struct Hashes {
+    stream: Sha256,
+    offset: u64,
+    /// Spans not yet complete: (end offset, hasher), in stream order.
+    open: VecDeque<(u64, u64, Sha256)>,
+    done: Vec<[u8; 32]>,
+}
+
+impl Hashes {
+    fn new() -> Hashes {
+        Hashes {
+            stream: Sha256::new(),
+            offset: 0,
+            open: VecDeque::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn consume(&mut self, bytes: &[u8], spans: &[(u64, u64)]) {
+        self.open.extend(
+            spans
+                .iter()
+                .map(|&(start, len)| (start, start + len, Sha256::new())),
+        );
+        self.stream.update(bytes);
+        let (from, to) = (self.offset, self.offset + bytes.len() as u64);
+        while let Some((start, end, h)) = self.open.front_mut() {
+            let (a, b) = ((*start).max(from), (*end).min(to));
+            if a < b {
+                h.update(&bytes[(a - from) as usize..(b - from) as usize]);
+            }
+            if *end > to {
+                break;
+            }
+            if let Some((_, _, h)) = self.open.pop_front() {
+                self.done.push(h.finalize().into());
+            }
+        }
+        self.offset = to;
+    }
+
+    fn finish(mut self) -> Digests {
+        // Spans past the end (a stream cut short) cannot be complete; the import fails
+        // before their digests are used, but every span still gets one.
+        while let Some((_, _, h)) = self.open.pop_front() {
+            self.done.push(h.finalize().into());
+        }
+        (self.stream.finalize().into(), self.done)
+    }
+}
 
 pub(crate) struct HashPipe {
     pending: Vec<u8>,
+    spans: Vec<(u64, u64)>,
+    /// Stream bytes given so far.
+    offset: u64,
     /// `None` once the thread is gone (or could not start): hash inline from then on.
     pipe: Option<Pipe>,
-    inline: Sha256,
+    inline: Option<Hashes>,
     /// Some bytes went to a thread that died: no digest can be given.
     broken: bool,
 }
 
 impl HashPipe {
     pub(crate) fn new() -> HashPipe {
-        let (tx, rx) = bounded::<Vec<u8>>(IN_FLIGHT);
+        let (tx, rx) = bounded::<Batch>(IN_FLIGHT);
         let (back_tx, back_rx) = bounded::<Vec<u8>>(IN_FLIGHT + 1);
         let thread = std::thread::Builder::new()
             .name("cairn-hash".into())
             .spawn(move || {
-                let mut h = Sha256::new();
-                for b in rx {
-                    h.update(&b);
+                let mut h = Hashes::new();
+                for (b, spans) in rx {
+                    h.consume(&b, &spans);
                     let _ = back_tx.try_send(b);
                 }
-                h
+                h.finish()
             });
+        let (pipe, inline) = match thread {
+            Ok(t) => (Some((tx, back_rx, t)), None),
+            Err(_) => (None, Some(Hashes::new())),
+        };
         HashPipe {
             pending: Vec::with_capacity(BATCH),
-            pipe: thread.ok().map(|t| (tx, back_rx, t)),
-            inline: Sha256::new(),
+            spans: Vec::new(),
+            offset: 0,
+            pipe,
+            inline,
             broken: false,
         }
     }
 
+    /// The next `len` bytes given are a file's content: its digest is the next one
+    /// [`finalize`](Self::finalize) returns.
+    pub(crate) fn file_span(&mut self, len: u64) {
+        self.spans.push((self.offset, len));
+    }
+
     pub(crate) fn update(&mut self, data: &[u8]) {
-        if self.pipe.is_none() {
-            self.inline.update(data);
+        self.offset += data.len() as u64;
+        if let Some(h) = &mut self.inline {
+            h.consume(data, &std::mem::take(&mut self.spans));
             return;
         }
         self.pending.extend_from_slice(data);
@@ -66,7 +141,7 @@ impl HashPipe {
             .unwrap_or_else(|_| Vec::with_capacity(BATCH));
         let full = std::mem::replace(&mut self.pending, next);
         self.pending.clear();
-        if tx.send(full).is_err() {
+        if tx.send((full, std::mem::take(&mut self.spans))).is_err() {
             // Unreachable in practice (the thread only ends when the sender is dropped); the
             // digest would be wrong, so make finalize fail rather than guess.
             self.pipe = None;
@@ -74,24 +149,69 @@ impl HashPipe {
         }
     }
 
-    /// The sha256 of everything given; `None` if the hashing thread failed.
-    pub(crate) fn finalize(mut self) -> Option<[u8; 32]> {
+    /// The sha256 of everything given, and of each file span in order; `None` if the hashing
+    /// thread failed.
+    pub(crate) fn finalize(mut self) -> Option<Digests> {
         if self.broken {
             return None;
         }
-        if self.pipe.is_none() {
-            // The thread could not start: everything was hashed inline.
-            return Some(self.inline.finalize().into());
+        if let Some(mut h) = self.inline.take() {
+            h.consume(&[], &std::mem::take(&mut self.spans));
+            return Some(h.finish());
         }
         self.send();
         let (tx, _, thread) = self.pipe.take()?;
         drop(tx);
-        thread.join().ok().map(|h| h.finalize().into())
+        thread.join().ok()
     }
 }
 
 impl std::fmt::Debug for HashPipe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HashPipe")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_hash_their_bytes_across_batches() {
+        let data: Vec<u8> = (0..3 * BATCH + 77).map(|i| (i * 7 % 251) as u8).collect();
+        // Spans: empty at the start, one inside a batch, one across two batch boundaries,
+        // one empty in the middle, one ending at the very end.
+        let spans = [
+            (0, 0),
+            (10, 1000),
+            (BATCH - 5, BATCH + 10),
+            (2 * BATCH + 5, 0),
+            (2 * BATCH + 5, BATCH + 72),
+        ];
+        for threaded in [true, false] {
+            let mut p = HashPipe::new();
+            if !threaded {
+                p.pipe = None;
+                p.inline = Some(Hashes::new());
+            }
+            let mut at = 0usize;
+            for &(start, len) in &spans {
+                // Feed in odd-sized pieces up to the span's start, then register it.
+                while at < start {
+                    let k = (start - at).min(4093);
+                    p.update(&data[at..at + k]);
+                    at += k;
+                }
+                p.file_span(len as u64);
+            }
+            p.update(&data[at..]);
+            let (stream, files) = p.finalize().expect("digests");
+            assert_eq!(stream, <[u8; 32]>::from(Sha256::digest(&data)));
+            assert_eq!(files.len(), spans.len());
+            for (&(start, len), got) in spans.iter().zip(&files) {
+                let want: [u8; 32] = Sha256::digest(&data[start..start + len]).into();
+                assert_eq!(got, &want, "span at {start} of {len}, threaded {threaded}");
+            }
+        }
     }
 }

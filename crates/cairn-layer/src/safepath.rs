@@ -6,12 +6,14 @@
 //! outside. Only the parent directory is resolved that way; the last component is always
 //! handled with `*at` calls that do not follow it.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
@@ -68,12 +70,25 @@ pub fn errno_io(e: Errno) -> io::Error {
 pub struct Root {
     fd: OwnedFd,
     real: Vec<u8>,
+    /// Parent directories resolved lately: tar name of the parent -> (descriptor, canonical
+    /// name). A layer names the same few directories over and over (tars are written a
+    /// directory at a time), and resolving one costs an `openat2` and a `readlink` of
+    /// `/proc/self/fd`: most of an entry's system time besides the write. Valid while nothing
+    /// is removed: creating entries never changes what an existing directory path resolves
+    /// to, so whoever removes or replaces anything calls [`Root::forget_dirs`].
+    dirs: Mutex<DirCache>,
 }
+
+/// Tar name of a parent directory -> its descriptor and canonical name.
+type DirCache = HashMap<Vec<u8>, (Arc<OwnedFd>, Vec<u8>)>;
+
+/// Parent directories remembered at most; the cache starts over when full.
+const DIR_CACHE_ENTRIES: usize = 256;
 
 /// A resolved parent directory and the untouched last component.
 #[derive(Debug)]
 pub struct Leaf {
-    pub dir: OwnedFd,
+    pub dir: Arc<OwnedFd>,
     pub name: Vec<u8>,
     /// The name relative to the root after resolving the parent's symlinks: the identity
     /// of the file, whatever path the tar used to reach it.
@@ -115,7 +130,16 @@ impl Root {
         .map_err(errno_io)?;
         let fd = own(fd);
         let real = real_path_of(fd.as_raw_fd())?;
-        Ok(Root { fd, real })
+        Ok(Root {
+            fd,
+            real,
+            dirs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Drops every remembered parent directory: call after removing or replacing anything.
+    pub fn forget_dirs(&self) {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub fn fd(&self) -> RawFd {
@@ -148,15 +172,7 @@ impl Root {
     /// `create`) and returns it with the last component.
     pub fn leaf(&self, rel: &[u8], create: bool) -> io::Result<Leaf> {
         let (parent, name) = split_leaf(rel);
-        let dir = match self.open_dir(parent) {
-            Ok(d) => d,
-            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
-                self.mkdir_all(parent)?;
-                self.open_dir(parent)?
-            }
-            Err(e) => return Err(e),
-        };
-        let mut canonical = self.canonical_of(&dir)?;
+        let (dir, mut canonical) = self.parent_dir(parent, create)?;
         if !canonical.is_empty() {
             canonical.push(b'/');
         }
@@ -166,6 +182,30 @@ impl Root {
             name: name.to_vec(),
             canonical,
         })
+    }
+
+    /// The parent directory `parent` (a normalized tar name) and its canonical name, from
+    /// the cache or resolved inside the root.
+    fn parent_dir(&self, parent: &[u8], create: bool) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fd, canonical)) = dirs.get(parent) {
+            return Ok((Arc::clone(fd), canonical.clone()));
+        }
+        let dir = match self.open_dir(parent) {
+            Ok(d) => d,
+            Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
+                self.mkdir_all(parent)?;
+                self.open_dir(parent)?
+            }
+            Err(e) => return Err(e),
+        };
+        let canonical = self.canonical_of(&dir)?;
+        let dir = Arc::new(dir);
+        if dirs.len() >= DIR_CACHE_ENTRIES {
+            dirs.clear();
+        }
+        dirs.insert(parent.to_vec(), (Arc::clone(&dir), canonical.clone()));
+        Ok((dir, canonical))
     }
 
     fn mkdir_all(&self, rel: &[u8]) -> io::Result<()> {

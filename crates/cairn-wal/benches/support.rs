@@ -45,3 +45,166 @@ pub fn fs_type_of(path: &Path) -> Option<String> {
         .max_by_key(|(mount_point, _)| mount_point.components().count())
         .map(|(_, fs_type)| fs_type)
 }
+
+/// Where a benchmark that writes trees runs: a fresh ext4 made for the run on a loop device
+/// (as root, with `mkfs.ext4` present), so the figures do not drift with the age of the
+/// machine's disk; otherwise a tempdir under [`bench_base_dir`]. Unmounted and deleted on drop.
+#[derive(Debug)]
+pub struct BenchFs {
+    path: PathBuf,
+    /// The loop-mounted image and its mount point, when there is one.
+    mounted: Option<(PathBuf, PathBuf)>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Sparse size of the fresh file system's image: only what is written takes disk space.
+const FRESH_FS_BYTES: u64 = 16 << 30;
+
+impl BenchFs {
+    /// Makes the bench directory and says on stderr what it is. `tag` names the image and
+    /// mount point (with this process id), so runs side by side never share one.
+    pub fn new(tag: &str) -> BenchFs {
+        let base = bench_base_dir();
+        std::fs::create_dir_all(&base).expect("create the bench base directory");
+        match Self::fresh_ext4(&base, tag) {
+            Ok(fs) => {
+                eprintln!(
+                    "bench dir: {} (a fresh ext4 on a loop device, made for this run)",
+                    fs.path.display()
+                );
+                fs
+            }
+            Err(why) => {
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!("cairn-{tag}-bench-"))
+                    .tempdir_in(&base)
+                    .expect("create the bench tempdir");
+                let path = temp.path().to_path_buf();
+                let fs_type = fs_type_of(&path).unwrap_or_else(|| "unknown".to_string());
+                eprintln!(
+                    "bench dir: {} ({fs_type}, the current disk: no fresh file system because {why})",
+                    path.display()
+                );
+                if fs_type == "tmpfs" || fs_type == "ramfs" {
+                    eprintln!(
+                        "warning: {fs_type} ignores syncs; set CAIRN_BENCH_DIR to a real disk"
+                    );
+                }
+                BenchFs {
+                    path,
+                    mounted: None,
+                    _temp: Some(temp),
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the figures come from a file system made for this run.
+    pub fn is_fresh(&self) -> bool {
+        self.mounted.is_some()
+    }
+
+    fn fresh_ext4(base: &Path, tag: &str) -> Result<BenchFs, String> {
+        if std::env::var_os("CAIRN_BENCH_NO_LOOP").is_some() {
+            return Err("CAIRN_BENCH_NO_LOOP is set".into());
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let id = format!("cairn-bench-{tag}-{}", std::process::id());
+        let image = base.join(format!("{id}.ext4"));
+        let mnt = base.join(format!("{id}.mnt"));
+        let file = std::fs::File::create(&image).map_err(|e| format!("create image: {e}"))?;
+        file.set_len(FRESH_FS_BYTES)
+            .map_err(|e| format!("size image: {e}"))?;
+        drop(file);
+        let cleanup = |why: String| {
+            let _ = std::fs::remove_file(&image);
+            let _ = std::fs::remove_dir(&mnt);
+            why
+        };
+        // Inode tables and journal written now: otherwise ext4lazyinit zeroes them in the
+        // background during the measurements.
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(&image)
+            .status();
+        match made {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(cleanup(format!("mkfs.ext4 failed: {s}"))),
+            Err(e) => return Err(cleanup(format!("mkfs.ext4 did not run: {e}"))),
+        }
+        std::fs::create_dir_all(&mnt).map_err(|e| cleanup(format!("mkdir: {e}")))?;
+        // `-o loop` attaches a loop device with autoclear: umount detaches it.
+        let mounted = std::process::Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&image)
+            .arg(&mnt)
+            .status();
+        match mounted {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(cleanup(format!("mount -o loop failed: {s}"))),
+            Err(e) => return Err(cleanup(format!("mount did not run: {e}"))),
+        }
+        Ok(BenchFs {
+            path: mnt.clone(),
+            mounted: Some((image, mnt)),
+            _temp: None,
+        })
+    }
+}
+
+impl Drop for BenchFs {
+    fn drop(&mut self) {
+        if let Some((image, mnt)) = self.mounted.take() {
+            let ok = std::process::Command::new("umount")
+                .arg(&mnt)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                let _ = std::fs::remove_dir(&mnt);
+                let _ = std::fs::remove_file(&image);
+            } else {
+                eprintln!(
+                    "warning: could not unmount {}; image {} left behind",
+                    mnt.display(),
+                    image.display()
+                );
+            }
+        }
+    }
+}
+
+/// `syncfs(2)` of the file system holding `path`, as `sync -f` does.
+pub fn syncfs(path: &Path) {
+    let f = std::fs::File::open(path).expect("open for syncfs");
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    assert_eq!(
+        rc,
+        0,
+        "syncfs {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Peak resident memory of the children this process has waited for, in KiB
+/// (`getrusage(RUSAGE_CHILDREN)`: the largest of them).
+pub fn children_peak_rss_kb() -> u64 {
+    // SAFETY: getrusage writes only into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ru.ru_maxrss).unwrap_or(0)
+}

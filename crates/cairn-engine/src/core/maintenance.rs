@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 impl Core {
     pub(super) fn update_index(&mut self, journaled: bool, touched: &[String]) {
-        if !journaled {
+        // A damaged index (sled panicked) is left alone until the next open rebuilds it.
+        if !journaled || self.index.is_damaged() {
             return;
         }
         // Begun transactions change no indexed snapshot; completions and removals name theirs.

@@ -92,7 +92,18 @@ impl<R: Read> Ex<'_, R> {
                             done_bytes += k as u64;
                         }
                     } else {
-                        out.write(&rec)?;
+                        let sha =
+                            self.file_digests
+                                .get(idx as usize)
+                                .copied()
+                                .ok_or_else(|| LayerError::Read {
+                                    path: NO_ENTRY.to_string(),
+                                    offset: 0,
+                                    source: std::io::Error::other(
+                                        "a file record without its content digest",
+                                    ),
+                                })?;
+                        out.write(&with_digest(rec, sha))?;
                     }
                     idx += 1;
                 }
@@ -100,5 +111,28 @@ impl<R: Read> Ex<'_, R> {
             }
         }
         out.flush()
+    }
+}
+
+/// A file record with the content digest the hashing thread computed.
+fn with_digest(rec: Record, sha: [u8; 32]) -> Record {
+    match rec {
+        Record::File { path, size, .. } => Record::File {
+            path,
+            size,
+            sha256: sha,
+        },
+        Record::Sparse {
+            path,
+            realsize,
+            segments,
+            ..
+        } => Record::Sparse {
+            path,
+            realsize,
+            segments,
+            sha256: sha,
+        },
+        other => other,
     }
 }

@@ -399,27 +399,6 @@ pub fn check_root(root: &Path, driver: DriverKind, expect: &Expect) {
     h.close().expect("close");
 }
 
-/// Crash images left by a power cut during the overlay driver's probe, found live (see
-/// `clear_own_probes`).
-pub static OWN_PROBES_LEFT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// The overlay driver's open probes overlayfs in `<root>/overlay-probe.<pid>.<n>` and clears
-/// stale probes only of dead pids. A crash image is checked by the process that wrote it, whose
-/// pid is alive, so its own probe would stay (after a real reboot the same happens when the pid
-/// is reused): removed here and counted, so the rest of the root is checked.
-fn clear_own_probes(root: &Path) {
-    let prefix = format!("overlay-probe.{}.", std::process::id());
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            OWN_PROBES_LEFT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::fs::remove_dir_all(e.path()).expect("remove a probe left by the power cut");
-        }
-    }
-}
-
 /// Mounts a crash image (after `e2fsck -fy` when `repair_first`; xfs repairs itself by log
 /// replay at mount, and `xfs_repair` refuses a dirty log), checks the root in it, unmounts, and checks the file system strictly.
 pub fn check_image(
@@ -441,7 +420,6 @@ pub fn check_image(
         format!("the crash image does not mount: {e}; repair: {repair:?}")
     })?;
     let root = a.mountpoint.join("root");
-    clear_own_probes(&root);
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         check_root(&root, driver, expect)
     }));

@@ -52,6 +52,28 @@ fn diff_id_of(
     Ok(cairn_layer::Digest(hasher.finalize().into()))
 }
 
+/// Whether a layer file might be one the store holds: a plain tar only if a stored layer has
+/// its length (a layer's size is its uncompressed tar's), a compressed one if any layer is
+/// stored (its uncompressed length is not known without reading it).
+fn may_be_stored(
+    engine: &cairn_engine::EngineHandle,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<bool, CliError> {
+    let layers = engine.layers()?;
+    if layers.is_empty() {
+        return Ok(false);
+    }
+    let mut head = [0u8; 4];
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| CliError::new(ErrorKind::NotFound, format!("{}: {e}", path.display())))?;
+    let n = f.read(&mut head).unwrap_or(0);
+    Ok(match cairn_layer::decompress::detect(&head[..n]) {
+        cairn_layer::Compression::None => layers.iter().any(|l| l.size_bytes == size),
+        _ => true,
+    })
+}
+
 fn short(digest: &str) -> String {
     digest
         .trim_start_matches("sha256:")
@@ -63,30 +85,38 @@ fn short(digest: &str) -> String {
 pub fn run(ctx: &Ctx, cmd: LayerCmd) -> Result<(), CliError> {
     match cmd {
         LayerCmd::Import { file, parent } => {
-            let (input, size, expected_diff_id): (Box<dyn Read + Send>, u64, _) =
-                if file.as_os_str() == "-" {
-                    (Box::new(std::io::stdin()), 0, None)
-                } else {
-                    let open = |path: &std::path::Path| {
-                        std::fs::File::open(path).map_err(|e| {
-                            CliError::new(ErrorKind::NotFound, format!("{}: {e}", path.display()))
-                        })
-                    };
-                    // A file can be read twice: learn its DiffID first, so a layer already in
-                    // the store is recognised without extracting anything.
-                    let diff_id = diff_id_of(open(&file)?, &file)?;
-                    let f = open(&file)?;
-                    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    (Box::new(f), size, Some(diff_id))
-                };
+            let open = |path: &std::path::Path| {
+                std::fs::File::open(path).map_err(|e| {
+                    CliError::new(ErrorKind::NotFound, format!("{}: {e}", path.display()))
+                })
+            };
+            let from_stdin = file.as_os_str() == "-";
+            let (input, size): (Box<dyn Read + Send>, u64) = if from_stdin {
+                (Box::new(std::io::stdin()), 0)
+            } else {
+                let f = open(&file)?;
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                (Box::new(f), size)
+            };
             let bar = progress::bytes(ctx.out.json, size, "import");
             let input = Box::new(bar.wrap_read(input));
-            let options = ImportOptions {
-                parent,
-                pin: true,
-                expected_diff_id,
-            };
-            let imported = ctx.with_engine(|e| Ok(e.import_layer(input, options)?));
+            let imported = ctx.with_engine(|e| {
+                // A file can be read twice: when the store may hold this layer already, learn
+                // its DiffID first, so the layer is recognised without extracting anything.
+                // Only then: for a new layer the first pass would cost as much hashing as the
+                // import itself.
+                let expected_diff_id = if !from_stdin && may_be_stored(e, &file, size)? {
+                    Some(diff_id_of(open(&file)?, &file)?)
+                } else {
+                    None
+                };
+                let options = ImportOptions {
+                    parent,
+                    pin: true,
+                    expected_diff_id,
+                };
+                Ok(e.import_layer(input, options)?)
+            });
             bar.finish_and_clear();
             let imported = imported?;
             ctx.out
