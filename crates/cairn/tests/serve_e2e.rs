@@ -3,12 +3,16 @@
 //! runs containers from it, shows cairn's snapshots through `ctr snapshots`, survives restarts
 //! of containerd and of cairn, and garbage-collects the snapshots in cairn when the image goes.
 //! Then the layer store: `cairn image load` of the same image through the running server, and
-//! an import beside it. Last, the power cut: a copy of cairn's loop-mounted backing file
-//! taken the instant `ctr images import` returns holds every committed snapshot intact.
-//! Needs root, containerd, ctr, runc and busybox; CI installs them.
+//! an import beside it; and a pull, from a registry of the test's own, of layers cairn already
+//! holds, which containerd then never applies. Last, the power cut: a copy of cairn's
+//! loop-mounted backing file taken the instant `ctr images import` returns holds every
+//! committed snapshot intact. Needs root, containerd, ctr, runc and busybox, and for the pull
+//! docker-registry, skopeo, Go and containerd's Go sources; CI installs them.
 
 #[path = "serve_image/mod.rs"]
 mod image;
+#[path = "serve_registry/mod.rs"]
+mod registry;
 #[path = "serve_support/mod.rs"]
 mod support;
 
@@ -368,6 +372,251 @@ fn containerd_runs_containers_on_cairn() {
 
     ctrd.stop();
     assert_eq!(server.stop_ref(), Some(0));
+}
+
+/// Remove `image` from containerd and wait (up to 30 s) until its garbage collection has
+/// removed every snapshot in cairn.
+fn remove_and_collect(c: &Containerd, sock: &Path, image: &str) {
+    c.ok(&["images", "rm", "--sync", image]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cairn_snapshots(sock).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "snapshots left after GC: {:?}",
+            cairn_snapshots(sock)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the server logged about one pull: the layers it answered as held, and its commits.
+#[derive(Debug)]
+struct PullLog {
+    held: Vec<String>,
+    commits: usize,
+}
+
+fn pull_log(text: &str) -> PullLog {
+    let held = text
+        .lines()
+        .filter(|l| l.contains("layer already held: AlreadyExists"))
+        .map(str::to_owned)
+        .collect();
+    let commits = text
+        .lines()
+        .filter(|l| l.contains("method=\"commit\"") && l.contains(": ok elapsed_us="))
+        .count();
+    PullLog { held, commits }
+}
+
+/// `ctr pull` of `reference` and `ctr run` of it, timed; returns the time and what the
+/// server logged during the pull.
+fn pull_and_run(
+    c: &Containerd,
+    pull: &Path,
+    server: &Server,
+    reference: &str,
+    id: &str,
+) -> (Duration, PullLog) {
+    let before = server.log().len();
+    let t = Instant::now();
+    let out = Command::new(pull)
+        .arg("-address")
+        .arg(&c.sock)
+        .args([
+            "-namespace",
+            NAMESPACE,
+            "-snapshotter",
+            "cairn",
+            "-plain-http",
+        ])
+        .arg(reference)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairnpull");
+    assert!(
+        out.status.success(),
+        "cairnpull {reference}: {}\ncontainerd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    let during = server.log().get(before..).unwrap_or_default().to_owned();
+    run_ok(c, reference, id);
+    (t.elapsed(), pull_log(&during))
+}
+
+/// Build `tests/serve_pull/main.go` (a pull through containerd's client with its pull
+/// unpacker, which `ctr images pull` 1.6 does not use) against Debian's containerd Go sources,
+/// offline, once per target dir. `None` (after a printed reason) when Go or the sources are
+/// missing outside CI.
+fn cairnpull() -> Option<PathBuf> {
+    let sources = Path::new("/usr/share/gocode/src/github.com/containerd/containerd/pull.go");
+    let go = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("go").exists()))
+        .unwrap_or(false);
+    if !go || !sources.exists() {
+        let why = "Go or containerd's Go sources are missing \
+                   (apt-get install golang-go golang-github-containerd-containerd-dev)";
+        if std::env::var("CI").is_ok() {
+            panic!("{why}");
+        }
+        println!("skipped: {why}");
+        return None;
+    }
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairnpull");
+    let bin = base.join("cairnpull");
+    let src = base.join("gopath/src/cairnpull");
+    std::fs::create_dir_all(&src).expect("cairnpull source dir");
+    let main = include_str!("serve_pull/main.go");
+    std::fs::write(src.join("main.go"), main).expect("write cairnpull source");
+    let gopath = format!("{}:/usr/share/gocode", base.join("gopath").display());
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOFLAGS", "")
+        .env("GOCACHE", base.join("cache"))
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build cairnpull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(bin)
+}
+
+fn missing_registry_tool() -> Option<(&'static str, &'static str)> {
+    registry::TOOLS.into_iter().find(|(tool, _)| {
+        !std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+            .unwrap_or(false)
+    })
+}
+
+/// Layers cairn already holds, through a real containerd's pull from a real registry: with
+/// the image's layers loaded by `cairn image load`, containerd's pull unpacker asks for each
+/// layer with the `containerd.io/snapshot.ref` label, cairn answers AlreadyExists with its
+/// committed snapshot named by that ChainID, and containerd applies nothing. The same pull
+/// with nothing held unpacks both layers (the control). Prints `ctr pull` + `ctr run` times.
+#[test]
+fn a_pull_of_layers_cairn_holds_applies_nothing() {
+    if !ready() {
+        return;
+    }
+    if let Some((tool, package)) = missing_registry_tool() {
+        if std::env::var("CI").is_ok() {
+            panic!("{tool} is not installed (apt-get install {package})");
+        }
+        println!("skipped: {tool} is not installed (apt-get install {package})");
+        return;
+    }
+    let Some(pull) = cairnpull() else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("serve-held-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
+    let dir = if std::env::var_os("CAIRN_E2E_KEEP").is_some() {
+        Keep::Kept(dir.keep())
+    } else {
+        Keep::Temp(dir)
+    };
+    let d = dir.path();
+    let Some(img) = image::build(d, "docker.io/library/cairn-held:1") else {
+        println!("skipped: no busybox binary to build the image from");
+        return;
+    };
+    let reg = registry::Registry::start(d);
+    let reference = reg.push(&img.archive, "cairn/busybox:1");
+    let root = d.join("cairn");
+    let sock = d.join("cairn.sock");
+    let server = Server::start(&root, &sock, "overlay", "info,cairn_server=debug");
+    let ctrd = Containerd::start(d, &sock);
+
+    // Warm up (containerd, the shim, runc and the page cache), untimed; then the control:
+    // nothing held, so containerd fetches and applies both layers (two commits in cairn).
+    let (_, warm) = pull_and_run(&ctrd, &pull, &server, &reference, "held-warm");
+    assert_eq!(
+        warm.commits, 2,
+        "the first pull applies both layers: {warm:?}"
+    );
+    remove_and_collect(&ctrd, &sock, &reference);
+    let (unpacked, control) = pull_and_run(&ctrd, &pull, &server, &reference, "held-unpacked");
+    assert!(control.held.is_empty(), "nothing was held: {control:?}");
+    assert_eq!(control.commits, 2, "both layers applied: {control:?}");
+    remove_and_collect(&ctrd, &sock, &reference);
+
+    // Load the image into cairn's layer store (through the running server's control socket).
+    let load = Command::new(support::cli_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["image", "load"])
+        .arg(&img.archive)
+        .output()
+        .expect("cairn image load");
+    assert!(
+        load.status.success(),
+        "image load: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let names: Vec<String> = committed(&sock).into_iter().map(|i| i.name).collect();
+    assert_eq!(names, img.chain_ids, "the layer store holds both layers");
+
+    let (held_time, held) = pull_and_run(&ctrd, &pull, &server, &reference, "held-run");
+    assert_eq!(
+        held.commits, 0,
+        "containerd applied a layer cairn holds: {held:?}"
+    );
+    for chain in &img.chain_ids {
+        assert_eq!(
+            held.held
+                .iter()
+                .filter(|l| l.contains(&format!("target={chain}")))
+                .count(),
+            1,
+            "{chain} answered AlreadyExists once: {held:?}"
+        );
+    }
+    // Nothing beside the held layers (no extraction snapshot left, no copy), and each held
+    // snapshot carries the ref label containerd found it by.
+    let after = committed(&sock);
+    let names: Vec<&str> = after.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, img.chain_ids, "only the held layers are committed");
+    for info in &after {
+        assert_eq!(
+            info.labels.get("containerd.io/snapshot.ref"),
+            Some(&info.name),
+            "{} carries its ref label",
+            info.name
+        );
+    }
+    assert!(
+        cairn_snapshots(&sock)
+            .iter()
+            .all(|i| !i.name.contains("extract-")),
+        "an extraction snapshot appeared: {:?}",
+        cairn_snapshots(&sock)
+    );
+    assert!(
+        ctrd.ok(&["images", "ls", "-q"]).contains(&reference),
+        "containerd lists the pulled image"
+    );
+
+    let ms = |t: Duration| t.as_secs_f64() * 1000.0;
+    println!("ctr_run_held_layers_ms: {:.1}", ms(held_time));
+    println!("ctr_run_unpacked_ms: {:.1}", ms(unpacked));
+    println!(
+        "ratio_held_vs_unpacked: {:.2}",
+        ms(held_time) / ms(unpacked).max(f64::MIN_POSITIVE)
+    );
+
+    ctrd.stop();
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// A loop-mounted ext4 image, unmounted and detached on drop.
