@@ -170,11 +170,15 @@ fn sigterm_drains_64_clients_and_every_acknowledged_commit_survives() {
                             }
                             acked.push(name)
                         }
+                        // The server is going away: a refusal, or a request that met the
+                        // connection's GOAWAY (a transport error, which tonic calls Internal).
                         Err(s)
                             if matches!(
                                 s.code(),
                                 Code::Unavailable | Code::Unknown | Code::Cancelled
-                            ) =>
+                            ) || std::error::Error::source(&s).is_some_and(|e| {
+                                e.is::<containerd_snapshots::tonic::transport::Error>()
+                            }) =>
                         {
                             break
                         }
@@ -307,27 +311,53 @@ fn errors_map_to_the_codes_containerd_understands() {
 fn a_prepare_for_a_held_layer_answers_already_exists() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("s.sock");
-    let server = Server::start(&dir.path().join("root"), &sock, "vfs", "warn");
+    let root = dir.path().join("root");
+    // The held layer: imported into the layer store, whose snapshot is named by its ChainID
+    // (ChainID keys are the layer store's own: a client cannot commit one).
+    let tar_path = dir.path().join("layer.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).expect("create tar"));
+        let data = b"held\n";
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append_data(&mut h, "held.txt", &data[..])
+            .expect("append");
+        b.into_inner().expect("finish tar");
+    }
+    let out = Command::new(support::cli_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["--driver", "vfs", "layer", "import"])
+        .arg(&tar_path)
+        .output()
+        .expect("run cairn layer import");
+    assert!(out.status.success(), "layer import: {out:?}");
+    let chain = String::from_utf8(out.stdout).expect("utf-8");
+    let chain = chain.trim().to_owned();
+    assert!(chain.starts_with("sha256:") && chain.len() == 71, "{chain}");
+    let server = Server::start(&root, &sock, "vfs", "warn");
     runtime().block_on(async {
         let mut c = connect(&sock).await.expect("connect");
-        let chain = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-        let labels: HashMap<String, String> = [(
+        let labels: HashMap<String, String> =
+            [(cairn_server::SNAPSHOT_REF_LABEL.to_owned(), chain.clone())].into();
+        // A ref cairn does not hold: a normal extraction snapshot.
+        let other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let other_labels: HashMap<String, String> = [(
             cairn_server::SNAPSHOT_REF_LABEL.to_owned(),
-            chain.to_owned(),
+            other.to_owned(),
         )]
         .into();
-        // Not held yet: a normal extraction snapshot.
         prepare(
             &mut c,
-            &format!("default/1/extract-1 {chain}"),
+            &format!("default/1/extract-1 {other}"),
             "",
-            labels.clone(),
+            other_labels,
         )
         .await
-        .expect("first extraction");
-        commit(&mut c, chain, &format!("default/1/extract-1 {chain}"))
-            .await
-            .expect("commit");
+        .expect("an extraction of a layer cairn does not hold");
         let held = prepare(&mut c, &format!("default/2/extract-2 {chain}"), "", labels)
             .await
             .expect_err("must be refused");

@@ -247,29 +247,44 @@ where
         engine: None,
     };
     let serving = matches!(cli.command, Command::Serve(_));
+    // A root held by a live `cairn serve` runs the command there, without waiting for its lock.
+    if !serving {
+        if let Some(conn) = remote::connect(&ctx.root) {
+            return through_server(&ctx, conn, &args[1..]);
+        }
+    }
     match dispatch(&ctx, cli.command) {
         Ok(code) => ExitCode::from(code),
-        // The root is held: by `cairn serve`, if it has its control socket there.
-        Err(e)
-            if e.kind == ErrorKind::Locked
-                && !serving
-                && remote::control_path(&ctx.root).exists() =>
-        {
-            ctx.out.warn(
-                "served",
-                &format!(
-                    "{} is held by cairn serve; running this command through it",
-                    ctx.root.display()
-                ),
-            );
-            match remote::forward(&ctx.out, &ctx.root, &args[1..]) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    ctx.out.error(&e);
-                    e.kind.exit_code()
-                }
+        // The root is held: by `cairn serve`, if it started while this command waited.
+        Err(e) if e.kind == ErrorKind::Locked && !serving => match remote::connect(&ctx.root) {
+            Some(conn) => through_server(&ctx, conn, &args[1..]),
+            None => {
+                ctx.out.error(&e);
+                e.kind.exit_code()
             }
+        },
+        Err(e) => {
+            ctx.out.error(&e);
+            e.kind.exit_code()
         }
+    }
+}
+
+/// Run the command in the `cairn serve` that holds the root, saying so once on stderr.
+fn through_server(
+    ctx: &Ctx,
+    conn: std::os::unix::net::UnixStream,
+    args: &[std::ffi::OsString],
+) -> ExitCode {
+    ctx.out.warn(
+        "served",
+        &format!(
+            "{} is held by cairn serve; running this command through it",
+            ctx.root.display()
+        ),
+    );
+    match remote::forward(&ctx.out, &ctx.root, conn, args) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             ctx.out.error(&e);
             e.kind.exit_code()

@@ -213,12 +213,22 @@ fn for_the_server(command: &mut super::Command, cwd: &Path) -> Result<(), CliErr
     Ok(())
 }
 
+/// The control socket of a live `cairn serve` on `root`, if one answers (a socket file left by
+/// a dead server refuses the connection).
+pub fn connect(root: &Path) -> Option<UnixStream> {
+    UnixStream::connect(control_path(root)).ok()
+}
+
 /// The client side: run `args` (the command line without the program name) in the server
-/// that holds `root`; its output is printed here. Returns the exit code.
-pub fn forward(out: &Output, root: &Path, args: &[std::ffi::OsString]) -> Result<u8, CliError> {
+/// that holds `root`, over `conn` (from [`connect`]); its output is printed here. Returns the
+/// exit code.
+pub fn forward(
+    out: &Output,
+    root: &Path,
+    mut conn: UnixStream,
+    args: &[std::ffi::OsString],
+) -> Result<u8, CliError> {
     let path = control_path(root);
-    let mut conn = UnixStream::connect(&path)
-        .map_err(|e| CliError::new(ErrorKind::Locked, format!("{}: {e}", path.display())))?;
     let cwd = std::env::current_dir()
         .map_err(|e| CliError::new(ErrorKind::Other, format!("working directory: {e}")))?;
     let args: Vec<String> = args
