@@ -126,6 +126,7 @@ impl std::fmt::Display for Reference {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

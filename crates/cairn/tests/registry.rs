@@ -605,7 +605,7 @@ fn kill_during_pull_then_resume() {
     );
     assert_exports_match(&root, &pulled);
     fsck_clean(&root);
-    assert_eq!(image_names(&root), [through.clone()]);
+    assert_eq!(image_names(&root), [through]);
     assert_eq!(
         std::fs::read_dir(root.join("spool"))
             .expect("spool")
