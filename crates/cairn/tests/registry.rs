@@ -527,12 +527,14 @@ fn kill_during_pull_then_resume() {
     let layout = d.path().join("big");
     let big = d.path().join("big.tar");
     let small = d.path().join("small.tar");
+    // The small layer first: it is imported (and held) early, so kills during the big one
+    // check that a layer in the store is never imported again.
     let diff_ids = [
-        support::random_layer(&big, "big.bin", 104 << 20),
         support::random_layer(&small, "small.bin", 16 << 20),
+        support::random_layer(&big, "big.bin", 104 << 20),
     ];
     let tar = "application/vnd.oci.image.layer.v1.tar";
-    support::write_layout(&layout, "v1", &[(tar, big), (tar, small)], &diff_ids);
+    support::write_layout(&layout, "v1", &[(tar, small), (tar, big)], &diff_ids);
     let reference = reg.skopeo_copy(&format!("oci:{}:v1", layout.display()), "big/img:v1", &[]);
     std::fs::remove_dir_all(&layout).expect("remove layout");
     let proxy = Proxy::start(&reg.addr);
