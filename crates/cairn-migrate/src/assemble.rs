@@ -91,7 +91,10 @@ impl Assembly {
         let rel = Path::new(OsStr::from_bytes(rel));
         let path = self.dir_path.join(rel);
         if rel.as_os_str().is_empty() {
-            return Err(Self::payload_error(&path, "a file payload with an empty name"));
+            return Err(Self::payload_error(
+                &path,
+                "a file payload with an empty name",
+            ));
         }
         let resolve = ResolveFlag::RESOLVE_BENEATH
             | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -116,7 +119,10 @@ impl Assembly {
             .metadata()
             .map_err(|e| MigrateError::io("stat", &path, e))?;
         if !meta.is_file() {
-            return Err(Self::payload_error(&path, "tar-split names a payload here but it is not a regular file"));
+            return Err(Self::payload_error(
+                &path,
+                "tar-split names a payload here but it is not a regular file",
+            ));
         }
         Ok((file, path))
     }
@@ -172,7 +178,9 @@ impl Assembly {
                         self.pending = Pending::Idle;
                         continue;
                     }
-                    let want = usize::try_from(*remaining).unwrap_or(usize::MAX).min(buf.len());
+                    let want = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
                     let n = file
                         .read(&mut buf[..want])
                         .map_err(|e| MigrateError::io("read", path.as_path(), e))?;
@@ -191,9 +199,7 @@ impl Assembly {
                 }
                 Pending::Idle => match self.decoder.next_entry()? {
                     None => self.pending = Pending::Done,
-                    Some(Entry::Segment(bytes)) => {
-                        self.pending = Pending::Bytes { bytes, at: 0 }
-                    }
+                    Some(Entry::Segment(bytes)) => self.pending = Pending::Bytes { bytes, at: 0 },
                     // Empty payloads (directories, links, whiteouts, empty files) are never
                     // read, as in tar-split's assembler.
                     Some(Entry::File { size_bytes: 0, .. }) => {}

@@ -30,7 +30,9 @@ pub enum MigrateError {
     #[error("{path}: {reason}")]
     Payload { path: PathBuf, reason: String },
     /// `--strict`: some layer or image cannot be moved, so nothing was.
-    #[error("refused: {count} layers or images cannot be moved (first: {first}); nothing was imported")]
+    #[error(
+        "refused: {count} layers or images cannot be moved (first: {first}); nothing was imported"
+    )]
     Refused { count: usize, first: String },
     #[error(transparent)]
     Engine(#[from] EngineError),

@@ -196,7 +196,10 @@ pub fn migrate(
             Err(e) => return Err(e.into()),
         };
         // The engine names the layer by parent and DiffID, as Docker did.
-        assert_eq!(imported.chain_id, chain, "ChainID of a DiffID-checked import");
+        assert_eq!(
+            imported.chain_id, chain,
+            "ChainID of a DiffID-checked import"
+        );
         progress(Event::Imported {
             chain_id: &chain,
             size_bytes,
@@ -230,7 +233,11 @@ pub fn migrate(
             });
             continue;
         }
-        let top = image.chain.last().map(|c| c.to_string()).unwrap_or_default();
+        let top = image
+            .chain
+            .last()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
         let config = image.record.id.to_string();
         let names = if image.record.names.is_empty() {
             vec![config.clone()]

@@ -155,7 +155,9 @@ fn list_dir(path: &Path) -> Result<Vec<String>, MigrateError> {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Which driver's layer store to read: the one asked for, or the only one there.
@@ -290,7 +292,10 @@ fn read_layer(
     if !content.is_dir() {
         return Err(MigrateError::Metadata {
             path: content,
-            reason: format!("missing: the {} driver has no content for the layer", driver.name()),
+            reason: format!(
+                "missing: the {} driver has no content for the layer",
+                driver.name()
+            ),
         });
     }
     Ok(LayerRecord {
@@ -314,8 +319,7 @@ fn order_layers(mut records: BTreeMap<Digest, LayerRecord>, inv: &mut Inventory)
         // Walk down to a layer of known depth (or the base), then number back up.
         let mut path = vec![*id];
         let mut base: Result<usize, String> = Ok(0);
-        loop {
-            let Some(top) = path.last().copied() else { break };
+        while let Some(top) = path.last().copied() {
             if let Some(known) = depth.get(&top) {
                 base = match known {
                     Ok(d) => Ok(d + 1),
@@ -335,7 +339,9 @@ fn order_layers(mut records: BTreeMap<Digest, LayerRecord>, inv: &mut Inventory)
                     break;
                 }
                 Some(p) if path.len() > MAX_LAYER_DEPTH => {
-                    base = Err(format!("its chain is deeper than {MAX_LAYER_DEPTH} layers (or loops through {p})"));
+                    base = Err(format!(
+                        "its chain is deeper than {MAX_LAYER_DEPTH} layers (or loops through {p})"
+                    ));
                     break;
                 }
                 Some(p) => path.push(p),
@@ -373,7 +379,7 @@ fn order_layers(mut records: BTreeMap<Digest, LayerRecord>, inv: &mut Inventory)
             (_, None) => {}
         }
     }
-    ordered.sort_by(|a, b| (a.depth, a.chain_id).cmp(&(b.depth, b.chain_id)));
+    ordered.sort_by_key(|l| (l.depth, l.chain_id));
     inv.layers = ordered;
 }
 
@@ -384,7 +390,9 @@ fn ancestors(inv: &Inventory, layer: &LayerRecord) -> Vec<String> {
     let mut out = Vec::new();
     let mut next = layer.parent;
     while let Some(p) = next {
-        let Some(record) = by_chain.get(&p) else { break };
+        let Some(record) = by_chain.get(&p) else {
+            break;
+        };
         out.push(record.cache_id.clone());
         next = record.parent;
         if out.len() > MAX_LAYER_DEPTH {
@@ -548,7 +556,10 @@ fn read_images(store: &Path, inv: &mut Inventory) -> Result<(), MigrateError> {
         };
         let id = Digest::of(&bytes);
         if id.to_string() != id_text {
-            skip(inv, format!("its config's digest is {id}: the file was changed"));
+            skip(
+                inv,
+                format!("its config's digest is {id}: the file was changed"),
+            );
             continue;
         }
         let config: Config = match serde_json::from_slice(&bytes) {
@@ -566,7 +577,10 @@ fn read_images(store: &Path, inv: &mut Inventory) -> Result<(), MigrateError> {
             .map(|d| d.parse::<Digest>())
             .collect();
         let Ok(diff_ids) = diff_ids else {
-            skip(inv, "its config lists a DiffID that is not a sha256 digest".into());
+            skip(
+                inv,
+                "its config lists a DiffID that is not a sha256 digest".into(),
+            );
             continue;
         };
         let (tags, manifest_digest) = names.remove(&id).unwrap_or_default();

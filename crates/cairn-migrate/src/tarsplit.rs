@@ -173,10 +173,9 @@ impl<R: BufRead> Decoder<R> {
                     (None, _) => return Err(self.bad("a file payload without a checksum")),
                 };
                 if !self.seen.insert(clean(&name)) {
-                    return Err(self.bad(format!(
-                        "{} is named twice",
-                        String::from_utf8_lossy(&name)
-                    )));
+                    return Err(
+                        self.bad(format!("{} is named twice", String::from_utf8_lossy(&name)))
+                    );
                 }
                 Ok(Entry::File {
                     name,
@@ -221,8 +220,8 @@ pub fn encode(tar_bytes: &[u8]) -> std::io::Result<Vec<u8>> {
         {
             return Err(std::io::Error::other("sparse entries are not encoded"));
         }
-        let data_start = usize::try_from(entry.raw_file_position())
-            .map_err(std::io::Error::other)?;
+        let data_start =
+            usize::try_from(entry.raw_file_position()).map_err(std::io::Error::other)?;
         let size = usize::try_from(entry.header().entry_size()?).map_err(std::io::Error::other)?;
         let data_end = data_start
             .checked_add(size)
@@ -340,7 +339,11 @@ mod tests {
         let dup = b"{\"type\":1,\"name\":\"a\",\"payload\":null,\"position\":0}\n{\"type\":1,\"name\":\"./a\",\"payload\":null,\"position\":1}\n";
         let mut d = Decoder::new(&dup[..], Path::new("t"));
         assert!(d.next_entry().is_ok());
-        let err = d.next_entry().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = d
+            .next_entry()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("named twice"), "{err}");
     }
 

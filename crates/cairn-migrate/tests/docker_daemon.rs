@@ -77,7 +77,9 @@ impl Daemon {
 
     fn docker(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.docker);
-        cmd.arg("-H").arg(format!("unix://{}", self.sock.display())).args(args);
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args);
         cmd
     }
 
@@ -115,7 +117,8 @@ impl Drop for Daemon {
 }
 
 fn layer_dir_of(root: &Path, chain: &str) -> PathBuf {
-    root.join("image/overlay2/layerdb/sha256").join(chain.trim_start_matches("sha256:"))
+    root.join("image/overlay2/layerdb/sha256")
+        .join(chain.trim_start_matches("sha256:"))
 }
 
 #[test]
@@ -141,7 +144,11 @@ fn migrates_a_real_docker_overlay2_root() {
     daemon.run(&["tag", "cairn/chain:latest", "cairn/chain:v2"]);
     for layer in ["gnu", "pax", "sparse"] {
         let path = corpus.join(format!("layers/{layer}.tar"));
-        daemon.run(&["import", path.to_str().expect("path"), &format!("cairn/{layer}:1")]);
+        daemon.run(&[
+            "import",
+            path.to_str().expect("path"),
+            &format!("cairn/{layer}:1"),
+        ]);
     }
     daemon.stop();
     drop(daemon);
@@ -150,53 +157,115 @@ fn migrates_a_real_docker_overlay2_root() {
     let before = listing(&src);
     let engine = open_vfs(&tmp.path().join("cairn"));
     let summary = migrate(&engine, &src, &Options::default(), &|_| {}).expect("migrate");
-    assert_eq!(listing(&src), before, "the migration changed Docker's data root");
+    assert_eq!(
+        listing(&src),
+        before,
+        "the migration changed Docker's data root"
+    );
     // Docker's overlay2 links and lower files agree with its layer store.
     assert_eq!(summary.warnings, Vec::<String>::new());
     assert_eq!(summary.driver, "overlay2");
-    assert_eq!((summary.layers_moved, summary.images_moved), (5, 3), "{summary:#?}");
+    assert_eq!(
+        (summary.layers_moved, summary.images_moved),
+        (5, 3),
+        "{summary:#?}"
+    );
 
     // Docker records a GNU sparse file at its expanded size, so its own tar-split cannot
     // rebuild that layer (`docker save` of it fails too): skipped, named, with its image.
     let sparse_diff = "sha256:0b1df0d9678b239ec5505ab552dd55a38600daf92a713faac012b15c6c92b319";
-    let layer_skip = summary.skipped.iter().find(|s| s.kind == "layer").expect("sparse skipped");
+    let layer_skip = summary
+        .skipped
+        .iter()
+        .find(|s| s.kind == "layer")
+        .expect("sparse skipped");
     assert_eq!(layer_skip.id, sparse_diff);
-    assert!(layer_skip.reason.contains("not its DiffID"), "{}", layer_skip.reason);
-    assert_eq!(summary.skipped.iter().filter(|s| s.kind == "image").count(), 1, "{summary:#?}");
+    assert!(
+        layer_skip.reason.contains("not its DiffID"),
+        "{}",
+        layer_skip.reason
+    );
+    assert_eq!(
+        summary.skipped.iter().filter(|s| s.kind == "image").count(),
+        1,
+        "{summary:#?}"
+    );
     assert_eq!(summary.skipped.len(), 2, "{summary:#?}");
 
     let mut names = summary.names.clone();
     names.sort();
-    assert_eq!(names, ["cairn/chain:latest", "cairn/chain:v2", "cairn/gnu:1", "cairn/pax:1"]);
-    let problems: Vec<_> = engine.verify(None).expect("verify").into_iter().filter(|v| v.problem.is_some()).collect();
+    assert_eq!(
+        names,
+        [
+            "cairn/chain:latest",
+            "cairn/chain:v2",
+            "cairn/gnu:1",
+            "cairn/pax:1"
+        ]
+    );
+    let problems: Vec<_> = engine
+        .verify(None)
+        .expect("verify")
+        .into_iter()
+        .filter(|v| v.problem.is_some())
+        .collect();
     assert_eq!(problems, vec![]);
 
     // The chain has the ChainIDs the corpus lists, and our tar-split encoder writes what
     // Docker wrote for each of these layers, byte for byte.
-    let expected = std::fs::read_to_string(corpus.join("chain/expected-chain-ids.txt")).expect("ids");
-    let image = engine.images().expect("images").into_iter().find(|i| i.name == "cairn/chain:latest").expect("image");
+    let expected =
+        std::fs::read_to_string(corpus.join("chain/expected-chain-ids.txt")).expect("ids");
+    let image = engine
+        .images()
+        .expect("images")
+        .into_iter()
+        .find(|i| i.name == "cairn/chain:latest")
+        .expect("image");
     for (chain_id, tar) in image.layers.iter().zip(["0-base", "1-whiteouts", "2-top"]) {
-        assert!(expected.contains(chain_id.as_str()), "{chain_id} not in expected-chain-ids.txt");
+        assert!(
+            expected.contains(chain_id.as_str()),
+            "{chain_id} not in expected-chain-ids.txt"
+        );
         let bytes = std::fs::read(corpus.join(format!("chain/{tar}.tar"))).expect("tar");
-        let gz = std::fs::read(layer_dir_of(&src, chain_id).join("tar-split.json.gz")).expect("tar-split");
+        let gz = std::fs::read(layer_dir_of(&src, chain_id).join("tar-split.json.gz"))
+            .expect("tar-split");
         let mut docker_lines = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut docker_lines).expect("gunzip");
-        assert!(cairn_migrate::tarsplit::encode(&bytes).expect("encode") == docker_lines, "{tar}");
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&gz[..]),
+            &mut docker_lines,
+        )
+        .expect("gunzip");
+        assert!(
+            cairn_migrate::tarsplit::encode(&bytes).expect("encode") == docker_lines,
+            "{tar}"
+        );
     }
     engine.close().expect("close");
 
     // A file changed under Docker's overlay2 diff is caught and named.
     let gnu_chain = "sha256:b48d1098fcc2870ee69afd9369696a83303109be285be61c4aa59df03be6d7c2";
-    let cache_id = std::fs::read_to_string(layer_dir_of(&src, gnu_chain).join("cache-id")).expect("cache-id");
-    let tool = src.join("overlay2").join(cache_id.trim()).join("diff/bin/tool");
+    let cache_id =
+        std::fs::read_to_string(layer_dir_of(&src, gnu_chain).join("cache-id")).expect("cache-id");
+    let tool = src
+        .join("overlay2")
+        .join(cache_id.trim())
+        .join("diff/bin/tool");
     let mut bytes = std::fs::read(&tool).expect("bin/tool");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&tool, &bytes).expect("tamper");
     let engine = open_vfs(&tmp.path().join("cairn-2"));
     let summary = migrate(&engine, &src, &Options::default(), &|_| {}).expect("migrate");
-    let skip = summary.skipped.iter().find(|s| s.id == gnu_chain).expect("gnu skipped");
+    let skip = summary
+        .skipped
+        .iter()
+        .find(|s| s.id == gnu_chain)
+        .expect("gnu skipped");
     assert!(skip.reason.contains("bin/tool"), "{}", skip.reason);
-    assert!(engine.layers().expect("layers").iter().all(|l| l.chain_id != gnu_chain));
+    assert!(engine
+        .layers()
+        .expect("layers")
+        .iter()
+        .all(|l| l.chain_id != gnu_chain));
     engine.close().expect("close");
 }

@@ -33,7 +33,11 @@ fn specs(corpus: &Path) -> Vec<ImageSpec<'static>> {
     ]
 }
 
-fn run(engine: &cairn_engine::EngineHandle, src: &Path, options: &Options) -> Result<Summary, MigrateError> {
+fn run(
+    engine: &cairn_engine::EngineHandle,
+    src: &Path,
+    options: &Options,
+) -> Result<Summary, MigrateError> {
     migrate(engine, src, options, &|_| {})
 }
 
@@ -49,7 +53,9 @@ fn export(engine: &cairn_engine::EngineHandle, chain: &str) -> Vec<u8> {
             Ok(())
         }
     }
-    engine.export_layer(chain, Box::new(Chan(tx))).expect("export");
+    engine
+        .export_layer(chain, Box::new(Chan(tx)))
+        .expect("export");
     rx.try_iter().flatten().collect()
 }
 
@@ -65,8 +71,12 @@ fn encoder_reproduces_dockers_tar_split() {
     ] {
         let bytes = std::fs::read(corpus.join(tar)).expect("tar");
         let ours = cairn_migrate::tarsplit::encode(&bytes).expect("encode");
-        let docker = std::fs::read(fixtures.join(format!("{fixture}.tar-split.json"))).expect("fixture");
-        assert!(ours == docker, "{tar}: our tar-split differs from Docker 20.10's");
+        let docker =
+            std::fs::read(fixtures.join(format!("{fixture}.tar-split.json"))).expect("fixture");
+        assert!(
+            ours == docker,
+            "{tar}: our tar-split differs from Docker 20.10's"
+        );
     }
 }
 
@@ -82,15 +92,30 @@ fn migrates(driver: Driver) {
     assert_eq!(summary.warnings, Vec::<String>::new());
     assert_eq!((summary.layers_moved, summary.images_moved), (4, 2));
     let tars: Vec<Vec<u8>> = specs(&corpus).into_iter().flat_map(|s| s.layers).collect();
-    assert_eq!(summary.bytes_moved, tars.iter().map(|t| t.len() as u64).sum::<u64>());
+    assert_eq!(
+        summary.bytes_moved,
+        tars.iter().map(|t| t.len() as u64).sum::<u64>()
+    );
     // Every layer comes back as the very tar Docker was given.
     for ((chain, _, _), tar) in written.layers.iter().zip(&tars) {
-        assert!(export(&engine, chain) == *tar, "layer {chain} does not export byte for byte");
+        assert!(
+            export(&engine, chain) == *tar,
+            "layer {chain} does not export byte for byte"
+        );
     }
-    let mut names: Vec<String> = engine.images().expect("images").into_iter().map(|i| i.name).collect();
+    let mut names: Vec<String> = engine
+        .images()
+        .expect("images")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     names.sort();
     assert_eq!(names, ["cairn/chain:latest", "gnu:1"]);
-    let chain_image = engine.images().expect("images").into_iter().find(|i| i.name == "cairn/chain:latest");
+    let chain_image = engine
+        .images()
+        .expect("images")
+        .into_iter()
+        .find(|i| i.name == "cairn/chain:latest");
     let chain_image = chain_image.expect("chain image");
     assert_eq!(chain_image.layers.len(), 3);
     assert_eq!(chain_image.config_digest, written.images[0]);
@@ -98,7 +123,15 @@ fn migrates(driver: Driver) {
     assert_eq!(listing(&src), before, "the migration changed the source");
     // Again: everything is there, nothing is read or imported.
     let again = run(&engine, &src, &Options::default()).expect("migrate again");
-    assert_eq!((again.layers_moved, again.layers_present, again.images_moved, again.images_present), (0, 4, 0, 2));
+    assert_eq!(
+        (
+            again.layers_moved,
+            again.layers_present,
+            again.images_moved,
+            again.images_present
+        ),
+        (0, 4, 0, 2)
+    );
     engine.close().expect("close");
 }
 
@@ -129,22 +162,67 @@ fn tampered_file_is_named_and_skipped_and_strict_refuses() {
     std::fs::write(&conf, &bytes).expect("tamper");
 
     let strict = open_vfs(&tmp.path().join("strict"));
-    let err = run(&strict, &src, &Options { strict: true, ..Options::default() }).err();
+    let err = run(
+        &strict,
+        &src,
+        &Options {
+            strict: true,
+            ..Options::default()
+        },
+    )
+    .err();
     assert!(matches!(err, Some(MigrateError::Refused { .. })), "{err:?}");
-    assert_eq!(strict.layers().expect("layers"), vec![], "--strict imported something");
+    assert_eq!(
+        strict.layers().expect("layers"),
+        vec![],
+        "--strict imported something"
+    );
     assert_eq!(strict.images().expect("images"), vec![]);
     strict.close().expect("close");
 
     let engine = open_vfs(&tmp.path().join("cairn"));
-    let summary = run(&engine, &src, &Options { storage_driver: Some(GraphDriver::Aufs), strict: false }).expect("migrate");
+    let summary = run(
+        &engine,
+        &src,
+        &Options {
+            storage_driver: Some(GraphDriver::Aufs),
+            strict: false,
+        },
+    )
+    .expect("migrate");
     let bad = &written.layers[1].0;
-    let reason = summary.skipped.iter().find(|s| s.id == *bad).map(|s| s.reason.clone()).unwrap_or_default();
-    assert!(reason.contains("etc/conf") && reason.contains("CRC-64"), "{reason}");
+    let reason = summary
+        .skipped
+        .iter()
+        .find(|s| s.id == *bad)
+        .map(|s| s.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("etc/conf") && reason.contains("CRC-64"),
+        "{reason}"
+    );
     let top = &written.layers[2].0;
-    assert!(summary.skipped.iter().any(|s| s.id == *top && s.reason.contains("parent")), "{summary:?}");
-    assert!(summary.skipped.iter().any(|s| s.kind == "image" && s.id == written.images[0]), "{summary:?}");
+    assert!(
+        summary
+            .skipped
+            .iter()
+            .any(|s| s.id == *top && s.reason.contains("parent")),
+        "{summary:?}"
+    );
+    assert!(
+        summary
+            .skipped
+            .iter()
+            .any(|s| s.kind == "image" && s.id == written.images[0]),
+        "{summary:?}"
+    );
     // The base and the gnu layer are in; nothing of the tampered chain above the base is.
-    let mut have: Vec<String> = engine.layers().expect("layers").into_iter().map(|l| l.chain_id).collect();
+    let mut have: Vec<String> = engine
+        .layers()
+        .expect("layers")
+        .into_iter()
+        .map(|l| l.chain_id)
+        .collect();
     have.sort();
     let mut want = vec![written.layers[0].0.clone(), written.layers[3].0.clone()];
     want.sort();
@@ -154,8 +232,16 @@ fn tampered_file_is_named_and_skipped_and_strict_refuses() {
     // A file one byte longer than tar-split says is caught too.
     std::fs::write(&conf, b"new\n").expect("grow");
     let again = run(&engine, &src, &Options::default()).expect("migrate");
-    let reason = again.skipped.iter().find(|s| s.id == *bad).map(|s| s.reason.clone()).unwrap_or_default();
-    assert!(reason.contains("etc/conf") && reason.contains("longer"), "{reason}");
+    let reason = again
+        .skipped
+        .iter()
+        .find(|s| s.id == *bad)
+        .map(|s| s.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("etc/conf") && reason.contains("longer"),
+        "{reason}"
+    );
     engine.close().expect("close");
 }
 
@@ -177,7 +263,8 @@ fn interrupted_child() {
     let progress = |e: cairn_migrate::Event<'_>| {
         let hit = matches!(
             (&e, kind),
-            (cairn_migrate::Event::Imported { .. }, "layer") | (cairn_migrate::Event::Image { .. }, "image")
+            (cairn_migrate::Event::Imported { .. }, "layer")
+                | (cairn_migrate::Event::Image { .. }, "image")
         );
         if hit {
             seen.set(seen.get() + 1);
@@ -202,7 +289,12 @@ fn interrupted_migration_resumes_without_importing_twice() {
     for (kind, k) in points {
         let root = tmp.path().join(format!("cairn-{kind}-{k}"));
         let status = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "interrupted_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "interrupted_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("MIGRATE_SRC", &src)
             .env("MIGRATE_ROOT", &root)
             .env("MIGRATE_ABORT_AT", format!("{kind}:{k}"))
@@ -210,7 +302,10 @@ fn interrupted_migration_resumes_without_importing_twice() {
             .stderr(std::process::Stdio::null())
             .status()
             .expect("child");
-        assert!(status.code().is_none(), "{kind}:{k}: the child was not aborted ({status})");
+        assert!(
+            status.code().is_none(),
+            "{kind}:{k}: the child was not aborted ({status})"
+        );
         let engine = open_vfs(&root);
         let summary = run(&engine, &src, &Options::default()).expect("resume");
         let imported_before = if kind == "layer" { k } else { total };
@@ -220,11 +315,23 @@ fn interrupted_migration_resumes_without_importing_twice() {
             (imported_before, total - imported_before),
             "{kind}:{k}: the resumed run re-imported a layer"
         );
-        assert_eq!(summary.images_moved + summary.images_present, 2, "{kind}:{k}");
+        assert_eq!(
+            summary.images_moved + summary.images_present,
+            2,
+            "{kind}:{k}"
+        );
         if kind == "image" {
-            assert_eq!(summary.images_present, 1, "{kind}:{k}: an image recorded before the abort");
+            assert_eq!(
+                summary.images_present, 1,
+                "{kind}:{k}: an image recorded before the abort"
+            );
         }
-        let problems: Vec<_> = engine.verify(None).expect("verify").into_iter().filter(|v| v.problem.is_some()).collect();
+        let problems: Vec<_> = engine
+            .verify(None)
+            .expect("verify")
+            .into_iter()
+            .filter(|v| v.problem.is_some())
+            .collect();
         assert_eq!(problems, vec![], "{kind}:{k}");
         assert_eq!(engine.layers().expect("layers").len(), total);
         let fsck = engine.fsck(false).expect("fsck");

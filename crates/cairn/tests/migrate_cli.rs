@@ -49,7 +49,10 @@ fn migrate_docker_from_the_cli() {
     let strict = tmp.path().join("strict");
     let (code, _, err) = cairn(&strict, &["migrate", "docker", s, "--strict"]);
     assert_eq!(code, 5, "{err}");
-    assert!(err.contains("refused") && err.contains("app/replaced"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("app/replaced"),
+        "{err}"
+    );
     let (_, out, _) = cairn(&strict, &["--json", "layer", "ls"]);
     assert_eq!(out.trim(), "[]", "--strict imported a layer");
 
@@ -58,13 +61,22 @@ fn migrate_docker_from_the_cli() {
     let (code, out, err) = cairn(&root, &["migrate", "docker", s]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.starts_with("moved 2 layers"), "{out}");
-    assert!(out.contains(&format!("skipped layer {}", written.layers[2].0)), "{out}");
+    assert!(
+        out.contains(&format!("skipped layer {}", written.layers[2].0)),
+        "{out}"
+    );
     assert!(out.contains("app/replaced"), "{out}");
-    assert!(out.contains(&format!("skipped image {}", written.images[0])), "{out}");
+    assert!(
+        out.contains(&format!("skipped image {}", written.images[0])),
+        "{out}"
+    );
 
     // Put right, run again: only the missing layer moves, the image is named; exit 0.
     std::fs::write(&conf, good).expect("restore");
-    let (code, out, err) = cairn(&root, &["--json", "migrate", "docker", s, "--storage-driver", "aufs"]);
+    let (code, out, err) = cairn(
+        &root,
+        &["--json", "migrate", "docker", s, "--storage-driver", "aufs"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("json summary");
     assert_eq!(summary["layers_moved"], 1, "{summary}");
@@ -74,10 +86,16 @@ fn migrate_docker_from_the_cli() {
     assert_eq!(summary["skipped"], serde_json::json!([]));
     let (code, out, _) = cairn(&root, &["image", "ls"]);
     assert_eq!(code, 0);
-    assert!(out.contains("cairn/chain:latest") && out.contains(&written.layers[2].0), "{out}");
+    assert!(
+        out.contains("cairn/chain:latest") && out.contains(&written.layers[2].0),
+        "{out}"
+    );
 
     // Not a Docker root: a clear error, exit 2.
-    let (code, _, err) = cairn(&root, &["migrate", "docker", tmp.path().to_str().expect("path")]);
+    let (code, _, err) = cairn(
+        &root,
+        &["migrate", "docker", tmp.path().to_str().expect("path")],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a Docker data root"), "{err}");
 }

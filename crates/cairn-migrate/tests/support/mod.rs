@@ -104,12 +104,17 @@ pub fn write_root(root: &Path, driver: Driver, images: &[ImageSpec<'_>]) -> Writ
                     std::fs::write(dir.join("parent"), p.to_string()).expect("parent");
                 }
                 std::fs::write(dir.join("cache-id"), &cache_id).expect("cache-id");
-                std::fs::write(dir.join("tar-split.json.gz"), tarsplit::encode_gz(tar).expect("encode"))
-                    .expect("tar-split");
+                std::fs::write(
+                    dir.join("tar-split.json.gz"),
+                    tarsplit::encode_gz(tar).expect("encode"),
+                )
+                .expect("tar-split");
                 let diff = write_content(root, driver, &cache_id, &ancestors, tar);
                 let size = du(&diff);
                 std::fs::write(dir.join("size"), size.to_string()).expect("size");
-                written.layers.push((chain.to_string(), cache_id.clone(), diff));
+                written
+                    .layers
+                    .push((chain.to_string(), cache_id.clone(), diff));
             }
             ancestors.insert(0, cache_id);
             parent = Some(chain);
@@ -123,7 +128,12 @@ pub fn write_root(root: &Path, driver: Driver, images: &[ImageSpec<'_>]) -> Writ
         let bytes = serde_json::to_vec(&config).expect("config");
         let id = Digest::of(&bytes);
         std::fs::write(content.join(hex(&id)), &bytes).expect("image config");
-        let repo = image.name.split(':').next().unwrap_or(image.name).to_owned();
+        let repo = image
+            .name
+            .split(':')
+            .next()
+            .unwrap_or(image.name)
+            .to_owned();
         let refs = repositories
             .entry(repo)
             .or_insert_with(|| serde_json::Value::Object(Default::default()));
@@ -133,8 +143,11 @@ pub fn write_root(root: &Path, driver: Driver, images: &[ImageSpec<'_>]) -> Writ
         written.images.push(id.to_string());
     }
     let repos = serde_json::json!({ "Repositories": repositories });
-    std::fs::write(store.join("repositories.json"), serde_json::to_vec(&repos).expect("json"))
-        .expect("repositories.json");
+    std::fs::write(
+        store.join("repositories.json"),
+        serde_json::to_vec(&repos).expect("json"),
+    )
+    .expect("repositories.json");
     written
 }
 
@@ -214,7 +227,11 @@ fn overlay_whiteouts(dir: &Path) {
         .collect();
     entries.sort();
     for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
         let meta = path.symlink_metadata().expect("stat");
         if name == ".wh..wh..opq" {
             std::fs::remove_file(&path).expect("remove opq marker");
