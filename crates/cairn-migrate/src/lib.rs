@@ -179,7 +179,14 @@ pub fn migrate(
             skip_layer(&mut summary, &mut failed, layer.chain_id, reason);
             continue;
         }
-        let input = assemble::Assembly::open(&layer.tar_split, &layer.content)?;
+        let input = match assemble::Assembly::open(&layer.tar_split, &layer.content) {
+            Ok(input) => input,
+            Err(e) => {
+                let reason = format!("changed while it was migrated: {e}");
+                skip_layer(&mut summary, &mut failed, layer.chain_id, reason);
+                continue;
+            }
+        };
         let options = ImportOptions {
             parent: layer.parent.map(|p| p.to_string()),
             pin: true,

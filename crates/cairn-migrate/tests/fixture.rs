@@ -339,3 +339,44 @@ fn interrupted_migration_resumes_without_importing_twice() {
         engine.close().expect("close");
     }
 }
+
+/// A payload that changes after the check, while the engine reads the re-assembled tar: the
+/// import fails with an error `migrate` skips the layer for, and nothing is imported.
+#[test]
+fn payload_changed_during_import_imports_nothing() {
+    let Some(corpus) = corpus() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("docker");
+    let written = write_root(&src, Driver::Aufs, &specs(&corpus));
+    let gnu = &written.layers[3];
+    let tool = gnu.2.join("bin/tool");
+    let mut bytes = std::fs::read(&tool).expect("read");
+    bytes[100] ^= 1;
+    std::fs::write(&tool, &bytes).expect("tamper");
+    let tar_split = src
+        .join("image/aufs/layerdb/sha256")
+        .join(gnu.0.trim_start_matches("sha256:"))
+        .join("tar-split.json.gz");
+    let engine = open_vfs(&tmp.path().join("cairn"));
+    let input = cairn_migrate::assemble::Assembly::open(&tar_split, &gnu.2).expect("open");
+    let options = cairn_engine::ImportOptions {
+        parent: None,
+        pin: true,
+        expected_diff_id: Some(gnu.0.parse().expect("digest")),
+    };
+    let err = engine.import_layer(Box::new(input), options).err();
+    assert!(
+        matches!(
+            err,
+            Some(
+                cairn_engine::EngineError::Layer(_)
+                    | cairn_engine::EngineError::DiffIdMismatch { .. }
+            )
+        ),
+        "{err:?}"
+    );
+    let text = format!("{:?}", err);
+    assert!(text.contains("bin/tool"), "{text}");
+    assert_eq!(engine.layers().expect("layers"), vec![]);
+    engine.close().expect("close");
+}
