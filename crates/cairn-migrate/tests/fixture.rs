@@ -380,3 +380,61 @@ fn payload_changed_during_import_imports_nothing() {
     assert_eq!(engine.layers().expect("layers"), vec![]);
     engine.close().expect("close");
 }
+
+/// Broken layer-store records: each layer that cannot be read is skipped with its reason, and
+/// so is everything above it; what can be moved is.
+#[test]
+fn broken_records_are_skipped_with_reasons() {
+    let Some(corpus) = corpus() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("docker");
+    let written = write_root(&src, Driver::Aufs, &specs(&corpus));
+    let layerdb = src.join("image/aufs/layerdb/sha256");
+    let dir = |i: usize| layerdb.join(written.layers[i].0.trim_start_matches("sha256:"));
+    // The chain's middle layer is gone from the layer store; gnu's tar-split is missing.
+    std::fs::remove_dir_all(dir(1)).expect("remove layer 1");
+    std::fs::remove_file(dir(3).join("tar-split.json.gz")).expect("remove tar-split");
+    // A record whose name is not its ChainID.
+    let bogus = layerdb.join("0".repeat(64));
+    std::fs::create_dir_all(&bogus).expect("bogus");
+    for f in ["diff", "cache-id", "tar-split.json.gz"] {
+        std::fs::copy(dir(0).join(f), bogus.join(f)).expect("copy");
+    }
+    let engine = open_vfs(&tmp.path().join("cairn"));
+    let summary = run(&engine, &src, &Options::default()).expect("migrate");
+    let reason = |id: &str| {
+        summary
+            .skipped
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(&written.layers[2].0).contains("is not in the layer store"),
+        "{summary:#?}"
+    );
+    assert!(
+        reason(&written.layers[3].0).contains("tar-split.json.gz"),
+        "{summary:#?}"
+    );
+    assert!(
+        reason(&format!("sha256:{}", "0".repeat(64))).contains("ChainID"),
+        "{summary:#?}"
+    );
+    assert!(
+        reason(&written.images[0]).contains("cannot be moved"),
+        "{summary:#?}"
+    );
+    assert!(
+        reason(&written.images[1]).contains("cannot be moved"),
+        "{summary:#?}"
+    );
+    assert_eq!(
+        (summary.layers_moved, summary.images_moved),
+        (1, 0),
+        "{summary:#?}"
+    );
+    assert_eq!(summary.skipped.len(), 5, "{summary:#?}");
+    engine.close().expect("close");
+}
