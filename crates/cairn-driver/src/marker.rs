@@ -161,7 +161,10 @@ mod tests {
         // was written and synced.
         std::fs::create_dir_all(d.path().join(MARKER_NAME).join("x")).expect("mkdir");
         assert!(write(d.path(), TxId(3)).is_err());
-        assert!(!d.path().join(MARKER_TMP).exists(), "the temporary is removed");
+        assert!(
+            !d.path().join(MARKER_TMP).exists(),
+            "the temporary is removed"
+        );
         assert!(d.path().join(MARKER_NAME).join("x").exists());
         std::fs::remove_dir_all(d.path().join(MARKER_NAME)).expect("rm");
         write(d.path(), TxId(4)).expect("write");

@@ -231,7 +231,13 @@ pub(crate) fn recover(
     // stops the engine, so none hides behind a checkpoint). One probe per such snapshot, not
     // one per snapshot in the root.
     let mut sealed = BTreeSet::new();
-    replay_noting_seals(&mut state, checkpoint_lsn, records, &mut report, &mut sealed)?;
+    replay_noting_seals(
+        &mut state,
+        checkpoint_lsn,
+        records,
+        &mut report,
+        &mut sealed,
+    )?;
     let pending_commits: Vec<TxId> = state.pending.keys().copied().collect();
     sealed.extend(
         pending_commits

@@ -614,7 +614,11 @@ fn r23_marker_temporary_is_removed() {
         root_with_cut_seal(&root, aborted);
         let (h, report) = open(&root).unwrap();
         fired(&report, Row::R23);
-        assert_eq!(report.marker_tmp_removed, vec![SnapshotId(2)], "aborted {aborted}");
+        assert_eq!(
+            report.marker_tmp_removed,
+            vec![SnapshotId(2)],
+            "aborted {aborted}"
+        );
         assert!(!root.join("snapshots/2/txid.tmp").exists());
         assert_eq!(
             cairn_driver::marker::read(&root.join("snapshots/2")).unwrap(),
