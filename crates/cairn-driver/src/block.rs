@@ -222,8 +222,9 @@ impl BlockDriver {
                 }
                 Ok(())
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir(&self.views)
-                .map_err(|e| DriverError::io("mkdir", &self.views, e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir(&self.views).map_err(|e| DriverError::io("mkdir", &self.views, e))
+            }
             Err(e) => Err(DriverError::io("readdir", &self.views, e)),
         }
     }

@@ -76,7 +76,10 @@ fn clone_chain_reads_and_writes_through_loop_mounts() -> TestResult {
     {
         let view = d.open_tree(SnapshotId(1))?;
         assert_eq!(fs::read(view.path().join("a"))?, b"one");
-        let names: Vec<_> = fs::read_dir(view.path())?.flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(view.path())?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 2, "no lost+found in a snapshot: {names:?}");
     }
     // A child is a clone: it sees the parent's files, and its writes stay its own.
@@ -95,9 +98,16 @@ fn clone_chain_reads_and_writes_through_loop_mounts() -> TestResult {
     fs::write(target.join("b"), b"new")?;
     // Sealing while it is mounted read-write is refused, and changes nothing.
     let refused = d.seal(SnapshotId(2), TxId(12));
-    assert!(matches!(refused, Err(DriverError::ImageInUse { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(DriverError::ImageInUse { .. })),
+        "{refused:?}"
+    );
     mount::unmount(&target)?;
-    assert_eq!(attached(&d.image(SnapshotId(2)))?, None, "the loop device auto-cleared");
+    assert_eq!(
+        attached(&d.image(SnapshotId(2)))?,
+        None,
+        "the loop device auto-cleared"
+    );
     let usage = d.seal(SnapshotId(2), TxId(12))?;
     assert_eq!(usage.inodes, 4, "root, a, big, b: {usage:?}");
     let apparent = fs::metadata(d.image(SnapshotId(2)))?.len();
@@ -113,7 +123,11 @@ fn clone_chain_reads_and_writes_through_loop_mounts() -> TestResult {
     assert_eq!(fs::read(target.join("b"))?, b"new");
     mount::unmount(&target)?;
     let parent = d.open_tree(SnapshotId(1))?;
-    assert_eq!(fs::read(parent.path().join("a"))?, b"one", "the parent is unchanged");
+    assert_eq!(
+        fs::read(parent.path().join("a"))?,
+        b"one",
+        "the parent is unchanged"
+    );
     assert!(!parent.path().join("b").exists());
     Ok(())
 }
@@ -138,8 +152,15 @@ fn reopen_keeps_everything_and_removal_leaves_no_image() -> TestResult {
     }
     let d = open(&x)?;
     let inv = d.inventory()?;
-    assert_eq!(inv.installed.keys().copied().collect::<Vec<_>>(), [SnapshotId(1), SnapshotId(2)]);
-    assert_eq!(inv.installed[&SnapshotId(2)], Some(TxId(5)), "the device's transaction id");
+    assert_eq!(
+        inv.installed.keys().copied().collect::<Vec<_>>(),
+        [SnapshotId(1), SnapshotId(2)]
+    );
+    assert_eq!(
+        inv.installed[&SnapshotId(2)],
+        Some(TxId(5)),
+        "the device's transaction id"
+    );
     assert_eq!(inv.staging, [TxId(9), TxId(10)]);
     assert!(inv.unexpected.is_empty(), "{:?}", inv.unexpected);
     // What recovery does with staging whose completion is not durable.
@@ -153,7 +174,11 @@ fn reopen_keeps_everything_and_removal_leaves_no_image() -> TestResult {
     d.remove(SnapshotId(2))?;
     d.remove(SnapshotId(1))?;
     d.purge_trash()?;
-    assert_eq!(images(&root), Vec::<PathBuf>::new(), "no image outlives its snapshot");
+    assert_eq!(
+        images(&root),
+        Vec::<PathBuf>::new(),
+        "no image outlives its snapshot"
+    );
     let views: Vec<_> = fs::read_dir(root.join("block.views"))?.collect();
     assert!(views.is_empty(), "no view mount left: {views:?}");
     Ok(())

@@ -62,7 +62,10 @@ fn check(root: &Path, d: &BlockDriver, installed: &[(u64, &[&str])], at: &str) -
     let ids: Vec<u64> = inv.installed.keys().map(|id| id.0).collect();
     let want: Vec<u64> = installed.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, want, "{at}: installed");
-    assert!(inv.staging.is_empty() && inv.trash.is_empty(), "{at}: {inv:?}");
+    assert!(
+        inv.staging.is_empty() && inv.trash.is_empty(),
+        "{at}: {inv:?}"
+    );
     let want_images: Vec<PathBuf> = want
         .iter()
         .map(|id| root.join(format!("snapshots/{id}/image")))
@@ -71,10 +74,18 @@ fn check(root: &Path, d: &BlockDriver, installed: &[(u64, &[&str])], at: &str) -
     for (id, files) in installed {
         let view = d.open_tree(SnapshotId(*id))?;
         for f in *files {
-            assert_eq!(fs::read(view.path().join(f))?, f.as_bytes(), "{at}: {id}/{f}");
+            assert_eq!(
+                fs::read(view.path().join(f))?,
+                f.as_bytes(),
+                "{at}: {id}/{f}"
+            );
         }
     }
-    assert_eq!(mounts_under(root), Vec::<String>::new(), "{at}: mounts left");
+    assert_eq!(
+        mounts_under(root),
+        Vec::<String>::new(),
+        "{at}: mounts left"
+    );
     Ok(())
 }
 
@@ -139,12 +150,7 @@ fn every_failpoint_leaves_no_orphaned_image() -> TestResult {
         drop(d);
         d = open(&root)?;
         d.install(TxId(txid), SnapshotId(txid))?;
-        check(
-            &root,
-            &d,
-            &[(1, &["base"]), (txid, &["base", "child"])],
-            fp,
-        )?;
+        check(&root, &d, &[(1, &["base"]), (txid, &["base", "child"])], fp)?;
         // A removal interrupted at each of its steps, redone by recovery (it is journaled
         // before the driver deletes anything), then the trash purged.
         let rm = [

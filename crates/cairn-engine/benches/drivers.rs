@@ -161,7 +161,10 @@ fn import(engine: &EngineHandle, path: &Path) -> String {
 fn generate_tree(root: &Path, bytes: u64) -> (u64, u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(SEED);
     let dirs: Vec<PathBuf> = (0..DIRS)
-        .map(|i| root.join(format!("d{:02}", i / 6)).join(format!("s{}", i % 6)))
+        .map(|i| {
+            root.join(format!("d{:02}", i / 6))
+                .join(format!("s{}", i % 6))
+        })
         .collect();
     for dir in &dirs {
         std::fs::create_dir_all(dir).expect("mkdir");

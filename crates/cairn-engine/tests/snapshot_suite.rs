@@ -62,7 +62,10 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
     };
     let tmp = tempfile::Builder::new()
         .prefix(&format!("snapshot-suite-{}-", driver.name()))
-        .tempdir_in(xfs.as_ref().map_or_else(std::env::temp_dir, |x| x.path().to_path_buf()))
+        .tempdir_in(
+            xfs.as_ref()
+                .map_or_else(std::env::temp_dir, |x| x.path().to_path_buf()),
+        )
         .expect("tempdir");
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
