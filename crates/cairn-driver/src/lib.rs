@@ -15,6 +15,7 @@ mod error;
 mod layout;
 pub mod marker;
 pub mod mount;
+pub mod mountinfo;
 mod overlay;
 mod probe;
 mod remove;
