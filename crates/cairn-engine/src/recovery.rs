@@ -215,10 +215,12 @@ pub(crate) fn recover(
     // Rows "mount steps" and "mount gone": the journaled mount counts against what the kernel
     // has mounted, decided before any other pending transaction is dropped.
     let has_mounts = !state.mounts.is_empty()
-        || state
-            .pending
-            .values()
-            .any(|p| matches!(p, cairn_state::Pending::Mount { .. } | cairn_state::Pending::Unmount { .. }));
+        || state.pending.values().any(|p| {
+            matches!(
+                p,
+                cairn_state::Pending::Mount { .. } | cairn_state::Pending::Unmount { .. }
+            )
+        });
     if has_mounts {
         let mounted = cairn_driver::mountinfo::mount_points()?;
         let r = super::mountref::reconcile_mounts(&mut state, &mounted, wal.next_lsn())?;

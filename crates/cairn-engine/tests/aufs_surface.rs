@@ -145,7 +145,11 @@ fn changes_on(driver: DriverKind) {
         write(b, rel, data);
     }
     h.commit("base", "base-a", Labels::new()).unwrap();
-    assert_eq!(listed(&h, "base").len(), 15, "a base lists its whole tree as added");
+    assert_eq!(
+        listed(&h, "base").len(),
+        15,
+        "a base lists its whole tree as added"
+    );
 
     h.prepare("child", Some("base"), Labels::new()).unwrap();
     assert!(listed(&h, "child").is_empty(), "nothing changed yet");

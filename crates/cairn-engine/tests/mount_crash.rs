@@ -106,7 +106,11 @@ mod crash {
         assert_eq!(mounted(&target), expect_mounted, "{what}: the kernel");
 
         let (h, report) = Engine::open(&root, options(driver)).unwrap();
-        let row = if action == "mount" { Row::R37 } else { Row::R38 };
+        let row = if action == "mount" {
+            Row::R37
+        } else {
+            Row::R38
+        };
         assert!(report.rows.contains(&row), "{what}: {report:?}");
         let refs = h.mount_refs().unwrap();
         let counted: Vec<(&str, &str, u64)> = refs

@@ -186,9 +186,7 @@ pub fn changes(source: ChangesSource<'_>) -> Result<Vec<PathChange>, LayerError>
                         let kind = match lookup(lowers, &rel)? {
                             None => ChangeKind::Added,
                             // Copied up for a change below it: listed only as its parent.
-                            Some(l) if l.is_dir() && md.is_dir() && same_attrs(&md, &l) => {
-                                continue
-                            }
+                            Some(l) if l.is_dir() && md.is_dir() && same_attrs(&md, &l) => continue,
                             Some(_) => ChangeKind::Changed,
                         };
                         out.insert(rel, kind);

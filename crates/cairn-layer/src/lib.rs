@@ -22,7 +22,9 @@ pub mod meta;
 pub mod safepath;
 pub mod whiteout;
 
-pub use changes::{changes, changes_size, tree_size, ChangeKind, ChangesSource, PathChange, TreeSize};
+pub use changes::{
+    changes, changes_size, tree_size, ChangeKind, ChangesSource, PathChange, TreeSize,
+};
 pub use decompress::Compression;
 pub use diff::{diff, DiffSource, Diffed};
 pub use digest::{chain_id, Digest};

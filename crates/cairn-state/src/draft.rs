@@ -394,6 +394,9 @@ impl State {
         if cfg!(debug_assertions) && refcounted {
             self.assert_refcounts();
         }
+        if cfg!(debug_assertions) && !self.mounts.is_empty() {
+            self.assert_mounts();
+        }
         Applied {
             effects: plan.effects,
             snapshots: changed,

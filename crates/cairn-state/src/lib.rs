@@ -80,9 +80,14 @@ pub enum Pending {
         pin: bool,
     },
     /// The first reference on a mount of `key` at `target`: the mount(2) is in flight.
-    Mount { key: String, target: String },
+    Mount {
+        key: String,
+        target: String,
+    },
     /// The last reference on `target` was released: the umount(2) is in flight.
-    Unmount { target: String },
+    Unmount {
+        target: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

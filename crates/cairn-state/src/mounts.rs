@@ -47,6 +47,22 @@ fn target_busy(target: &str) -> StateError {
     }
 }
 
+impl super::State {
+    /// Panics unless every counted mount holds at least one reference on an Active or View
+    /// snapshot that exists: a count on nothing is a mount that would never be released.
+    pub fn assert_mounts(&self) {
+        for (target, m) in &self.mounts {
+            assert!(m.count >= 1, "invariant: mount {target} counts no reference");
+            let kind = self.snapshots.get(&m.key).map(|s| s.kind);
+            assert!(
+                matches!(kind, Some(Kind::Active | Kind::View)),
+                "invariant: mount {target} is of {}, which is {kind:?}",
+                m.key
+            );
+        }
+    }
+}
+
 impl Draft<'_> {
     /// A pending mount or unmount of `target`, if any.
     fn target_pending(&self, target: &str) -> bool {
@@ -86,10 +102,7 @@ impl Draft<'_> {
                     reason: Precondition::TargetHeld { key: m.key.clone() },
                 });
             }
-            m.count = m
-                .count
-                .checked_add(1)
-                .ok_or_else(|| target_busy(target))?;
+            m.count = m.count.checked_add(1).ok_or_else(|| target_busy(target))?;
             return Ok(Vec::new());
         }
         self.pending.insert(

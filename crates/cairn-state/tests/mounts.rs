@@ -126,7 +126,10 @@ fn the_first_reference_mounts_later_ones_count_the_last_release_unmounts() {
     assert!(matches!(precondition(&e), Precondition::Mounted { target } if target == "/mnt/a"));
     m.ok(complete(first));
     assert_eq!(m.count("/mnt/a"), 1);
-    assert!(m.ok(mount("a", "/mnt/a")).is_empty(), "a second reference only counts");
+    assert!(
+        m.ok(mount("a", "/mnt/a")).is_empty(),
+        "a second reference only counts"
+    );
     assert_eq!(m.count("/mnt/a"), 2);
     // Refusals: another snapshot on the target, a committed snapshot, a relative target,
     // commit and remove of a mounted snapshot, an unmount of nothing.
@@ -170,7 +173,10 @@ fn the_first_reference_mounts_later_ones_count_the_last_release_unmounts() {
         }]
     );
     let e = m.refused(Op::Remove { key: "a".into() });
-    assert!(matches!(precondition(&e), Precondition::Mounted { .. }), "until the unmount is done");
+    assert!(
+        matches!(precondition(&e), Precondition::Mounted { .. }),
+        "until the unmount is done"
+    );
     let e = m.refused(unmount("/mnt/a"));
     assert_eq!(precondition(&e), &Precondition::Busy);
     // An aborted unmount keeps the mount and its reference.
@@ -180,7 +186,11 @@ fn the_first_reference_mounts_later_ones_count_the_last_release_unmounts() {
     m.ok(unmount("/mnt/a"));
     m.ok(complete(last));
     assert!(m.state.mounts.is_empty());
-    assert_eq!(m.ok(Op::Remove { key: "a".into() }).len(), 1, "removable again");
+    assert_eq!(
+        m.ok(Op::Remove { key: "a".into() }).len(),
+        1,
+        "removable again"
+    );
 }
 
 #[test]

@@ -144,7 +144,9 @@ fn snapshot_lifecycle_in_text() {
     let all = r.run(&["snapshot", "usage"]).ok().stdout;
     assert_eq!(all.lines().count(), 4, "{all}");
     assert!(
-        all.starts_with("KEY      SIZE   INODES   DIFF   TREE\nbase-c   13 B   2        13 B   13 B\n"),
+        all.starts_with(
+            "KEY      SIZE   INODES   DIFF   TREE\nbase-c   13 B   2        13 B   13 B\n"
+        ),
         "{all}"
     );
 
@@ -611,7 +613,10 @@ fn mount_and_umount_as_root() {
     let out = r.run(&["mount", "a", t]).ok().stdout;
     assert_eq!(out, format!("already mounted: {t}\nreferences: 2\n"));
     let listed = r.json(&["mounted"]);
-    assert_eq!(listed, serde_json::json!([{"target": t, "key": "a", "count": 2}]));
+    assert_eq!(
+        listed,
+        serde_json::json!([{"target": t, "key": "a", "count": 2}])
+    );
     let e = r.run(&["snapshot", "rm", "a"]).fails(5);
     assert!(e.contains(&format!("it is mounted on {t}")), "{e}");
     let out = r.run(&["umount", t]).ok().stdout;
@@ -651,7 +656,10 @@ fn mount_and_umount_as_root() {
         "{e}"
     );
     let e = r.run(&["umount", t]).fails(3);
-    assert_eq!(e, format!("cairn: {t}: nothing cairn mounted is counted there"));
+    assert_eq!(
+        e,
+        format!("cairn: {t}: nothing cairn mounted is counted there")
+    );
 }
 
 #[test]
