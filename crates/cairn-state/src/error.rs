@@ -87,6 +87,8 @@ pub enum Invalid {
         len: usize,
         max: usize,
     },
+    #[error("more than {max} mount targets counted at once")]
+    TooManyMounts { max: usize },
     #[error("mount target {target:?} is not an absolute, normalized path")]
     BadTarget { target: String },
     #[error("the record would take {bytes} bytes in the journal, more than {max}")]

@@ -28,7 +28,7 @@ pub use limits::{
     validate_key, validate_labels, validate_snapshot_key, MAX_KEY_BYTES, MAX_LABELS,
     MAX_LABELS_TOTAL_BYTES, MAX_LABEL_BYTES, MAX_RECORD_BYTES,
 };
-pub use mounts::{validate_target, MountRef, MAX_TARGET_BYTES};
+pub use mounts::{validate_target, MountRef, MAX_MOUNTS, MAX_TARGET_BYTES};
 pub use record::{Labels, Op, Record};
 
 use draft::{Draft, Read};

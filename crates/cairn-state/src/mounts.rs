@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 /// The longest mount target path (Linux's PATH_MAX).
 pub const MAX_TARGET_BYTES: usize = 4096;
+/// Targets counted at once, at most (each is a live mount; the kernel's default
+/// `fs.mount-max` is 100000 for everything in the namespace).
+pub const MAX_MOUNTS: usize = 65536;
 
 /// A live, counted mount: snapshot `key` is mounted on the target (the map's key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +55,10 @@ impl super::State {
     /// snapshot that exists: a count on nothing is a mount that would never be released.
     pub fn assert_mounts(&self) {
         for (target, m) in &self.mounts {
-            assert!(m.count >= 1, "invariant: mount {target} counts no reference");
+            assert!(
+                m.count >= 1,
+                "invariant: mount {target} counts no reference"
+            );
             let kind = self.snapshots.get(&m.key).map(|s| s.kind);
             assert!(
                 matches!(kind, Some(Kind::Active | Kind::View)),
@@ -104,6 +110,17 @@ impl Draft<'_> {
             }
             m.count = m.count.checked_add(1).ok_or_else(|| target_busy(target))?;
             return Ok(Vec::new());
+        }
+        let counted = self.mounts.iter().count()
+            + self
+                .pending
+                .values()
+                .filter(|p| matches!(p, Pending::Mount { .. }))
+                .count();
+        if counted >= MAX_MOUNTS {
+            return Err(StateError::InvalidArgument {
+                reason: Invalid::TooManyMounts { max: MAX_MOUNTS },
+            });
         }
         self.pending.insert(
             txid,
