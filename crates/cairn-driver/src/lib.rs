@@ -17,6 +17,7 @@ mod layout;
 pub mod loopdev;
 pub mod marker;
 pub mod mount;
+pub mod mountinfo;
 mod overlay;
 mod probe;
 mod remove;

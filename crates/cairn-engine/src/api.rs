@@ -128,6 +128,39 @@ pub struct ContainerInfo {
     pub created_ns: i64,
 }
 
+/// One line of `snapshot changes`: what `docker diff` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `A` added, `C` changed, `D` deleted.
+    pub kind: char,
+    /// Absolute within the snapshot: `/etc/hosts`.
+    pub path: String,
+}
+
+/// `snapshot usage` with aufs' `DiffSize` beside the whole tree's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffUsage {
+    /// The snapshot's own tree on disk (what `usage` answers; vfs: a whole copy).
+    pub usage: Usage,
+    /// aufs' `DiffSize`: bytes of the regular files its changes add or change.
+    pub diff_size_bytes: u64,
+    /// Bytes of regular files in the whole tree a mount of it shows.
+    pub tree_size_bytes: u64,
+    /// Entries in that tree.
+    pub tree_inodes: u64,
+}
+
+/// A reference-counted mount (aufs' `Get`/`Put`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRefInfo {
+    /// Where it is mounted (absolute, symlinks resolved).
+    pub target: String,
+    /// The snapshot mounted there.
+    pub key: String,
+    /// References held now; 0 after the last release (unmounted).
+    pub count: u64,
+}
+
 /// A layer tar being imported; read on a worker thread.
 pub(crate) struct Input(pub Box<dyn std::io::Read + Send>);
 
@@ -266,6 +299,26 @@ pub(crate) enum Request {
     Containers {
         reply: Reply<Vec<ContainerInfo>>,
     },
+    Changes {
+        key: String,
+        reply: Reply<Vec<Change>>,
+    },
+    DiffUsage {
+        key: String,
+        reply: Reply<DiffUsage>,
+    },
+    Mount {
+        key: String,
+        target: String,
+        reply: Reply<MountRefInfo>,
+    },
+    Unmount {
+        target: String,
+        reply: Reply<MountRefInfo>,
+    },
+    MountRefs {
+        reply: Reply<Vec<MountRefInfo>>,
+    },
 }
 
 impl Request {
@@ -297,6 +350,10 @@ impl Request {
             Request::Images { reply } => send(reply, error),
             Request::Verify { reply, .. } => send(reply, error),
             Request::Containers { reply } => send(reply, error),
+            Request::Changes { reply, .. } => send(reply, error),
+            Request::DiffUsage { reply, .. } => send(reply, error),
+            Request::Mount { reply, .. } | Request::Unmount { reply, .. } => send(reply, error),
+            Request::MountRefs { reply } => send(reply, error),
         }
     }
 }

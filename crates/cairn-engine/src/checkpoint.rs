@@ -15,8 +15,9 @@ use std::path::Path;
 /// The checkpoint's file name in the root.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const MAGIC: [u8; 8] = *b"CAIRNCKP";
-/// 2: `Snapshot` carries its tree digest (issue 8). Version 1 checkpoints are refused.
-const VERSION: u16 = 2;
+/// 3: `State` carries the counted mounts and `Pending` its mount steps (issue 13); 2:
+/// `Snapshot` carries its tree digest (issue 8). Older checkpoints are refused.
+const VERSION: u16 = 3;
 const HEADER_BYTES: usize = 64;
 /// A checkpoint is read whole; bound it.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;

@@ -14,6 +14,7 @@
 //!   mutating methods;
 //! - [`maintenance`]: checkpoint, index bookkeeping, cleanup and strays.
 
+mod aufs;
 mod batch;
 mod completions;
 mod dispatch;

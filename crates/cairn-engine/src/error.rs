@@ -42,6 +42,12 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A mount was asked for on a target something cairn does not count is mounted on.
+    #[error("{target} is already a mount point of something cairn did not mount there")]
+    TargetMounted {
+        /// The target.
+        target: PathBuf,
+    },
     /// Another process has the root open.
     #[error("root {root} is locked by pid {pid}")]
     Locked {

@@ -354,6 +354,55 @@ impl EngineHandle {
         self.call(|reply| Request::Containers { reply })
     }
 
+    /// The changes of snapshot `key` against its parent, as `docker diff` lists them: `A`, `C`,
+    /// `D` and an absolute path, sorted by path (aufs' `Changes`). A View has none.
+    pub fn changes(&self, key: &str) -> Result<Vec<super::api::Change>, EngineError> {
+        self.call(|reply| Request::Changes {
+            key: key.to_owned(),
+            reply,
+        })
+    }
+
+    /// `usage` with aufs' `DiffSize` (the bytes of the snapshot's own changes) and the size
+    /// of the whole tree a mount of it shows.
+    pub fn diff_usage(&self, key: &str) -> Result<super::api::DiffUsage, EngineError> {
+        self.call(|reply| Request::DiffUsage {
+            key: key.to_owned(),
+            reply,
+        })
+    }
+
+    /// Mount Active or View `key` on `target` and take a reference on it (aufs' `Get`): the
+    /// first reference mounts, later ones on the same target only count. Journaled; a
+    /// snapshot with a mount is refused removal (`Precondition::Mounted`).
+    pub fn mount(
+        &self,
+        key: &str,
+        target: &std::path::Path,
+    ) -> Result<super::api::MountRefInfo, EngineError> {
+        let target = super::mountref::resolve_target(target, true)?;
+        self.call(|reply| Request::Mount {
+            key: key.to_owned(),
+            target,
+            reply,
+        })
+    }
+
+    /// Release a reference on the mount at `target` (aufs' `Put`); the last one unmounts.
+    /// Returns the references left.
+    pub fn unmount(
+        &self,
+        target: &std::path::Path,
+    ) -> Result<super::api::MountRefInfo, EngineError> {
+        let target = super::mountref::resolve_target(target, false)?;
+        self.call(|reply| Request::Unmount { target, reply })
+    }
+
+    /// Every counted mount, by target.
+    pub fn mount_refs(&self) -> Result<Vec<super::api::MountRefInfo>, EngineError> {
+        self.call(|reply| Request::MountRefs { reply })
+    }
+
     /// Finish the work in flight, checkpoint, and stop the engine thread. Other clones of the
     /// handle get `ShutDown` afterwards. If the engine thread panicked (a bug), every closer
     /// gets `EnginePanicked`, and so do calls on other clones.

@@ -5,8 +5,9 @@ use super::error::{EngineError, RecordProblem};
 use cairn_state::Record;
 use cairn_wal::Lsn;
 
-/// 2: `Complete` carries the committed tree's digest (issue 8). Version 1 records are refused.
-const RECORD_VERSION: u8 = 2;
+/// 3: `Mount`, `Unmount` and `MountGone` (issue 13); 2: `Complete` carries the committed
+/// tree's digest (issue 8). Older records are refused, as the checkpoint of the same change is.
+const RECORD_VERSION: u8 = 3;
 
 /// A record's journal payload: a version byte, then the postcard record.
 pub fn encode(record: &Record) -> Vec<u8> {

@@ -61,6 +61,7 @@ mod index;
 pub mod journal;
 mod layers;
 mod lock;
+pub mod mountref;
 pub mod recovery;
 mod rootmeta;
 pub mod rows;
@@ -68,7 +69,8 @@ mod verify;
 mod workers;
 
 pub use api::{
-    CleanupReport, ContainerInfo, ImageInfo, ImportOptions, Imported, Info, LayerInfo, Verified,
+    Change, CleanupReport, ContainerInfo, DiffUsage, ImageInfo, ImportOptions, Imported, Info,
+    LayerInfo, MountRefInfo, Verified,
 };
 pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};

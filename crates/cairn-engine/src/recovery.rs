@@ -49,6 +49,13 @@ pub struct RecoveryReport {
     /// Installed snapshots holding a marker temporary (`txid.tmp`) of an interrupted seal:
     /// the temporary was removed, the marker kept.
     pub marker_tmp_removed: Vec<SnapshotId>,
+    /// Pending first mounts or last unmounts the kernel had done: completed.
+    pub mount_steps_completed: Vec<TxId>,
+    /// Pending first mounts or last unmounts the kernel had not done: aborted.
+    pub mount_steps_aborted: Vec<TxId>,
+    /// Counted mount targets with nothing mounted (a reboot, an unmount behind cairn's
+    /// back): their references dropped.
+    pub mounts_gone: Vec<String>,
     /// The rows of the decision table (docs/recovery.md) this recovery fired.
     pub rows: BTreeSet<Row>,
 }
@@ -248,6 +255,28 @@ pub(crate) fn recover(
         report.fire(Row::R8);
     }
     fail::fail_point!("engine::recovery::after_replay");
+    // Rows "mount steps" and "mount gone": the journaled mount counts against what the kernel
+    // has mounted, decided before any other pending transaction is dropped.
+    let has_mounts = !state.mounts.is_empty()
+        || state.pending.values().any(|p| {
+            matches!(
+                p,
+                cairn_state::Pending::Mount { .. } | cairn_state::Pending::Unmount { .. }
+            )
+        });
+    if has_mounts {
+        let mounted = cairn_driver::mountinfo::mount_points()?;
+        let r = super::mountref::reconcile_mounts(&mut state, &mounted, wal.next_lsn())?;
+        if !r.records.is_empty() {
+            let payloads: Vec<Vec<u8>> = r.records.iter().map(journal::encode).collect();
+            wal.append_batch(&payloads)?;
+            wal.sync()?;
+        }
+        report.mount_steps_completed = r.completed;
+        report.mount_steps_aborted = r.aborted;
+        report.mounts_gone = r.gone;
+        report.rows.extend(r.rows);
+    }
     // What each pending transaction was, for the rows below (the aborts remove them).
     let pending_kinds: Vec<(TxId, Row)> = state
         .pending
@@ -258,6 +287,9 @@ pub(crate) fn recover(
                 cairn_state::Pending::Import { .. } => Row::R33,
                 // R15 or R16, told apart once the inventory is known.
                 cairn_state::Pending::Create { .. } => Row::R16,
+                // Decided above; none is left pending here.
+                cairn_state::Pending::Mount { .. } => Row::R37,
+                cairn_state::Pending::Unmount { .. } => Row::R38,
             };
             (*txid, row)
         })

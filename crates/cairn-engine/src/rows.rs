@@ -49,11 +49,14 @@ pub enum Row {
     R34,
     R35,
     R36,
+    R37,
+    R38,
+    R39,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 36] = [
+    pub const ALL: [Row; 39] = [
         Row::R1,
         Row::R2,
         Row::R3,
@@ -90,6 +93,9 @@ impl Row {
         Row::R34,
         Row::R35,
         Row::R36,
+        Row::R37,
+        Row::R38,
+        Row::R39,
     ];
 
     /// What recovery finds on disk.
@@ -131,6 +137,9 @@ impl Row {
             Row::R34 => "A container whose creation stopped with nothing pending (its init step was dropped or aborted, so its read-write step never began)",
             Row::R35 => "Layers nothing holds (no pin, image, child layer or container: an image load a crash interrupted before it recorded the image)",
             Row::R36 => "A WAL segment damaged other than by a torn tail (damage in a sealed segment, a missing, misnamed or foreign segment, a segment over the segment size)",
+            Row::R37 => "`Mount` of a first reference pending (crash between journaling it and its mount(2), or between the mount(2) and its `Complete`)",
+            Row::R38 => "`Unmount` of a last reference pending (crash between journaling it and its umount(2), or between the umount(2) and its `Complete`)",
+            Row::R39 => "A counted mount whose target is not a mount point in `/proc/self/mountinfo` (a reboot, or an unmount behind cairn's back)",
         }
     }
 
@@ -173,6 +182,9 @@ impl Row {
             Row::R34 => "Journal `RemoveContainer`: the container is removed whole, with its init snapshot if it exists",
             Row::R35 => "Journal `CollectLayers`: the layers are released; their trees become orphans (R20) and are removed",
             Row::R36 => "Refuse, nothing changed",
+            Row::R37 => "Target a mount point now: journal `Complete` (the mount is counted, once); else journal `Abort` (nothing is counted)",
+            Row::R38 => "Target still a mount point: journal `Abort` (the mount and its reference stay); else journal `Complete` (the reference is gone)",
+            Row::R39 => "Journal `MountGone`: its references are dropped, so the snapshot can be removed again",
         }
     }
 
@@ -215,6 +227,9 @@ impl Row {
             Row::R34 => "`containers_removed`",
             Row::R35 => "`layers_collected`",
             Row::R36 => "`EngineError::Wal`",
+            Row::R37 => "`mount_steps_completed` or `mount_steps_aborted`",
+            Row::R38 => "`mount_steps_completed` or `mount_steps_aborted`",
+            Row::R39 => "`mounts_gone`",
         }
     }
 

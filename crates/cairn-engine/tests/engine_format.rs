@@ -262,7 +262,78 @@ fn journal_records() -> Vec<Record> {
         Op::RemoveImage {
             name: "old:1".into(),
         },
+        // Reference-counted mounts of the container's read-write snapshot (txids 31-41): a
+        // first mount completed, a second reference, two releases (the last unmounts), a first
+        // mount aborted, one completed and found gone by recovery.
+        Op::Mount {
+            key: "web".into(),
+            target: "/mnt/web".into(),
+        },
+        Op::Complete {
+            of: TxId(31),
+            usage: None,
+            digest: None,
+        },
+        Op::Mount {
+            key: "web".into(),
+            target: "/mnt/web".into(),
+        },
+        Op::Unmount {
+            target: "/mnt/web".into(),
+        },
+        Op::Unmount {
+            target: "/mnt/web".into(),
+        },
+        Op::Complete {
+            of: TxId(35),
+            usage: None,
+            digest: None,
+        },
+        Op::Mount {
+            key: "web".into(),
+            target: "/mnt/web".into(),
+        },
+        Op::Abort { of: TxId(37) },
+        Op::Mount {
+            key: "web".into(),
+            target: "/mnt/web".into(),
+        },
+        Op::Complete {
+            of: TxId(39),
+            usage: None,
+            digest: None,
+        },
+        Op::MountGone {
+            target: "/mnt/web".into(),
+        },
         Op::RemoveContainer { name: "web".into() },
+        // A view left mounted once and with a second first mount in flight (txids 43-47).
+        Op::BeginCreate {
+            key: "seen".into(),
+            parent: Some("base".into()),
+            kind: Kind::View,
+            id: SnapshotId(12),
+            labels: Labels::new(),
+            time_ns: T0 + 14,
+        },
+        Op::Complete {
+            of: TxId(43),
+            usage: None,
+            digest: None,
+        },
+        Op::Mount {
+            key: "seen".into(),
+            target: "/mnt/a".into(),
+        },
+        Op::Complete {
+            of: TxId(45),
+            usage: None,
+            digest: None,
+        },
+        Op::Mount {
+            key: "seen".into(),
+            target: "/mnt/b".into(),
+        },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -274,7 +345,7 @@ fn journal_records() -> Vec<Record> {
 }
 
 /// How many records the fixture journal has: the LSN and txid of the last.
-const JOURNAL_RECORDS: u64 = 31;
+const JOURNAL_RECORDS: u64 = 47;
 
 /// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
 /// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
@@ -299,9 +370,12 @@ fn journal_fixture_has_every_op() {
             Op::CollectLayers => "CollectLayers",
             Op::BeginContainer { .. } => "BeginContainer",
             Op::RemoveContainer { .. } => "RemoveContainer",
+            Op::Mount { .. } => "Mount",
+            Op::Unmount { .. } => "Unmount",
+            Op::MountGone { .. } => "MountGone",
         });
     }
-    assert_eq!(seen.len(), 14, "one of each of the 14 variants: {seen:?}");
+    assert_eq!(seen.len(), 17, "one of each of the 17 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -428,10 +502,11 @@ fn fixture_checkpoint() -> Checkpoint {
 #[test]
 fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     let cp = fixture_checkpoint();
-    // The state covers every shape: committed, active, pending create and pending commit,
-    // layers (one pinned, one an image holds) and an image.
-    assert_eq!(cp.state.snapshots.len(), 4);
-    assert_eq!(cp.state.pending.len(), 2);
+    // The state covers every shape: committed, active, view, pending create, pending commit
+    // and pending mount, layers (one pinned, one an image holds), an image and a counted mount.
+    assert_eq!(cp.state.snapshots.len(), 5);
+    assert_eq!(cp.state.pending.len(), 3);
+    assert_eq!(cp.state.mounts.len(), 1);
     assert_eq!(cp.state.layers.len(), 2);
     assert_eq!(cp.state.images.len(), 1);
     assert!(cp.state.containers.is_empty());
@@ -442,11 +517,11 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     );
     // The header, by hand.
     assert_eq!(&bytes[0..8], b"CAIRNCKP");
-    assert_eq!(le_u16(&bytes, 8), 2, "version");
+    assert_eq!(le_u16(&bytes, 8), 3, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 31, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 31, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 47, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 47, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -457,9 +532,9 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 31, next_id 12 (varints).
-    assert_eq!(&bytes[64..66], [31, 12]);
-    assert_eq!(bytes[66], 4, "four snapshots");
+    // The payload starts with State's first two fields: last_txid 47, next_id 13 (varints).
+    assert_eq!(&bytes[64..66], [47, 13]);
+    assert_eq!(bytes[66], 5, "five snapshots");
 }
 
 #[test]
@@ -524,18 +599,18 @@ fn journal_records_match_the_spec_by_hand() {
     let enc = |i: usize| journal::encode(&r[i]);
     // Complete { of: 1, usage: None, digest: None } at txid 2: version, txid, tag 2, of, None,
     // None.
-    assert_eq!(enc(1), [0x02, 0x02, 0x02, 0x01, 0x00, 0x00]);
+    assert_eq!(enc(1), [0x03, 0x02, 0x02, 0x01, 0x00, 0x00]);
     // Complete { of: 3, usage: Some(4096 bytes, 3 inodes), digest: Some(71-byte string) } at
     // txid 4; 4096 = 0x80 0x20.
-    let mut want = vec![0x02, 0x04, 0x02, 0x03, 0x01, 0x80, 0x20, 0x03, 0x01, 71];
+    let mut want = vec![0x03, 0x04, 0x02, 0x03, 0x01, 0x80, 0x20, 0x03, 0x01, 71];
     want.extend_from_slice(FIXTURE_DIGEST.as_bytes());
     assert_eq!(enc(3), want);
     // Abort { of: 8 } at txid 9: tag 3.
-    assert_eq!(enc(8), [0x02, 0x09, 0x03, 0x08]);
+    assert_eq!(enc(8), [0x03, 0x09, 0x03, 0x08]);
     // Remove { key: "view" } at txid 12: tag 4, string = varint length + UTF-8.
-    assert_eq!(enc(11), [0x02, 0x0c, 0x04, 0x04, b'v', b'i', b'e', b'w']);
+    assert_eq!(enc(11), [0x03, 0x0c, 0x04, 0x04, b'v', b'i', b'e', b'w']);
     // BeginCommit at txid 14 with time_ns -1: zigzag(-1) = 1.
-    let mut want = vec![0x02, 0x0e, 0x01, 0x04];
+    let mut want = vec![0x03, 0x0e, 0x01, 0x04];
     want.extend_from_slice(b"work");
     want.push(14);
     want.extend_from_slice(b"work-committed");
@@ -543,20 +618,34 @@ fn journal_records_match_the_spec_by_hand() {
     assert_eq!(enc(13), want);
     // Update { key: "view", labels: {k: v}, time_ns: T0 + 3 } at txid 7: tag 5, map = count then
     // (key, value) pairs in key order, i64 = zigzag LEB128.
-    let mut want = vec![0x02, 0x07, 0x05, 0x04];
+    let mut want = vec![0x03, 0x07, 0x05, 0x04];
     want.extend_from_slice(b"view");
     want.extend_from_slice(&[0x01, 0x01, b'k', 0x01, b'v']);
     want.extend_from_slice(&leb128((T0 as u64 + 3) << 1));
     assert_eq!(enc(6), want);
     // BeginCreate { key: "view", parent: Some("base"), kind: View, id: 2, labels: {}, time_ns }
     // at txid 5: tag 0; Option = 0x00 / 0x01 + value; Kind View = 1.
-    let mut want = vec![0x02, 0x05, 0x00, 0x04];
+    let mut want = vec![0x03, 0x05, 0x00, 0x04];
     want.extend_from_slice(b"view");
     want.extend_from_slice(&[0x01, 0x04]);
     want.extend_from_slice(b"base");
     want.extend_from_slice(&[0x01, 0x02, 0x00]);
     want.extend_from_slice(&leb128((T0 as u64 + 2) << 1));
     assert_eq!(enc(4), want);
+    // Mount { key: "web", target: "/mnt/web" } at txid 31: tag 0x0e, two strings.
+    let mut want = vec![0x03, 31, 0x0e, 0x03];
+    want.extend_from_slice(b"web");
+    want.push(0x08);
+    want.extend_from_slice(b"/mnt/web");
+    assert_eq!(enc(30), want);
+    // Unmount { target: "/mnt/web" } at txid 34: tag 0x0f.
+    let mut want = vec![0x03, 34, 0x0f, 0x08];
+    want.extend_from_slice(b"/mnt/web");
+    assert_eq!(enc(33), want);
+    // MountGone { target: "/mnt/web" } at txid 41: tag 0x10.
+    let mut want = vec![0x03, 41, 0x10, 0x08];
+    want.extend_from_slice(b"/mnt/web");
+    assert_eq!(enc(40), want);
 }
 
 fn leb128(mut v: u64) -> Vec<u8> {
@@ -576,7 +665,7 @@ fn leb128(mut v: u64) -> Vec<u8> {
 fn journal_decoder_refuses_bad_payloads() {
     let good = journal::encode(&journal_records()[0]);
     assert!(journal::decode(Lsn(1), &[]).is_err(), "empty");
-    for version in [0u8, 1, 3] {
+    for version in [0u8, 1, 2, 4] {
         let mut other = good.clone();
         other[0] = version;
         assert!(
@@ -600,7 +689,7 @@ fn journal_decoder_refuses_bad_payloads() {
         );
     }
     // Unknown Op tag.
-    assert!(journal::decode(Lsn(1), &[0x02, 0x01, 0x20]).is_err());
+    assert!(journal::decode(Lsn(1), &[0x03, 0x01, 0x20]).is_err());
 }
 
 // ---- fuzz seeds: real journals ----

@@ -1109,3 +1109,147 @@ fn every_row_has_a_test_that_fires_it() {
         .collect();
     assert!(missing.is_empty(), "rows no test fires: {missing:?}");
 }
+
+/// A closed root with `base` and Active `a` on it (id 2); next txid 7. Returns a plain
+/// directory (never a mount point) and a directory that always is one (`/proc`).
+fn root_with_active(root: &Path) -> (PathBuf, String) {
+    root_with_base(root);
+    let (h, _) = open(root).unwrap();
+    h.prepare("a", Some("base"), Labels::new()).unwrap();
+    h.close().unwrap();
+    let plain = root.parent().unwrap().join("not-a-mount-point");
+    std::fs::create_dir_all(&plain).unwrap();
+    (plain, "/proc".to_owned())
+}
+
+fn mount_op(txid: u64, key: &str, target: &str) -> Record {
+    Record {
+        txid: TxId(txid),
+        op: Op::Mount {
+            key: key.into(),
+            target: target.into(),
+        },
+    }
+}
+
+fn unmount_op(txid: u64, target: &str) -> Record {
+    Record {
+        txid: TxId(txid),
+        op: Op::Unmount {
+            target: target.into(),
+        },
+    }
+}
+
+fn counts(h: &EngineHandle) -> Vec<(String, String, u64)> {
+    h.mount_refs()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.target, m.key, m.count))
+        .collect()
+}
+
+#[test]
+fn r37_pending_first_mount_completes_if_mounted_and_aborts_if_not() {
+    // Not mounted (the crash came between the journal and the mount(2)): aborted.
+    let (_t, root) = new_root();
+    let (plain, _) = root_with_active(&root);
+    let plain = plain.to_str().unwrap().to_owned();
+    append(&root, &[mount_op(7, "a", &plain)]);
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R37);
+    assert_eq!(report.mount_steps_aborted, vec![TxId(7)]);
+    assert!(counts(&h).is_empty(), "nothing counted");
+    h.remove("a").unwrap();
+    clean(&h);
+    h.close().unwrap();
+
+    // Mounted (the crash came between the mount(2) and its Complete): completed, once.
+    let (_t, root) = new_root();
+    let (_, mounted) = root_with_active(&root);
+    append(&root, &[mount_op(7, "a", &mounted)]);
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R37);
+    assert_eq!(report.mount_steps_completed, vec![TxId(7)]);
+    assert_eq!(counts(&h), vec![(mounted.clone(), "a".into(), 1)]);
+    let e = h.remove("a").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EngineError::State(cairn_state::StateError::FailedPrecondition {
+                reason: cairn_state::Precondition::Mounted { .. },
+                ..
+            })
+        ),
+        "{e}"
+    );
+    h.close().unwrap();
+    let (h, report) = open(&root).unwrap();
+    assert!(report.mount_steps_completed.is_empty() && report.mounts_gone.is_empty());
+    assert_eq!(counts(&h), vec![(mounted, "a".into(), 1)], "decided once");
+}
+
+#[test]
+fn r38_pending_last_unmount_aborts_if_still_mounted_and_completes_if_not() {
+    // Still mounted (the crash came before the umount(2)): aborted, the reference stays.
+    let (_t, root) = new_root();
+    let (_, mounted) = root_with_active(&root);
+    append(
+        &root,
+        &[
+            mount_op(7, "a", &mounted),
+            complete(8, 7),
+            unmount_op(9, &mounted),
+        ],
+    );
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R38);
+    assert_eq!(report.mount_steps_aborted, vec![TxId(9)]);
+    assert_eq!(counts(&h), vec![(mounted, "a".into(), 1)]);
+    h.close().unwrap();
+
+    // Not mounted any more (the crash came after the umount(2)): completed.
+    let (_t, root) = new_root();
+    let (plain, _) = root_with_active(&root);
+    let plain = plain.to_str().unwrap().to_owned();
+    append(
+        &root,
+        &[
+            mount_op(7, "a", &plain),
+            complete(8, 7),
+            unmount_op(9, &plain),
+        ],
+    );
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R38);
+    assert_eq!(report.mount_steps_completed, vec![TxId(9)]);
+    assert!(report.mounts_gone.is_empty(), "decided as the unmount");
+    assert!(counts(&h).is_empty());
+    h.remove("a").unwrap();
+    clean(&h);
+}
+
+#[test]
+fn r39_counted_mount_with_nothing_mounted_is_dropped() {
+    let (_t, root) = new_root();
+    let (plain, _) = root_with_active(&root);
+    let plain = plain.to_str().unwrap().to_owned();
+    // Counted twice; then a reboot (or an unmount behind cairn's back) took the mount away.
+    append(
+        &root,
+        &[
+            mount_op(7, "a", &plain),
+            complete(8, 7),
+            mount_op(9, "a", &plain),
+        ],
+    );
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R39);
+    assert_eq!(report.mounts_gone, vec![plain]);
+    assert!(counts(&h).is_empty());
+    h.remove("a").unwrap();
+    clean(&h);
+    h.close().unwrap();
+    let (_h, report) = open(&root).unwrap();
+    assert!(report.mounts_gone.is_empty(), "dropped once");
+}

@@ -62,7 +62,7 @@ const CHUNK: usize = 256 * 1024;
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 #[derive(Debug)]
-enum Change {
+pub(crate) enum Change {
     /// Write this entry of the snapshot.
     Entry { rel: Vec<u8>, md: Metadata },
     /// `rel` was deleted.
@@ -73,7 +73,7 @@ enum Change {
     Linked { rel: Vec<u8>, md: Metadata },
 }
 
-fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(rel.len() + 1 + name.len());
     v.extend_from_slice(rel);
     if !rel.is_empty() {
@@ -91,7 +91,7 @@ fn shown(rel: &[u8]) -> String {
     }
 }
 
-fn abs(root: &Path, rel: &[u8]) -> PathBuf {
+pub(crate) fn abs(root: &Path, rel: &[u8]) -> PathBuf {
     if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -108,7 +108,7 @@ fn fs_err<'a>(rel: &'a [u8], op: &'static str) -> impl FnOnce(io::Error) -> Laye
     }
 }
 
-fn list(dir: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, LayerError> {
+pub(crate) fn list(dir: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, LayerError> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir).map_err(fs_err(rel, "read directory"))? {
         let e = e.map_err(fs_err(rel, "read directory"))?;
@@ -118,7 +118,7 @@ fn list(dir: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, LayerError> {
     Ok(names)
 }
 
-fn lstat(root: &Path, rel: &[u8]) -> Result<Metadata, LayerError> {
+pub(crate) fn lstat(root: &Path, rel: &[u8]) -> Result<Metadata, LayerError> {
     std::fs::symlink_metadata(abs(root, rel)).map_err(fs_err(rel, "lstat"))
 }
 
@@ -327,7 +327,7 @@ impl Collector<'_> {
     }
 }
 
-fn same_attrs(u: &Metadata, l: &Metadata) -> bool {
+pub(crate) fn same_attrs(u: &Metadata, l: &Metadata) -> bool {
     u.mode() & 0o7777 == l.mode() & 0o7777
         && u.uid() == l.uid()
         && u.gid() == l.gid()
@@ -631,17 +631,11 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Writes the changes `source` describes to `out` as a layer tar; returns its DiffID.
-pub fn diff(source: DiffSource<'_>, out: impl Write) -> Result<Diffed, LayerError> {
+/// The changes `source` describes, in walk order (also `snapshot changes`' input).
+pub(crate) fn collect(source: DiffSource<'_>) -> Result<Vec<Change>, LayerError> {
     let upper = match source {
         DiffSource::Trees { upper, .. } | DiffSource::OverlayUpper(upper) => upper,
     };
-    let root = Root::open(upper).map_err(|source| LayerError::Fs {
-        path: upper.display().to_string(),
-        offset: 0,
-        op: "open tree",
-        source,
-    })?;
     let mut c = Collector {
         upper,
         changes: Vec::new(),
@@ -653,6 +647,24 @@ pub fn diff(source: DiffSource<'_>, out: impl Write) -> Result<Diffed, LayerErro
         DiffSource::Trees { lower: None, .. } => c.add_children(b"")?,
         DiffSource::OverlayUpper(_) => c.walk_upper(b"")?,
     }
+    Ok(c.changes)
+}
+
+/// Writes the changes `source` describes to `out` as a layer tar; returns its DiffID.
+pub fn diff(source: DiffSource<'_>, out: impl Write) -> Result<Diffed, LayerError> {
+    let upper = match source {
+        DiffSource::Trees { upper, .. } | DiffSource::OverlayUpper(upper) => upper,
+    };
+    let root = Root::open(upper).map_err(|source| LayerError::Fs {
+        path: upper.display().to_string(),
+        offset: 0,
+        op: "open tree",
+        source,
+    })?;
+    let c = Collector {
+        upper,
+        changes: collect(source)?,
+    };
     // Every name of an inode the diff writes goes with it.
     let written: HashSet<(u64, u64)> = c
         .changes

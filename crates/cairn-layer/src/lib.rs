@@ -9,6 +9,7 @@
 //!
 //! The metadata format is specified in `docs/layer-format.md`.
 
+pub mod changes;
 pub mod decompress;
 pub mod diff;
 pub mod digest;
@@ -21,6 +22,9 @@ pub mod meta;
 pub mod safepath;
 pub mod whiteout;
 
+pub use changes::{
+    changes, changes_size, tree_size, ChangeKind, ChangesSource, PathChange, TreeSize,
+};
 pub use decompress::Compression;
 pub use diff::{diff, DiffSource, Diffed};
 pub use digest::{chain_id, Digest};

@@ -182,7 +182,8 @@ impl Draft<'_> {
         let busy = self.pending.values().any(|p| match p {
             Pending::Create { key, .. } => *key == container.key || *key == container.init_key,
             Pending::Commit { key, .. } => *key == container.key,
-            Pending::Import { .. } => false,
+            Pending::Import { .. } | Pending::Unmount { .. } => false,
+            Pending::Mount { key, .. } => *key == container.key || *key == container.init_key,
         });
         if busy {
             return Err(StateError::FailedPrecondition {
@@ -196,6 +197,9 @@ impl Draft<'_> {
                 reason: Precondition::HasChildren,
             });
         }
+        let (key, init_key) = (container.key.clone(), container.init_key.clone());
+        self.check_unmounted(&key)?;
+        self.check_unmounted(&init_key)?;
         Ok(self.drop_container(name))
     }
 }

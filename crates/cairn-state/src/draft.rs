@@ -6,7 +6,7 @@
 use super::{
     Container, Effect, Image, Layer, Pending, Snapshot, State, StateError, MAX_CHAIN_DEPTH,
 };
-use super::{Precondition, MAX_LAYER_DEPTH};
+use super::{MountRef, Precondition, MAX_LAYER_DEPTH};
 use crate::types::{SnapshotId, TxId};
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -120,6 +120,20 @@ pub(super) trait Read {
     fn pending_values(&self) -> Box<dyn Iterator<Item = &Pending> + '_>;
     fn layer_entry(&self, chain_id: &str) -> Option<&Layer>;
     fn container_entries(&self) -> Box<dyn Iterator<Item = (&String, &Container)> + '_>;
+    fn mount_entries(&self) -> Box<dyn Iterator<Item = (&String, &MountRef)> + '_>;
+
+    /// A target snapshot `key` is mounted on (counted, or a mount in flight), if any.
+    fn mount_of(&self, key: &str) -> Option<&str> {
+        self.mount_entries()
+            .find(|(_, m)| m.key == key)
+            .map(|(t, _)| t.as_str())
+            .or_else(|| {
+                self.pending_values().find_map(|p| match p {
+                    Pending::Mount { key: k, target } if k == key => Some(target.as_str()),
+                    _ => None,
+                })
+            })
+    }
 
     fn get(&self, key: &str) -> Result<&Snapshot, StateError> {
         self.snapshot_entry(key)
@@ -152,7 +166,7 @@ pub(super) trait Read {
                 Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
                     snapshot.parent.as_deref() == Some(key)
                 }
-                Pending::Commit { .. } => false,
+                Pending::Commit { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => false,
             })
     }
 
@@ -163,7 +177,7 @@ pub(super) trait Read {
             || self.pending_values().any(|p| match p {
                 Pending::Create { key: k, .. } => k == key,
                 Pending::Commit { name, .. } => name == key,
-                Pending::Import { .. } => false,
+                Pending::Import { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => false,
             })
     }
 
@@ -238,6 +252,9 @@ impl Read for State {
     fn container_entries(&self) -> Box<dyn Iterator<Item = (&String, &Container)> + '_> {
         Box::new(self.containers.iter())
     }
+    fn mount_entries(&self) -> Box<dyn Iterator<Item = (&String, &MountRef)> + '_> {
+        Box::new(self.mounts.iter())
+    }
 }
 
 /// The state as one record's check sees it. Writes land in the overlays only.
@@ -249,6 +266,7 @@ pub(super) struct Draft<'a> {
     pub layers: Overlay<'a, String, Layer>,
     pub images: Overlay<'a, String, Image>,
     pub containers: Overlay<'a, String, Container>,
+    pub mounts: Overlay<'a, String, MountRef>,
 }
 
 impl Read for Draft<'_> {
@@ -267,6 +285,9 @@ impl Read for Draft<'_> {
     fn container_entries(&self) -> Box<dyn Iterator<Item = (&String, &Container)> + '_> {
         Box::new(self.containers.iter())
     }
+    fn mount_entries(&self) -> Box<dyn Iterator<Item = (&String, &MountRef)> + '_> {
+        Box::new(self.mounts.iter())
+    }
 }
 
 impl<'a> Draft<'a> {
@@ -278,6 +299,7 @@ impl<'a> Draft<'a> {
             layers: Overlay::new(&state.layers),
             images: Overlay::new(&state.images),
             containers: Overlay::new(&state.containers),
+            mounts: Overlay::new(&state.mounts),
         }
     }
 
@@ -298,6 +320,7 @@ impl<'a> Draft<'a> {
             layers: self.layers.changes,
             images: self.images.changes,
             containers: self.containers.changes,
+            mounts: self.mounts.changes,
             effects,
         }
     }
@@ -316,6 +339,7 @@ pub struct Plan {
     layers: BTreeMap<String, Option<Layer>>,
     images: BTreeMap<String, Option<Image>>,
     containers: BTreeMap<String, Option<Container>>,
+    mounts: BTreeMap<String, Option<MountRef>>,
     effects: Vec<Effect>,
 }
 
@@ -364,10 +388,14 @@ impl State {
         write(&mut self.layers, plan.layers);
         write(&mut self.images, plan.images);
         write(&mut self.containers, plan.containers);
+        write(&mut self.mounts, plan.mounts);
         self.next_id = plan.next_id;
         self.last_txid = plan.txid;
         if cfg!(debug_assertions) && refcounted {
             self.assert_refcounts();
+        }
+        if cfg!(debug_assertions) && !self.mounts.is_empty() {
+            self.assert_mounts();
         }
         Applied {
             effects: plan.effects,

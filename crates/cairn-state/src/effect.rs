@@ -16,6 +16,16 @@ pub enum Effect {
     Discard { txid: TxId },
     /// Delete a snapshot's tree (idempotent).
     Delete { id: SnapshotId },
+    /// Mount snapshot `key` on `target` (the first reference), then journal `Complete` or
+    /// `Abort` of `txid`.
+    Mount {
+        txid: TxId,
+        key: String,
+        target: String,
+    },
+    /// Unmount `target` (its last reference was released), then journal `Complete` or
+    /// `Abort` of `txid`.
+    Unmount { txid: TxId, target: String },
 }
 
 /// What a staged tree is for.

@@ -17,6 +17,9 @@ pub enum StateError {
     /// follow from the state (a bug, or a record from another history).
     #[error("transaction {txid} is not pending")]
     NotPending { txid: TxId },
+    /// An unmount of a target no reference holds (never mounted through cairn, or released).
+    #[error("{target}: nothing cairn mounted is counted there")]
+    NotMounted { target: String },
 }
 
 /// The failed-precondition cases, each a distinct reason a caller can match on.
@@ -39,6 +42,12 @@ pub enum Precondition {
     OwnedByLayer { chain_id: String },
     #[error("it is committed (only active and view snapshots have mounts)")]
     NoMounts,
+    /// Docker's aufs refused to remove a layer with active mounts (`ErrActiveMount`).
+    #[error("it is mounted on {target}; unmount it first (`cairn umount {target}`)")]
+    Mounted { target: String },
+    /// The target holds a mount of another snapshot.
+    #[error("snapshot {key} is mounted there")]
+    TargetHeld { key: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +87,10 @@ pub enum Invalid {
         len: usize,
         max: usize,
     },
+    #[error("more than {max} mount targets counted at once")]
+    TooManyMounts { max: usize },
+    #[error("mount target {target:?} is not an absolute, normalized path")]
+    BadTarget { target: String },
     #[error("the record would take {bytes} bytes in the journal, more than {max}")]
     RecordTooLarge { bytes: usize, max: usize },
 }

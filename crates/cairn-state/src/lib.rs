@@ -15,6 +15,7 @@ mod effect;
 mod error;
 mod layers;
 pub mod limits;
+mod mounts;
 mod record;
 pub mod types;
 
@@ -27,6 +28,7 @@ pub use limits::{
     validate_key, validate_labels, validate_snapshot_key, MAX_KEY_BYTES, MAX_LABELS,
     MAX_LABELS_TOTAL_BYTES, MAX_LABEL_BYTES, MAX_RECORD_BYTES,
 };
+pub use mounts::{validate_target, MountRef, MAX_MOUNTS, MAX_TARGET_BYTES};
 pub use record::{Labels, Op, Record};
 
 use draft::{Draft, Read};
@@ -77,6 +79,15 @@ pub enum Pending {
         parent: Option<String>,
         pin: bool,
     },
+    /// The first reference on a mount of `key` at `target`: the mount(2) is in flight.
+    Mount {
+        key: String,
+        target: String,
+    },
+    /// The last reference on `target` was released: the umount(2) is in flight.
+    Unmount {
+        target: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +104,8 @@ pub struct State {
     pub images: BTreeMap<String, Image>,
     /// Containers by name.
     pub containers: BTreeMap<String, Container>,
+    /// Counted mounts by target path.
+    pub mounts: BTreeMap<String, MountRef>,
 }
 
 impl Snapshot {
@@ -280,6 +293,7 @@ impl Draft<'_> {
                 if self.is_busy(key) {
                     return Err(precondition(key, Precondition::Busy));
                 }
+                self.check_unmounted(key)?;
                 let id = snap.id;
                 self.pending.insert(
                     txid,
@@ -324,6 +338,14 @@ impl Draft<'_> {
                     self.snapshots.insert(name, snap);
                     Ok(Vec::new())
                 }
+                Some(Pending::Mount { key, target }) => {
+                    self.mounts.insert(target, MountRef { key, count: 1 });
+                    Ok(Vec::new())
+                }
+                Some(Pending::Unmount { target }) => {
+                    self.mounts.remove(&target);
+                    Ok(Vec::new())
+                }
             },
             Op::Abort { of } => {
                 let pending = self
@@ -337,7 +359,9 @@ impl Draft<'_> {
                         Ok(effects)
                     }
                     Pending::Import { .. } => Ok(vec![Effect::Discard { txid: *of }]),
-                    Pending::Commit { .. } => Ok(Vec::new()),
+                    Pending::Commit { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => {
+                        Ok(Vec::new())
+                    }
                 }
             }
             Op::Remove { key } => {
@@ -360,6 +384,7 @@ impl Draft<'_> {
                 if self.is_busy(key) {
                     return Err(precondition(key, Precondition::Busy));
                 }
+                self.check_unmounted(key)?;
                 self.snapshots.remove(key);
                 Ok(vec![Effect::Delete { id }])
             }
@@ -393,6 +418,9 @@ impl Draft<'_> {
                 time_ns,
             } => self.begin_container(txid, name, layer, *init_id, *time_ns),
             Op::RemoveContainer { name } => self.remove_container(name),
+            Op::Mount { key, target } => self.mount(txid, key, target),
+            Op::Unmount { target } => self.unmount(txid, target),
+            Op::MountGone { target } => self.mount_gone(target),
             Op::Update {
                 key,
                 labels,

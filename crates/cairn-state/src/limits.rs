@@ -185,6 +185,13 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             check_len("layer", layer, digest)
         }
         Op::RemoveContainer { name } => key_len(name, key),
+        Op::Mount { key: k, target } => {
+            key_len(k, key)?;
+            check_len("target", target, super::mounts::MAX_TARGET_BYTES)
+        }
+        Op::Unmount { target } | Op::MountGone { target } => {
+            check_len("target", target, super::mounts::MAX_TARGET_BYTES)
+        }
     }
 }
 
@@ -243,6 +250,8 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
         } => string(name) + string(top) + string(manifest_digest) + string(config_digest) + VARINT,
         Op::RemoveImage { name } | Op::RemoveContainer { name } => string(name),
         Op::BeginContainer { name, layer, .. } => string(name) + string(layer) + 2 * VARINT,
+        Op::Mount { key, target } => string(key) + string(target),
+        Op::Unmount { target } | Op::MountGone { target } => string(target),
     };
     VARINT + TAG + body
 }

@@ -98,4 +98,21 @@ pub enum Op {
     RemoveContainer {
         name: String,
     },
+    /// Take a reference on a mount of Active or View `key` on `target` (absolute, resolved by
+    /// the engine). The first reference begins a transaction: the mount is made, then
+    /// `Complete` (or `Abort`); later ones only count.
+    Mount {
+        key: String,
+        target: String,
+    },
+    /// Release a reference on the mount at `target`; the last one begins a transaction: the
+    /// unmount is made, then `Complete` (or `Abort`: the mount and its reference stay).
+    Unmount {
+        target: String,
+    },
+    /// Recovery found nothing mounted on counted `target` (a reboot, or an unmount behind
+    /// cairn's back): its references are dropped.
+    MountGone {
+        target: String,
+    },
 }

@@ -137,11 +137,16 @@ fn snapshot_lifecycle_in_text() {
     assert!(info.ends_with("labels:\n  layer=1\n"), "{info}");
 
     let usage = r.run(&["snapshot", "usage", "base-c"]).ok().stdout;
-    assert_eq!(usage, "KEY      SIZE   INODES\nbase-c   13 B   2\n");
+    assert_eq!(
+        usage,
+        "KEY      SIZE   INODES   DIFF   TREE\nbase-c   13 B   2        13 B   13 B\n"
+    );
     let all = r.run(&["snapshot", "usage"]).ok().stdout;
     assert_eq!(all.lines().count(), 4, "{all}");
     assert!(
-        all.starts_with("KEY      SIZE   INODES\nbase-c   13 B   2\n"),
+        all.starts_with(
+            "KEY      SIZE   INODES   DIFF   TREE\nbase-c   13 B   2        13 B   13 B\n"
+        ),
         "{all}"
     );
 
@@ -598,12 +603,28 @@ fn mount_and_umount_as_root() {
     }
     let out = r.run(&["mount", "a", t]).ok().stdout;
     assert!(
-        out.starts_with("mounted: mount -t bind ") && out.ends_with(&format!(" -o rbind,rw {t}\n")),
+        out.starts_with("mounted: mount -t bind ")
+            && out.ends_with(&format!(" -o rbind,rw {t}\nreferences: 1\n")),
         "{out}"
     );
     std::fs::write(target.join("through-the-mount"), b"x").unwrap();
+    // Reference-counted: a second mount counts, a snapshot with a mount is not removed, the
+    // first umount releases one reference, the second unmounts.
+    let out = r.run(&["mount", "a", t]).ok().stdout;
+    assert_eq!(out, format!("already mounted: {t}\nreferences: 2\n"));
+    let listed = r.json(&["mounted"]);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"target": t, "key": "a", "count": 2}])
+    );
+    let e = r.run(&["snapshot", "rm", "a"]).fails(5);
+    assert!(e.contains(&format!("it is mounted on {t}")), "{e}");
+    let out = r.run(&["umount", t]).ok().stdout;
+    assert_eq!(out, format!("released: {t} (references left: 1)\n"));
+    assert!(target.join("through-the-mount").exists(), "still mounted");
     let v = r.json(&["umount", t]);
     assert_eq!(v["target"], t);
+    assert_eq!(v["count"], 0);
     assert!(!target.join("through-the-mount").exists(), "unmounted");
     assert!(
         r.path.join("snapshots/1/fs/through-the-mount").exists(),
@@ -631,11 +652,14 @@ fn mount_and_umount_as_root() {
     let missing = r.path.parent().unwrap().join("no-such-dir");
     let e = r.run(&["mount", "v", missing.to_str().unwrap()]).fails(1);
     assert!(
-        e.starts_with("cairn: mount bind ") && e.contains("no-such-dir"),
+        e.starts_with("cairn: resolve mount target ") && e.contains("no-such-dir"),
         "{e}"
     );
-    let e = r.run(&["umount", t]).fails(1);
-    assert!(e.starts_with(&format!("cairn: unmount {t}: ")), "{e}");
+    let e = r.run(&["umount", t]).fails(3);
+    assert_eq!(
+        e,
+        format!("cairn: {t}: nothing cairn mounted is counted there")
+    );
 }
 
 #[test]

@@ -515,3 +515,47 @@ fn cli_commands_on_a_served_root_go_through_the_server() {
         "the control socket goes with the server"
     );
 }
+
+/// The aufs surface through the control socket: `snapshot changes`, `snapshot usage` and,
+/// as root, reference-counted `mount` / `umount` / `mounted` run inside the server.
+#[test]
+fn changes_usage_and_mounts_go_through_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("s.sock");
+    let root = dir.path().join("root");
+    let server = Server::start(&root, &sock, "vfs", "warn");
+    let cairn = |args: &[&str]| {
+        let out = Command::new(support::cairn_bin())
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("run cairn");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let prepared: serde_json::Value =
+        serde_json::from_str(&cairn(&["--json", "snapshot", "prepare", "a"])).expect("json");
+    let tree = std::path::PathBuf::from(prepared["mounts"][0]["source"].as_str().expect("source"));
+    std::fs::write(tree.join("hello"), b"hello").expect("write");
+    assert_eq!(cairn(&["snapshot", "changes", "a"]), "A /hello\n");
+    let usage: serde_json::Value =
+        serde_json::from_str(&cairn(&["--json", "snapshot", "usage", "a"])).expect("json");
+    assert_eq!(usage["diff_size"], 5);
+    assert_eq!(usage["tree_size"], 5);
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: mount through the server needs root");
+    } else {
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).expect("target");
+        let t = target.to_str().expect("utf-8");
+        cairn(&["mount", "a", t]);
+        assert!(cairn(&["mount", "a", t]).ends_with("references: 2\n"));
+        assert!(cairn(&["mounted"]).contains(" 2"));
+        assert!(target.join("hello").exists(), "mounted by the server");
+        cairn(&["umount", t]);
+        assert!(cairn(&["umount", t]).starts_with("unmounted: "));
+        assert!(!target.join("hello").exists());
+    }
+    assert_eq!(server.stop(), Some(0));
+}

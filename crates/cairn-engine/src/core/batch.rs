@@ -51,6 +51,12 @@ pub(crate) enum Waiter {
     Done { reply: Reply<()> },
     /// A layer import.
     Layer { reply: Reply<Imported> },
+    /// A mount's first reference or last release: answered with the references left.
+    MountRef {
+        key: String,
+        target: String,
+        reply: Reply<crate::api::MountRefInfo>,
+    },
 }
 
 impl Waiter {
@@ -59,6 +65,7 @@ impl Waiter {
             Waiter::Mounts { reply, .. } => drop(reply.send(Err(error))),
             Waiter::Done { reply } => drop(reply.send(Err(error))),
             Waiter::Layer { reply } => drop(reply.send(Err(error))),
+            Waiter::MountRef { reply, .. } => drop(reply.send(Err(error))),
         }
     }
 }

@@ -25,12 +25,19 @@ pub(crate) enum Done {
         txid: TxId,
         result: Result<crate::layers::LayerDone, EngineError>,
     },
+    /// The mount(2) of a first reference or the umount(2) of a last release.
+    Mounted {
+        txid: TxId,
+        result: Result<(), EngineError>,
+    },
 }
 
 impl Core {
     pub(super) fn handle_done(&mut self, done: Done, batch: &mut Batch) {
         let (txid, result) = match done {
-            Done::Staged { txid, result } => (txid, result.map(|()| (None, None))),
+            Done::Staged { txid, result } | Done::Mounted { txid, result } => {
+                (txid, result.map(|()| (None, None)))
+            }
             Done::Sealed { txid, result } => (
                 txid,
                 result.map(|(usage, digest)| (Some(usage), Some(digest))),
@@ -96,6 +103,11 @@ impl Core {
                 Completion::Mounts { key, of, reply }
             }
             (Ok(()), Waiter::Done { reply }) => Completion::Done(reply),
+            (Ok(()), Waiter::MountRef { key, target, reply }) => {
+                let info = self.mount_info(&key, &target);
+                batch.reply(reply, Ok(info));
+                return;
+            }
             // Imports complete through `handle_imported`; a staging or seal result for one is
             // an engine bug, answered as a failure rather than a made-up layer.
             (Ok(()), w @ Waiter::Layer { .. }) => Completion::Failed(

@@ -147,6 +147,11 @@ impl Core {
             } => self.export(&chain_id, out, reply, batch),
             Request::Diff { key, out, reply } => self.diff(&key, out, reply, batch),
             Request::Verify { chain_id, reply } => self.verify(chain_id, reply, batch),
+            Request::Changes { key, reply } => self.changes(key, reply, batch),
+            Request::DiffUsage { key, reply } => self.diff_usage(key, reply, batch),
+            Request::Mount { key, target, reply } => self.mount_ref(key, target, reply, batch),
+            Request::Unmount { target, reply } => self.unmount_ref(target, reply, batch),
+            Request::MountRefs { reply } => batch.reply(reply, Ok(self.mount_infos())),
         }
     }
 

@@ -125,6 +125,8 @@ impl Core {
                 self.workers.run("seal", work, deliver);
             }
             (Effect::Install { txid, id }, _) => self.install(&mut vec![(txid, id)]),
+            (Effect::Mount { txid, key, target }, _) => self.run_mount(txid, &key, target),
+            (Effect::Unmount { txid, target }, _) => self.run_unmount(txid, target),
             (Effect::Discard { txid }, _) => {
                 if let Err(e) = self.driver.discard(txid) {
                     tracing::warn!(%txid, error = %e, "discarding staging failed; recovery removes it");

@@ -105,6 +105,10 @@ fn state_message(e: &StateError) -> String {
     match e {
         StateError::NotFound { key } => format!("snapshot {key:?}: not found"),
         StateError::AlreadyExists { key } => format!("snapshot {key:?}: already exists"),
+        // A mount target's refusal names the target, not a snapshot.
+        StateError::FailedPrecondition { key, reason } if key.starts_with('/') => {
+            format!("mount target {key:?}: failed precondition: {reason}")
+        }
         StateError::FailedPrecondition { key, reason } => {
             format!("snapshot {key:?}: failed precondition: {reason}")
         }
@@ -118,6 +122,7 @@ fn state_kind(e: &StateError) -> ErrorKind {
         StateError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
         StateError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
         StateError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+        StateError::NotMounted { .. } => ErrorKind::NotFound,
         // NotPending, and refusals a newer state machine may add.
         _ => ErrorKind::Other,
     }
@@ -148,6 +153,9 @@ impl From<EngineError> for CliError {
             EngineError::State(s) => CliError::new(state_kind(&s), state_message(&s)),
             EngineError::Driver(d) => d.into(),
             EngineError::Locked { .. } => CliError::new(ErrorKind::Locked, e.to_string()),
+            EngineError::TargetMounted { .. } => {
+                CliError::new(ErrorKind::FailedPrecondition, e.to_string())
+            }
             EngineError::DriverMismatch { .. } => {
                 CliError::new(ErrorKind::InvalidArgument, e.to_string())
             }

@@ -1,9 +1,9 @@
 //! The `cairn` command line: parse, open the root, run one command, close the root.
 //!
 //! Every invocation takes the root's lock for the length of one command (the engine refuses a
-//! second process with `root … is locked by pid N`); `wal dump` and `umount` do not open the
-//! engine at all.
+//! second process with `root … is locked by pid N`); `wal dump` does not open the engine at all.
 
+mod aufs;
 mod container;
 mod error;
 mod image;
@@ -103,10 +103,13 @@ pub enum Command {
     /// Create, commit, inspect and remove snapshots.
     #[command(subcommand, alias = "snapshots")]
     Snapshot(snapshot::SnapshotCmd),
-    /// Mount a snapshot on TARGET (needs root).
+    /// Mount Active or View snapshot KEY on TARGET and take a reference on it (needs root).
+    /// Mounting it there again only counts another reference.
     Mount { key: String, target: PathBuf },
-    /// Unmount TARGET, including every mount `cairn mount` stacked on it (needs root).
+    /// Release a reference `cairn mount` took on TARGET; the last one unmounts (needs root).
     Umount { target: PathBuf },
+    /// List the mounts cairn counts: TARGET KEY REFERENCES.
+    Mounted,
     /// Check the journal, checkpoint, index and trees against each other; exit 1 when
     /// something is wrong and was not repaired.
     Fsck {
@@ -311,6 +314,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Snapshot(cmd) => snapshot::run(ctx, cmd).map(|()| 0),
         Command::Mount { key, target } => mount::mount(ctx, &key, &target).map(|()| 0),
         Command::Umount { target } => mount::umount(ctx, &target).map(|()| 0),
+        Command::Mounted => mount::mounted(ctx).map(|()| 0),
         Command::Fsck { repair, verify } => maint::fsck(ctx, repair, verify),
         Command::Wal(cmd) => wal::run(ctx, cmd).map(|()| 0),
         Command::Cleanup => maint::cleanup(ctx).map(|()| 0),

@@ -1,7 +1,7 @@
 //! `cairn snapshot …`: containerd's snapshot calls, as `ctr snapshots` offers them.
 
 use super::error::CliError;
-use super::output::{mount_command, mount_text, mounts_json, size_text, time_text};
+use super::output::{mount_command, mount_text, mounts_json, time_text};
 use super::Ctx;
 use cairn_engine::Info;
 use cairn_state::types::{Kind, Mount};
@@ -63,8 +63,13 @@ pub enum SnapshotCmd {
     Ls,
     /// Print the mount(8) commands that mount KEY on TARGET.
     Mounts { target: String, key: String },
-    /// Disk usage of a snapshot's own tree, or of every snapshot.
+    /// Disk usage of a snapshot's own tree (SIZE, INODES), the bytes of its changes against its
+    /// parent (DIFF, aufs' DiffSize) and the size of the whole tree a mount shows (TREE); of
+    /// one snapshot or every one.
     Usage { key: Option<String> },
+    /// The changes of KEY against its parent, as `docker diff` prints them: `A path` added,
+    /// `C path` changed, `D path` deleted, sorted by path.
+    Changes { key: String },
     /// Show snapshots as a tree of parents and children.
     Tree,
     /// Set labels (`k=v`) or remove them (`k=`).
@@ -85,14 +90,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn labels(pairs: Vec<(String, String)>) -> Labels {
     pairs.into_iter().collect()
-}
-
-/// `snapshot usage` with `--json`: bytes and inodes of the snapshot's own tree.
-#[derive(Debug, Serialize)]
-struct UsageJson {
-    key: String,
-    size: u64,
-    inodes: u64,
 }
 
 /// A snapshot as `--json` prints it.
@@ -188,35 +185,8 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
             let value = json!({"key": key, "target": target, "mounts": mounts_json(&mounts), "commands": commands});
             out.result(&value, || commands.iter().try_for_each(|c| out.line(c)))
         }
-        SnapshotCmd::Usage { key } => {
-            let usages = ctx.with_engine(|e| {
-                let keys = match &key {
-                    Some(k) => vec![k.clone()],
-                    None => e.walk(&[])?.into_iter().map(|i| i.key).collect(),
-                };
-                let mut usages = Vec::new();
-                for key in keys {
-                    let u = e.usage(&key)?;
-                    usages.push(UsageJson {
-                        key,
-                        size: u.size_bytes,
-                        inodes: u.inodes,
-                    });
-                }
-                Ok(usages)
-            })?;
-            let human = || {
-                let rows: Vec<Vec<String>> = usages
-                    .iter()
-                    .map(|u| vec![u.key.clone(), size_text(u.size), u.inodes.to_string()])
-                    .collect();
-                out.table(&["KEY", "SIZE", "INODES"], &rows)
-            };
-            match (&key, usages.first()) {
-                (Some(_), Some(one)) => out.result(one, human),
-                _ => out.result(&usages, human),
-            }
-        }
+        SnapshotCmd::Usage { key } => super::aufs::usage(ctx, key.as_deref()),
+        SnapshotCmd::Changes { key } => super::aufs::changes(ctx, &key),
         SnapshotCmd::Diff { key, output } => {
             let out: Box<dyn std::io::Write + Send> = match &output {
                 Some(path) => Box::new(std::fs::File::create(path).map_err(|e| {
