@@ -11,39 +11,79 @@ use super::{Core, Done};
 use crate::api::{Change, DiffUsage, MountRefInfo, Reply};
 use crate::error::EngineError;
 use crate::workers::Panicked;
-use cairn_driver::{DriverError, WhiteoutStyle};
+use cairn_driver::{Driver, DriverError, TreeView, WhiteoutStyle};
 use cairn_layer as layer;
-use cairn_state::types::{Kind, TxId};
+use cairn_state::types::{Kind, SnapshotId, TxId};
 use cairn_state::{Op, Pending, StateError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A snapshot's trees, resolved on the engine thread for a walk on a worker.
+/// A snapshot's trees, resolved on the engine thread for a walk on a worker, which opens them
+/// (`Driver::open_tree`: a directory already on vfs and overlay, a read-only loop mount of the
+/// image on block).
 struct Trees {
     kind: Kind,
-    /// Its own tree (vfs: whole; overlay: its upper dir).
-    own: PathBuf,
-    /// Its committed ancestors' trees, nearest first.
-    parents: Vec<PathBuf>,
+    own_id: SnapshotId,
+    /// Where its tree lives, to tell a concurrent remove from an I/O error.
+    own_path: PathBuf,
+    /// Its committed ancestors, nearest first.
+    parent_ids: Vec<SnapshotId>,
     /// Whole trees (`Delete` style) or upper dirs over their parents.
+    whole: bool,
+    driver: Arc<dyn Driver>,
+}
+
+/// `Trees` opened for reading; each view is released (unmounted, on block) when dropped.
+struct Opened {
+    kind: Kind,
+    own: TreeView,
+    /// Only the nearest parent for whole trees: nothing below it is read.
+    parents: Vec<TreeView>,
     whole: bool,
 }
 
 impl Trees {
+    fn open(&self) -> Result<Opened, EngineError> {
+        let own = self.driver.open_tree(self.own_id)?;
+        let wanted = if self.whole { 1 } else { self.parent_ids.len() };
+        let parents = self
+            .parent_ids
+            .iter()
+            .take(wanted)
+            .map(|id| self.driver.open_tree(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Opened {
+            kind: self.kind,
+            own,
+            parents,
+            whole: self.whole,
+        })
+    }
+
+    /// The walk saw a tree a concurrent remove took away: NotFound, not an I/O error.
+    fn gone(&self, key: String) -> Option<EngineError> {
+        std::fs::symlink_metadata(&self.own_path)
+            .is_err()
+            .then(|| StateError::NotFound { key }.into())
+    }
+}
+
+impl Opened {
     fn changes(&self) -> Result<Vec<layer::PathChange>, EngineError> {
         // A view is read-only: it has no changes of its own.
         if self.kind == Kind::View {
             return Ok(Vec::new());
         }
+        let lowers: Vec<PathBuf> = self.parents.iter().map(|v| v.path().to_owned()).collect();
         let source = if self.whole {
             layer::ChangesSource::Trees {
-                lower: self.parents.first().map(PathBuf::as_path),
-                upper: &self.own,
+                lower: self.parents.first().map(TreeView::path),
+                upper: self.own.path(),
             }
         } else {
             layer::ChangesSource::Overlay {
-                upper: &self.own,
-                lowers: &self.parents,
+                upper: self.own.path(),
+                lowers: &lowers,
             }
         };
         Ok(layer::changes(source)?)
@@ -52,22 +92,15 @@ impl Trees {
     /// The layers a mount of it shows, nearest first.
     fn view(&self) -> Vec<PathBuf> {
         if !self.whole {
-            let mut layers = vec![self.own.clone()];
-            layers.extend(self.parents.iter().cloned());
+            let mut layers = vec![self.own.path().to_owned()];
+            layers.extend(self.parents.iter().map(|v| v.path().to_owned()));
             return layers;
         }
         match (self.kind, self.parents.first()) {
             // A whole-tree driver's view mounts its parent's tree.
-            (Kind::View, Some(parent)) => vec![parent.clone()],
-            _ => vec![self.own.clone()],
+            (Kind::View, Some(parent)) => vec![parent.path().to_owned()],
+            _ => vec![self.own.path().to_owned()],
         }
-    }
-
-    /// The walk saw a tree a concurrent remove took away: NotFound, not an I/O error.
-    fn gone(&self, key: String) -> Option<EngineError> {
-        std::fs::symlink_metadata(&self.own)
-            .is_err()
-            .then(|| StateError::NotFound { key }.into())
     }
 }
 
@@ -85,9 +118,11 @@ impl Core {
         let parents = self.state.parent_ids(key)?;
         Ok(Trees {
             kind: snap.kind,
-            own: self.driver.tree(snap.id),
-            parents: parents.iter().map(|id| self.driver.tree(*id)).collect(),
+            own_id: snap.id,
+            own_path: self.driver.tree(snap.id),
+            parent_ids: parents.to_vec(),
             whole: self.driver.whiteout_style() == WhiteoutStyle::Delete,
+            driver: Arc::clone(&self.driver),
         })
     }
 
@@ -98,7 +133,7 @@ impl Core {
             Err(e) => return batch.reply(reply, Err(e)),
         };
         let work = move || {
-            let changes = trees.changes();
+            let changes = trees.open().and_then(|opened| opened.changes());
             if let Some(e) = trees.gone(key) {
                 return Err(e);
             }
@@ -129,9 +164,10 @@ impl Core {
                     Some(u) => u,
                     None => driver.usage(id)?,
                 };
-                let changes = trees.changes()?;
-                let diff_size_bytes = layer::changes_size(&trees.own, &changes)?;
-                let tree = layer::tree_size(&trees.view())?;
+                let opened = trees.open()?;
+                let changes = opened.changes()?;
+                let diff_size_bytes = layer::changes_size(opened.own.path(), &changes)?;
+                let tree = layer::tree_size(&opened.view())?;
                 Ok(DiffUsage {
                     usage,
                     diff_size_bytes,
