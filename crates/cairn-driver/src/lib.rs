@@ -9,6 +9,7 @@
 //! The engine thread calls only the cheap operations (install, discard, mounts, inventory);
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
+mod btrfs;
 mod copy;
 mod digest;
 mod error;
@@ -22,6 +23,7 @@ mod sync;
 mod vfs;
 mod walk;
 
+pub use btrfs::BtrfsDriver;
 pub use copy::{copy_tree, CopyStats};
 pub use digest::tree_digest;
 pub use error::{DriverError, MarkerFault};
@@ -103,5 +105,6 @@ pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, Dri
     Ok(match kind {
         DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
         DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
+        DriverKind::Btrfs => Box::new(BtrfsDriver::open(root)?),
     })
 }

@@ -79,6 +79,7 @@ pub struct Usage {
 pub enum DriverKind {
     Vfs,
     Overlay,
+    Btrfs,
 }
 
 impl DriverKind {
@@ -86,6 +87,7 @@ impl DriverKind {
         match self {
             DriverKind::Vfs => "vfs",
             DriverKind::Overlay => "overlay",
+            DriverKind::Btrfs => "btrfs",
         }
     }
 }

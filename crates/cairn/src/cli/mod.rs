@@ -81,6 +81,8 @@ pub enum DriverArg {
     Vfs,
     /// Overlay upper dirs on parent lowerdirs; needs root and overlayfs.
     Overlay,
+    /// A btrfs subvolume per snapshot, constant-time snapshots; the root must be on btrfs.
+    Btrfs,
 }
 
 impl From<DriverArg> for DriverKind {
@@ -88,6 +90,7 @@ impl From<DriverArg> for DriverKind {
         match d {
             DriverArg::Vfs => DriverKind::Vfs,
             DriverArg::Overlay => DriverKind::Overlay,
+            DriverArg::Btrfs => DriverKind::Btrfs,
         }
     }
 }
