@@ -95,3 +95,95 @@ extern "C" fn cleanup() {
         let _ = std::fs::remove_dir_all(&m.dir);
     }
 }
+
+/// A temporary directory on the shared loop btrfs, or why there is none.
+pub fn btrfs_tempdir(prefix: &str) -> Result<TempDir, String> {
+    let base = btrfs()?;
+    for n in 0..1000u32 {
+        let path = base.join(format!("{prefix}{}-{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(TempDir { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("mkdir {}: {e}", path.display())),
+        }
+    }
+    Err(format!("no free temporary name under {}", base.display()))
+}
+
+/// A directory on the loop btrfs, deleted (its subvolumes included) when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        remove_all(&self.path);
+    }
+}
+
+/// True when `path` is the root of a btrfs subvolume (inode 256 on btrfs).
+pub fn is_subvolume(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_dir() || meta.ino() != 256 {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `st` is written by statfs; `c` is a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    rc == 0 && magic == 0x9123_683e
+}
+
+/// Test tooling (not the driver): snapshots subvolume `from` as `to` with the `btrfs` command,
+/// read-only if `from` is, so a copied root keeps its trees as subvolumes.
+pub fn snapshot_subvolume(from: &Path, to: &Path) -> Result<(), String> {
+    let ro = Command::new("btrfs")
+        .args(["property", "get", "-ts"])
+        .arg(from)
+        .arg("ro")
+        .output()
+        .map_err(|e| format!("btrfs property get: {e}"))?;
+    let read_only = String::from_utf8_lossy(&ro.stdout).contains("ro=true");
+    let mut cmd = Command::new("btrfs");
+    cmd.args(["-q", "subvolume", "snapshot"]);
+    if read_only {
+        cmd.arg("-r");
+    }
+    run(cmd.arg(from).arg(to))
+}
+
+/// Deletes `path` and everything under it, subvolumes included, best effort.
+pub fn remove_all(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_all(&e.path());
+            }
+        }
+    }
+    if is_subvolume(path) {
+        let _ = run(Command::new("btrfs")
+            .args(["-q", "property", "set", "-ts"])
+            .arg(path)
+            .args(["ro", "false"]));
+        let _ = run(Command::new("btrfs")
+            .args(["-q", "subvolume", "delete"])
+            .arg(path));
+    }
+    let _ = std::fs::remove_dir_all(path);
+}

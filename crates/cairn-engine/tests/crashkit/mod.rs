@@ -320,7 +320,7 @@ impl Model {
             layers: BTreeMap::new(),
             images: BTreeMap::new(),
             containers: BTreeMap::new(),
-            full_copy: driver == DriverKind::Vfs,
+            full_copy: matches!(driver, DriverKind::Vfs | DriverKind::Btrfs),
         }
     }
 
@@ -918,7 +918,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
         let e = e.expect("entry");
         let dst = to.join(e.file_name());
         let ft = e.file_type().expect("type");
-        if ft.is_dir() {
+        if ft.is_dir() && cairn_loopfs::is_subvolume(&e.path()) {
+            // A btrfs driver's tree: copied as a subvolume (a snapshot keeps every attribute
+            // and the read-only flag), or the copy would not be a btrfs root.
+            cairn_loopfs::snapshot_subvolume(&e.path(), &dst).expect("snapshot subvolume");
+            continue;
+        } else if ft.is_dir() {
             copy_dir(&e.path(), &dst);
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)
@@ -980,4 +985,31 @@ pub fn all_failpoints() -> Vec<String> {
     scan(&crates.join("cairn-engine/src"), &mut out);
     scan(&crates.join("cairn-driver/src"), &mut out);
     out.into_iter().collect()
+}
+
+/// A test's scratch directory on the file system its driver needs: a loop-mounted btrfs for
+/// the btrfs driver (the caller has checked `cairn_loopfs::btrfs()`), else a temp dir.
+#[allow(dead_code)]
+pub enum TestDir {
+    Plain(tempfile::TempDir),
+    Btrfs(cairn_loopfs::TempDir),
+}
+
+#[allow(dead_code)]
+impl TestDir {
+    pub fn new(driver: DriverKind) -> TestDir {
+        match driver {
+            DriverKind::Btrfs => TestDir::Btrfs(
+                cairn_loopfs::btrfs_tempdir("crash-").expect("a loop btrfs for the btrfs driver"),
+            ),
+            _ => TestDir::Plain(tempfile::tempdir().expect("tempdir")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            TestDir::Plain(t) => t.path(),
+            TestDir::Btrfs(t) => t.path(),
+        }
+    }
 }
