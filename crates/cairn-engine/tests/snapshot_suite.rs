@@ -22,7 +22,7 @@ struct Ctx {
     sn: EngineHandle,
     closed: Cell<bool>,
     counter: Cell<u32>,
-    _tmp: tempfile::TempDir,
+    _tmp: cairn_loopfs::Scratch,
 }
 
 const GC_ROOT: &str = "containerd.io/gc.root";
@@ -49,10 +49,16 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
         skip("the overlay driver needs root to mount");
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("snapshot-suite-{}-", driver.name()))
-        .tempdir()
-        .expect("tempdir");
+    let tmp = match cairn_loopfs::Scratch::new(
+        driver == DriverKind::Btrfs,
+        &format!("snapshot-suite-{}-", driver.name()),
+    ) {
+        Ok(tmp) => tmp,
+        Err(reason) => {
+            skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+            return;
+        }
+    };
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
@@ -670,7 +676,7 @@ mod cases {
     }
 
     /// issues.go checkRename (docker#25409). As in containerd, overlay without redirect_dir
-    /// cannot rename a lower directory, so the directory rename is vfs only.
+    /// cannot rename a lower directory, so the directory rename is vfs and btrfs only.
     pub fn rename(c: &Ctx) {
         let l1 = vec![
             dir("/dir1", 0o700),
@@ -679,7 +685,7 @@ mod cases {
             file("/somefiles/f2", b"nothing interesting", 0o644),
         ];
         let mut l2 = Vec::new();
-        if c.driver == DriverKind::Vfs {
+        if c.driver != DriverKind::Overlay {
             l2.push(super::rename("/dir1", "/dir2"));
         }
         l2.extend([
@@ -1108,7 +1114,7 @@ mod cases {
         let u = c.sn.usage("child").expect("usage");
         let want = match c.driver {
             DriverKind::Overlay => (17, 3),
-            DriverKind::Vfs => (25, 6),
+            DriverKind::Vfs | DriverKind::Btrfs => (25, 6),
         };
         assert_eq!((u.size_bytes, u.inodes), want, "child");
         assert_eq!(
@@ -1126,6 +1132,9 @@ macro_rules! suite {
         }
         mod overlay {
             $( #[test] fn $case() { super::run(cairn_state::types::DriverKind::Overlay, super::cases::$case) } )*
+        }
+        mod btrfs {
+            $( #[test] fn $case() { super::run(cairn_state::types::DriverKind::Btrfs, super::cases::$case) } )*
         }
     };
 }

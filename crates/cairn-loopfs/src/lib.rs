@@ -187,3 +187,32 @@ pub fn remove_all(path: &Path) {
     }
     let _ = std::fs::remove_dir_all(path);
 }
+
+/// A test's scratch directory: on the loop btrfs when the test's driver needs btrfs, else an
+/// ordinary temporary directory.
+#[derive(Debug)]
+pub enum Scratch {
+    Plain(tempfile::TempDir),
+    Btrfs(TempDir),
+}
+
+impl Scratch {
+    /// Err: why a btrfs scratch directory cannot be had (the caller prints it as a skip).
+    pub fn new(on_btrfs: bool, prefix: &str) -> Result<Scratch, String> {
+        if on_btrfs {
+            return btrfs_tempdir(prefix).map(Scratch::Btrfs);
+        }
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map(Scratch::Plain)
+            .map_err(|e| format!("tempdir: {e}"))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Scratch::Plain(t) => t.path(),
+            Scratch::Btrfs(t) => t.path(),
+        }
+    }
+}

@@ -987,29 +987,3 @@ pub fn all_failpoints() -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// A test's scratch directory on the file system its driver needs: a loop-mounted btrfs for
-/// the btrfs driver (the caller has checked `cairn_loopfs::btrfs()`), else a temp dir.
-#[allow(dead_code)]
-pub enum TestDir {
-    Plain(tempfile::TempDir),
-    Btrfs(cairn_loopfs::TempDir),
-}
-
-#[allow(dead_code)]
-impl TestDir {
-    pub fn new(driver: DriverKind) -> TestDir {
-        match driver {
-            DriverKind::Btrfs => TestDir::Btrfs(
-                cairn_loopfs::btrfs_tempdir("crash-").expect("a loop btrfs for the btrfs driver"),
-            ),
-            _ => TestDir::Plain(tempfile::tempdir().expect("tempdir")),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        match self {
-            TestDir::Plain(t) => t.path(),
-            TestDir::Btrfs(t) => t.path(),
-        }
-    }
-}
