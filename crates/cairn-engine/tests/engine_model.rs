@@ -37,6 +37,9 @@ struct MSnap {
 #[derive(Debug, Default)]
 struct Model {
     snaps: BTreeMap<String, MSnap>,
+    /// btrfs: a view is its own (read-only) snapshot of the parent, so its usage is the
+    /// parent's tree; vfs: a view's own tree is empty.
+    views_are_snapshots: bool,
 }
 
 type MResult<T> = Result<T, Class>;
@@ -144,11 +147,12 @@ impl Model {
     }
 
     /// The vfs driver's usage of a snapshot's own tree: the root and one inode per file; bytes
-    /// are the files' sizes. A vfs view's own tree is empty (its mounts bind the parent).
+    /// are the files' sizes (btrfs's too). A vfs view's own tree is empty (its mounts bind the
+    /// parent).
     fn usage(&self, key: &str) -> MResult<(u64, u64)> {
         let s = self.get(key)?;
         Ok(match s.kind {
-            Kind::View => (0, 1),
+            Kind::View if !self.views_are_snapshots => (0, 1),
             _ => (
                 s.files.values().map(|c| c.len() as u64).sum(),
                 1 + s.files.len() as u64,
@@ -292,11 +296,14 @@ impl Harness {
 }
 
 fn run_case(seed: u64) {
+    run_case_on(seed, DriverKind::Vfs, cairn_loopfs::Scratch::Plain(common::fast_tempdir()));
+}
+
+fn run_case_on(seed: u64, driver: DriverKind, tmp: cairn_loopfs::Scratch) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let tmp = common::fast_tempdir();
     let root = tmp.path().join("root");
     let options = EngineOptions {
-        driver: Some(DriverKind::Vfs),
+        driver: Some(driver),
         checkpoint_every_records: rng.gen_range(3..60),
         max_batch: rng.gen_range(1..16),
         workers: rng.gen_range(1..4),
@@ -307,7 +314,10 @@ fn run_case(seed: u64) {
         root,
         options,
         engine: Some(engine),
-        model: Model::default(),
+        model: Model {
+            views_are_snapshots: driver == DriverKind::Btrfs,
+            ..Model::default()
+        },
     };
     let steps = rng.gen_range(60..140);
     let mut outcomes: BTreeMap<(&str, MResult<()>), u32> = BTreeMap::new();
@@ -530,6 +540,18 @@ fn run_case(seed: u64) {
 #[test]
 fn engine_matches_containerd_model() {
     common::run_seeds("engine_model", 3, 0xC0FF_EE00_5EED, run_case);
+}
+
+#[test]
+fn engine_matches_containerd_model_btrfs() {
+    if let Err(reason) = cairn_loopfs::btrfs() {
+        common::skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+        return;
+    }
+    common::run_seeds("engine_model", 2, 0xB7F5_0000_5EED, |seed| {
+        let tmp = cairn_loopfs::Scratch::new(true, "model-").expect("btrfs scratch");
+        run_case_on(seed, DriverKind::Btrfs, tmp)
+    });
 }
 
 // ---- The state machine alone: a refusal leaves the state byte-identical. ----
