@@ -98,8 +98,12 @@ extern "C" fn cleanup() {
 
 /// A temporary directory on the shared loop btrfs, or why there is none.
 pub fn btrfs_tempdir(prefix: &str) -> Result<TempDir, String> {
+    // Names are never reused within a process (as tempfile's random ones): an engine thread
+    // still closing after its handle dropped must not write into the next test's directory.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let base = btrfs()?;
-    for n in 0..1000u32 {
+    for _ in 0..1000u32 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = base.join(format!("{prefix}{}-{n}", std::process::id()));
         match std::fs::create_dir(&path) {
             Ok(()) => return Ok(TempDir { path }),
