@@ -90,8 +90,14 @@ fn snapshots_are_subvolumes_and_committed_ones_read_only() -> TestResult {
             inodes: 4
         }
     );
-    assert!(write_fails_read_only(&base), "a committed snapshot is read-only");
-    assert_eq!(d.inventory()?.installed.get(&SnapshotId(1)), Some(&Some(TxId(2))));
+    assert!(
+        write_fails_read_only(&base),
+        "a committed snapshot is read-only"
+    );
+    assert_eq!(
+        d.inventory()?.installed.get(&SnapshotId(1)),
+        Some(&Some(TxId(2)))
+    );
     assert_eq!(d.usage(SnapshotId(1))?, usage);
 
     // A child Active: a writable snapshot with the parent's content, independent of it.
@@ -99,7 +105,11 @@ fn snapshots_are_subvolumes_and_committed_ones_read_only() -> TestResult {
     d.install(TxId(3), SnapshotId(3))?;
     let child = d.tree(SnapshotId(3));
     assert!(is_subvolume(&child));
-    assert_eq!(tree_digest(&child)?, tree_digest(&base)?, "the snapshot is faithful");
+    assert_eq!(
+        tree_digest(&child)?,
+        tree_digest(&base)?,
+        "the snapshot is faithful"
+    );
     assert_eq!(d.usage(SnapshotId(3))?, usage);
     fs::write(child.join("etc/hosts"), b"changed")?;
     assert_eq!(fs::read(base.join("etc/hosts"))?, b"127.0.0.1 localhost\n");
@@ -213,7 +223,10 @@ fn prepare_is_constant_time_in_the_parent() -> TestResult {
         d.install(TxId(tx), SnapshotId(tx))?;
     }
     let grew = used(tmp.path())?.saturating_sub(before);
-    assert!(grew < 8 << 20, "three children of a 32 MiB parent took {grew} bytes");
+    assert!(
+        grew < 8 << 20,
+        "three children of a 32 MiB parent took {grew} bytes"
+    );
     let tree: PathBuf = d.tree(SnapshotId(5));
     assert_eq!(fs::read(tree.join("f7"))?.len(), 4 << 20);
     Ok(())

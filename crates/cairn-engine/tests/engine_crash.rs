@@ -551,7 +551,8 @@ mod crash {
 
     /// Run one workload at every failpoint it passes; returns the failpoints that crashed it.
     fn run_workload(wl: &Workload, driver: DriverKind, max_ks: usize) -> BTreeSet<String> {
-        let tmp = cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "crash-").expect("scratch dir");
+        let tmp =
+            cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "crash-").expect("scratch dir");
         let (template, model, prior_inflight) = template(wl, driver, tmp.path());
         let case_root = |name: &str| {
             let root = tmp.path().join(name);

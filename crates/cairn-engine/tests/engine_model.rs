@@ -296,7 +296,11 @@ impl Harness {
 }
 
 fn run_case(seed: u64) {
-    run_case_on(seed, DriverKind::Vfs, cairn_loopfs::Scratch::Plain(common::fast_tempdir()));
+    run_case_on(
+        seed,
+        DriverKind::Vfs,
+        cairn_loopfs::Scratch::Plain(common::fast_tempdir()),
+    );
 }
 
 fn run_case_on(seed: u64, driver: DriverKind, tmp: cairn_loopfs::Scratch) {

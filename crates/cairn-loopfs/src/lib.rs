@@ -62,15 +62,18 @@ fn make_btrfs() -> Result<Mounted, String> {
     let mnt = dir.join("mnt");
     let made = (|| {
         std::fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
-        let file =
-            std::fs::File::create(&image).map_err(|e| format!("create {}: {e}", image.display()))?;
+        let file = std::fs::File::create(&image)
+            .map_err(|e| format!("create {}: {e}", image.display()))?;
         file.set_len(IMAGE_BYTES)
             .map_err(|e| format!("truncate {}: {e}", image.display()))?;
         drop(file);
         run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&image))
             .map_err(|e| format!("mkfs.btrfs (install btrfs-progs): {e}"))?;
         // `-o loop` attaches a free loop device with autoclear: the unmount detaches it.
-        run(Command::new("mount").args(["-t", "btrfs", "-o", "loop"]).arg(&image).arg(&mnt))?;
+        run(Command::new("mount")
+            .args(["-t", "btrfs", "-o", "loop"])
+            .arg(&image)
+            .arg(&mnt))?;
         // The image's blocks are only needed while mounted; unlinking it now means a test
         // process that dies without its exit handler still frees the space once unmounted.
         let _ = std::fs::remove_file(&image);

@@ -986,4 +986,3 @@ pub fn all_failpoints() -> Vec<String> {
     scan(&crates.join("cairn-driver/src"), &mut out);
     out.into_iter().collect()
 }
-
