@@ -8,6 +8,7 @@
 //! btrfs makes durable only by committing its transaction (fsync's log tree does not carry
 //! them); every step the `Driver` trait promises durable is followed by [`subvol::commit`].
 
+mod qgroup;
 pub(crate) mod subvol;
 
 use super::error::DriverError;
@@ -41,6 +42,18 @@ fn require_btrfs(path: &Path) -> Result<(), DriverError> {
         });
     }
     Ok(())
+}
+
+/// `walked` with its bytes replaced by the subvolume's exclusive bytes where btrfs quotas are
+/// enabled and consistent (the inode count is always the walk's: qgroups do not count inodes).
+fn with_qgroup_bytes(tree: &Path, walked: Usage) -> Result<Usage, DriverError> {
+    Ok(match qgroup::exclusive_bytes(tree)? {
+        Some(size_bytes) => Usage {
+            size_bytes,
+            inodes: walked.inodes,
+        },
+        None => walked,
+    })
 }
 
 impl BtrfsDriver {
@@ -158,11 +171,13 @@ impl Driver for BtrfsDriver {
         // a committed snapshot is a read-only subvolume after any crash.
         self.commit()?;
         fail::fail_point!("driver::btrfs::seal::after_commit");
-        Ok(usage)
+        // After the commit, so the qgroup counts this tree's last writes.
+        with_qgroup_bytes(&tree, usage)
     }
 
     fn usage(&self, id: SnapshotId) -> Result<Usage, DriverError> {
-        self.layout.usage(id)
+        let usage = self.layout.usage(id)?;
+        with_qgroup_bytes(&self.layout.tree(id), usage)
     }
 
     fn mounts(
