@@ -6,7 +6,8 @@
 //!
 //! Durability: a subvolume's creation, deletion and read-only flag are root-tree changes that
 //! btrfs makes durable only by committing its transaction (fsync's log tree does not carry
-//! them); every step the `Driver` trait promises durable is followed by [`subvol::commit`].
+//! them). Every step the `Driver` trait promises durable is followed by [`subvol::commit`],
+//! or is an ioctl that commits itself (a snapshot is made inside a transaction commit).
 
 mod qgroup;
 pub(crate) mod subvol;
@@ -104,7 +105,12 @@ impl Driver for BtrfsDriver {
         match parent_tree {
             Some(parent_tree) => {
                 fail::fail_point!("driver::stage::before_copy");
+                // Invariant: the snapshot is on disk before the marker and the staging entry say
+                // the stage is complete. btrfs makes a snapshot inside a transaction commit that
+                // the ioctl waits for (its "pending snapshot"), so it is durable on return, and
+                // so is the mkdir of staging/<txid> before it: no commit of our own is needed.
                 subvol::snapshot(&parent_tree, &dir, TREE, read_only)?;
+                fail::fail_point!("driver::btrfs::stage::after_subvolume");
             }
             None => {
                 subvol::create(&dir, TREE)?;
@@ -115,12 +121,13 @@ impl Driver for BtrfsDriver {
                 if read_only {
                     subvol::set_read_only(&tree, true)?;
                 }
+                fail::fail_point!("driver::btrfs::stage::after_subvolume");
+                // Invariant: the new subvolume (its root-tree entry, mode and flags) is on disk
+                // before the marker and the staging entry say the stage is complete (a subvolume
+                // create, unlike a snapshot, does not wait for a commit).
+                self.commit()?;
             }
         }
-        fail::fail_point!("driver::btrfs::stage::after_subvolume");
-        // Invariant: the new subvolume (its root-tree entry, mode and flags) is on disk before
-        // the marker and the staging entry say the stage is complete.
-        self.commit()?;
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
     }
@@ -140,15 +147,11 @@ impl Driver for BtrfsDriver {
     }
 
     fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
-        self.layout.install_many(items)?;
-        if !items.is_empty() {
-            // Invariant: the renamed directories, each naming a subvolume, survive a crash once
-            // install returns: the directory fsyncs go through btrfs's log tree, which does not
-            // log subvolume links; the transaction commit covers the whole move.
-            self.commit()?;
-            fail::fail_point!("driver::btrfs::install::after_commit");
-        }
-        Ok(())
+        // The renamed directories are plain directories (each names a subvolume, committed when
+        // it was staged): the layout's fsyncs of snapshots/ and staging/ make the renames
+        // durable, btrfs committing the whole transaction itself where its log cannot express
+        // a change. No commit of our own on the engine thread.
+        self.layout.install_many(items)
     }
 
     fn discard(&self, txid: TxId) -> Result<(), DriverError> {

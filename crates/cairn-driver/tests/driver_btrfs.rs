@@ -231,3 +231,31 @@ fn prepare_is_constant_time_in_the_parent() -> TestResult {
     assert_eq!(fs::read(tree.join("f7"))?.len(), 4 << 20);
     Ok(())
 }
+
+/// Where a btrfs prepare's time goes (`-- --ignored --nocapture measure_stage_steps`): stage
+/// and install of a child, ten times, with the transaction commits counted in.
+#[test]
+#[ignore]
+fn measure_stage_steps() -> TestResult {
+    let Some(tmp) = scratch("measure") else {
+        return Ok(());
+    };
+    let d = open(&tmp.path().join("root"))?;
+    d.stage(TxId(1), Kind::Active, None)?;
+    fs::write(d.staged_tree(TxId(1)).join("f"), b"x")?;
+    d.sync_staged(TxId(1))?;
+    d.install(TxId(1), SnapshotId(1))?;
+    d.seal(SnapshotId(1), TxId(2))?;
+    for tx in 3..13u64 {
+        let t = std::time::Instant::now();
+        d.stage(TxId(tx), Kind::Active, Some(SnapshotId(1)))?;
+        let staged = t.elapsed();
+        d.install(TxId(tx), SnapshotId(tx))?;
+        println!(
+            "stage_ms: {:.2} install_ms: {:.2}",
+            staged.as_secs_f64() * 1e3,
+            (t.elapsed() - staged).as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
