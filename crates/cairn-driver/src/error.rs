@@ -70,6 +70,17 @@ pub enum DriverError {
         source: Box<DriverError>,
     },
 
+    /// A marker write failed, and removing its temporary failed too: the engine stops, so the
+    /// interrupted seal stays pending in the journal and the next open removes the temporary
+    /// (docs/recovery.md row R23).
+    #[error("marker temporary {path} left behind after a failed marker write ({cause}): {source}")]
+    MarkerTmpLeft {
+        path: PathBuf,
+        cause: String,
+        #[source]
+        source: Box<DriverError>,
+    },
+
     #[error("install {txid} as snapshot {id}: neither {staging} nor {installed} exists")]
     InstallSourceMissing {
         txid: TxId,
@@ -142,6 +153,47 @@ pub enum DriverError {
         limit: usize,
     },
 
+    #[error("CAIRN_BLOCK_SIZE_BYTES={value:?} is not a size in bytes of at least {min_bytes}")]
+    BadImageSize { value: String, min_bytes: u64 },
+
+    #[error("attach {image} to a loop device: {source}")]
+    LoopAttach {
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("reflink {src} to {dst}: {source}")]
+    Reflink {
+        src: PathBuf,
+        dst: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The block driver clones images with FICLONE; without it every prepare would copy.
+    #[error(
+        "the block driver needs a file system that can reflink (xfs with reflink=1, btrfs) \
+         under {root}: {source}"
+    )]
+    ReflinkUnsupported {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("make the base image {image}: {program} failed: {detail}")]
+    Mkfs {
+        image: PathBuf,
+        program: &'static str,
+        detail: String,
+    },
+
+    /// The image is attached writable (a `cairn mount` of an Active is still up): its file
+    /// system's state is in that mount, not in the image, until it is unmounted.
+    #[error("snapshot {id}: its image {image} is mounted read-write; unmount it first")]
+    ImageInUse { id: SnapshotId, image: PathBuf },
+
     #[error("unmount {target}: {source}")]
     Unmount {
         target: PathBuf,
@@ -159,7 +211,10 @@ impl DriverError {
 
     /// After this error the engine must stop: the failure could not be recorded.
     pub fn stops_engine(&self) -> bool {
-        matches!(self, DriverError::TaintFailed { .. })
+        matches!(
+            self,
+            DriverError::TaintFailed { .. } | DriverError::MarkerTmpLeft { .. }
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

@@ -9,20 +9,25 @@
 //! The engine thread calls only the cheap operations (install, discard, mounts, inventory);
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
+mod block;
 mod btrfs;
 mod copy;
 mod digest;
 mod error;
 mod layout;
+pub mod loopdev;
 pub mod marker;
 pub mod mount;
 mod overlay;
 mod probe;
 mod remove;
+pub mod scratch;
 mod sync;
 mod vfs;
+mod view;
 mod walk;
 
+pub use block::{BlockDriver, BlockOptions};
 pub use btrfs::BtrfsDriver;
 pub use copy::{copy_tree, CopyStats};
 pub use digest::tree_digest;
@@ -33,6 +38,7 @@ pub use overlay::OverlayDriver;
 pub use sync::hook;
 pub use sync::{create_dir_all_durable, fsync_open, sync_tree, SyncMode};
 pub use vfs::VfsDriver;
+pub use view::TreeView;
 
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use std::path::{Path, PathBuf};
@@ -97,6 +103,17 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn tree(&self, id: SnapshotId) -> PathBuf;
     /// How a layer's whiteouts must be written into this driver's trees.
     fn whiteout_style(&self) -> WhiteoutStyle;
+    /// Makes `staged_tree(txid)` a writable directory before a worker writes into it (layer
+    /// import, init files). block: loop-mounts the staged image there, undone by `sync_staged`
+    /// or `discard`; the other drivers' trees are directories already.
+    fn attach_staged(&self, _txid: TxId) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Snapshot id's own tree as a readable directory while the view lives (digest, export,
+    /// diff, verify). block: a private read-only loop mount of its image.
+    fn open_tree(&self, id: SnapshotId) -> Result<TreeView, DriverError> {
+        Ok(TreeView::dir(self.tree(id)))
+    }
 }
 
 /// Opens (creating if needed) the driver directories under `root`. The overlay driver probes
@@ -105,6 +122,7 @@ pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, Dri
     Ok(match kind {
         DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
         DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
+        DriverKind::Block => Box::new(BlockDriver::open(root, BlockOptions::from_env()?)?),
         DriverKind::Btrfs => Box::new(BtrfsDriver::open(root)?),
     })
 }

@@ -1,6 +1,6 @@
 //! `<root>/cairn.meta`: what a root is, written once when the root is created.
 //!
-//! 36 bytes: magic `CAIRNROT`, u16 version (1), u8 driver (0 vfs, 1 overlay, 3 btrfs), u8 reserved,
+//! 36 bytes: magic `CAIRNROT`, u16 version (1), u8 driver (0 vfs, 1 overlay, 2 block, 3 btrfs), u8 reserved,
 //! 4 reserved bytes, u128 store id, u32 CRC-32 of bytes 0..32. Little-endian. See
 //! docs/engine-format.md.
 
@@ -33,7 +33,7 @@ impl RootMeta {
         out[10] = match self.driver {
             DriverKind::Vfs => 0,
             DriverKind::Overlay => 1,
-            // 2 is left to the block driver (issue 12).
+            DriverKind::Block => 2,
             DriverKind::Btrfs => 3,
         };
         out[16..32].copy_from_slice(&self.store_id.0.to_le_bytes());
@@ -58,6 +58,7 @@ impl RootMeta {
         let driver = match bytes[10] {
             0 => DriverKind::Vfs,
             1 => DriverKind::Overlay,
+            2 => DriverKind::Block,
             3 => DriverKind::Btrfs,
             _ => return Err(RootProblem::BadMeta),
         };

@@ -49,15 +49,36 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
         skip("the overlay driver needs root to mount");
         return;
     }
-    let tmp = match cairn_loopfs::Scratch::new(
-        driver == DriverKind::Btrfs,
-        &format!("snapshot-suite-{}-", driver.name()),
-    ) {
-        Ok(tmp) => tmp,
-        Err(reason) => {
-            skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+    // The block driver's root is on a scratch xfs with reflink (dropped after everything
+    // below, so after the engine has closed).
+    let xfs = if driver == DriverKind::Block {
+        if let Some(reason) = cairn_driver::scratch::unavailable() {
+            skip(&format!("the block driver {reason}"));
             return;
         }
+        Some(cairn_driver::scratch::ReflinkFs::make("block-suite-", 4 << 30).expect("scratch xfs"))
+    } else {
+        None
+    };
+    let prefix = format!("snapshot-suite-{}-", driver.name());
+    let tmp = if driver == DriverKind::Btrfs {
+        match cairn_loopfs::Scratch::new(true, &prefix) {
+            Ok(tmp) => tmp,
+            Err(reason) => {
+                skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+                return;
+            }
+        }
+    } else {
+        cairn_loopfs::Scratch::Plain(
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .tempdir_in(
+                    xfs.as_ref()
+                        .map_or_else(std::env::temp_dir, |x| x.path().to_path_buf()),
+                )
+                .expect("tempdir"),
+        )
     };
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
@@ -1115,6 +1136,8 @@ mod cases {
         let want = match c.driver {
             DriverKind::Overlay => (17, 3),
             DriverKind::Vfs | DriverKind::Btrfs => (25, 6),
+            // Not run on block (its usage is the image's allocated bytes): see driver_block.rs.
+            DriverKind::Block => return,
         };
         assert_eq!((u.size_bytes, u.inodes), want, "child");
         assert_eq!(
@@ -1138,6 +1161,41 @@ macro_rules! suite {
         }
     };
 }
+
+/// The block driver runs every case but `usage` (it reports an image's allocated bytes,
+/// checked in cairn-driver's driver_block.rs).
+macro_rules! block_suite {
+    ($($case:ident),* $(,)?) => {
+        mod block {
+            $( #[test] fn $case() { super::run(cairn_state::types::DriverKind::Block, super::cases::$case) } )*
+        }
+    };
+}
+
+block_suite!(
+    basic,
+    stat_active,
+    stat_committed,
+    transitivity,
+    prepare_view,
+    deleted_files_in_child,
+    remove_intermediate,
+    update,
+    remove,
+    walk,
+    layer_file_update,
+    remove_directory_in_lower_layer,
+    chown,
+    rename,
+    directory_permission_on_commit,
+    file_from_lower_layer,
+    view_readonly,
+    stat_in_walk,
+    close_twice,
+    root_permission,
+    layers_128_mount,
+    error_classes,
+);
 
 suite!(
     basic,

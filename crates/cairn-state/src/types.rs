@@ -79,6 +79,7 @@ pub struct Usage {
 pub enum DriverKind {
     Vfs,
     Overlay,
+    Block,
     Btrfs,
 }
 
@@ -87,6 +88,7 @@ impl DriverKind {
         match self {
             DriverKind::Vfs => "vfs",
             DriverKind::Overlay => "overlay",
+            DriverKind::Block => "block",
             DriverKind::Btrfs => "btrfs",
         }
     }

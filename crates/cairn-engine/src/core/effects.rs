@@ -83,6 +83,7 @@ impl Core {
                 let work = move || {
                     driver.stage(txid, kind, parent)?;
                     if init {
+                        driver.attach_staged(txid)?;
                         let tree = driver.staged_tree(txid);
                         crate::layers::write_init_files(&tree).map_err(|source| {
                             DriverError::Io {
@@ -117,7 +118,8 @@ impl Core {
                 // The digest is of the tree just made durable: what the commit acknowledges.
                 let work = move || {
                     driver.seal(id, txid).and_then(|usage| {
-                        cairn_driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
+                        let tree = driver.open_tree(id)?;
+                        cairn_driver::tree_digest(tree.path()).map(|d| (usage, d))
                     })
                 };
                 self.workers.run("seal", work, deliver);

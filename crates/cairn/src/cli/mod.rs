@@ -82,6 +82,9 @@ pub enum DriverArg {
     Vfs,
     /// Overlay upper dirs on parent lowerdirs; needs root and overlayfs.
     Overlay,
+    /// One ext4 image per snapshot, reflink-cloned from its parent's; needs root and a root
+    /// on a file system that reflinks (xfs with reflink=1, btrfs).
+    Block,
     /// A btrfs subvolume per snapshot, constant-time snapshots; the root must be on btrfs.
     Btrfs,
 }
@@ -91,6 +94,7 @@ impl From<DriverArg> for DriverKind {
         match d {
             DriverArg::Vfs => DriverKind::Vfs,
             DriverArg::Overlay => DriverKind::Overlay,
+            DriverArg::Block => DriverKind::Block,
             DriverArg::Btrfs => DriverKind::Btrfs,
         }
     }
