@@ -13,6 +13,7 @@ mod migrate;
 mod mount;
 mod output;
 mod progress;
+mod registry;
 pub mod remote;
 mod serve;
 mod snapshot;
@@ -142,6 +143,10 @@ pub enum Command {
     /// Serve containerd's snapshots gRPC API on a unix socket (a containerd proxy
     /// snapshotter) until SIGTERM or SIGINT. See docs/serve.md.
     Serve(serve::ServeArgs),
+    /// Pull an image from an OCI registry: HOST[:PORT]/REPO[:TAG|@DIGEST]. See docs/registry.md.
+    Pull(registry::PullArgs),
+    /// Push an image of the store to an OCI registry. See docs/registry.md.
+    Push(registry::PushArgs),
 }
 
 /// What a command needs: where the root is, how to open it, how to print.
@@ -317,6 +322,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
         Command::Verify { chain_id } => layer::verify(ctx, chain_id),
         Command::Serve(args) => serve::run(ctx, args).map(|()| 0),
+        Command::Pull(args) => registry::pull(ctx, args).map(|()| 0),
+        Command::Push(args) => registry::push(ctx, args).map(|()| 0),
         Command::Migrate(cmd) => migrate::run(ctx, cmd),
     }
 }
