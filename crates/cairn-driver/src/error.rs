@@ -124,6 +124,13 @@ pub enum DriverError {
         source: io::Error,
     },
 
+    /// The btrfs driver was asked for a root that is not on btrfs (statfs magic).
+    #[error(
+        "the btrfs driver needs its root on a btrfs file system: {path} is on file system type \
+         {fs_type:#x}, not btrfs (0x9123683e)"
+    )]
+    NotBtrfs { path: PathBuf, fs_type: u64 },
+
     #[error("mount {kind} {source_path} on {target}: {source}")]
     Mount {
         kind: String,

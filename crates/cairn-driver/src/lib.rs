@@ -10,6 +10,7 @@
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
 mod block;
+mod btrfs;
 mod copy;
 mod digest;
 mod error;
@@ -28,6 +29,7 @@ mod view;
 mod walk;
 
 pub use block::{BlockDriver, BlockOptions};
+pub use btrfs::BtrfsDriver;
 pub use copy::{copy_tree, CopyStats};
 pub use digest::tree_digest;
 pub use error::{DriverError, MarkerFault};
@@ -122,5 +124,6 @@ pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, Dri
         DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
         DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
         DriverKind::Block => Box::new(BlockDriver::open(root, BlockOptions::from_env()?)?),
+        DriverKind::Btrfs => Box::new(BtrfsDriver::open(root)?),
     })
 }

@@ -2,6 +2,7 @@
 //! one descriptor per level and fails on deep trees), and able to delete read-only directories
 //! an unprivileged owner copied faithfully.
 
+use super::btrfs::subvol::{remove_if_subvolume, Removal};
 use super::error::DriverError;
 use super::walk::list_dir;
 use std::fs::{self, Metadata, Permissions};
@@ -40,6 +41,12 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), DriverError> {
     if !meta.is_dir() {
         return unlink(path);
     }
+    // A btrfs subvolume (a btrfs driver's tree, or one a container made) is deleted whole by
+    // the kernel in one step; rmdir cannot remove a non-empty one and unlinks inside a
+    // read-only one fail.
+    if remove_if_subvolume(path, &meta)? == Removal::Destroyed {
+        return Ok(());
+    }
     let privileged = nix::unistd::geteuid().is_root();
     let mut stack: Vec<(PathBuf, _)> =
         vec![(path.to_path_buf(), open_up(path, &meta, privileged)?)];
@@ -59,6 +66,9 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), DriverError> {
             continue;
         };
         if meta.is_dir() {
+            if remove_if_subvolume(&child, &meta)? == Removal::Destroyed {
+                continue;
+            }
             let names = open_up(&child, &meta, privileged)?;
             stack.push((child, names));
         } else {

@@ -346,3 +346,9 @@ pub(crate) fn sync_tree_unmetered_watched(
     }
     Ok(())
 }
+
+/// The test hook's view of a file-system-wide durability call made outside this module (the
+/// btrfs driver's transaction commit): seen, and failable, as a syncfs on `path`.
+pub(crate) fn check_fs_call(path: &Path) -> std::io::Result<()> {
+    hook_check(SyncCall::Fs(path))
+}

@@ -1,6 +1,6 @@
 //! `<root>/cairn.meta`: what a root is, written once when the root is created.
 //!
-//! 36 bytes: magic `CAIRNROT`, u16 version (1), u8 driver (0 vfs, 1 overlay), u8 reserved,
+//! 36 bytes: magic `CAIRNROT`, u16 version (1), u8 driver (0 vfs, 1 overlay, 2 block, 3 btrfs), u8 reserved,
 //! 4 reserved bytes, u128 store id, u32 CRC-32 of bytes 0..32. Little-endian. See
 //! docs/engine-format.md.
 
@@ -34,6 +34,7 @@ impl RootMeta {
             DriverKind::Vfs => 0,
             DriverKind::Overlay => 1,
             DriverKind::Block => 2,
+            DriverKind::Btrfs => 3,
         };
         out[16..32].copy_from_slice(&self.store_id.0.to_le_bytes());
         let crc = crc32fast::hash(&out[..32]);
@@ -58,6 +59,7 @@ impl RootMeta {
             0 => DriverKind::Vfs,
             1 => DriverKind::Overlay,
             2 => DriverKind::Block,
+            3 => DriverKind::Btrfs,
             _ => return Err(RootProblem::BadMeta),
         };
         let mut id = [0u8; 16];

@@ -383,10 +383,10 @@ mod crash {
         let name = std::env::var("CAIRN_CRASH_WORKLOAD").expect("workload");
         let root = std::path::PathBuf::from(std::env::var("CAIRN_CRASH_ROOT").expect("root"));
         let log = AckLog::open(Path::new(&std::env::var("CAIRN_CRASH_LOG").expect("log")));
-        let driver = if std::env::var("CAIRN_CRASH_DRIVER").as_deref() == Ok("overlay") {
-            DriverKind::Overlay
-        } else {
-            DriverKind::Vfs
+        let driver = match std::env::var("CAIRN_CRASH_DRIVER").as_deref() {
+            Ok("overlay") => DriverKind::Overlay,
+            Ok("btrfs") => DriverKind::Btrfs,
+            _ => DriverKind::Vfs,
         };
         let mut wl = workloads()
             .into_iter()
@@ -547,7 +547,8 @@ mod crash {
 
     /// Run one workload at every failpoint it passes; returns the failpoints that crashed it.
     fn run_workload(wl: &Workload, driver: DriverKind, max_ks: usize) -> BTreeSet<String> {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp =
+            cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "crash-").expect("scratch dir");
         let (template, model, prior_inflight) = template(wl, driver, tmp.path());
         let case_root = |name: &str| {
             let root = tmp.path().join(name);
@@ -685,10 +686,34 @@ mod crash {
         let missing: Vec<&String> = missing
             .iter()
             .filter(|fp| !allowed_missing.contains(&fp.as_str()))
+            // The btrfs driver's own steps: covered by crash_at_every_failpoint_btrfs.
+            .filter(|fp| !fp.starts_with("driver::btrfs::"))
             .collect();
         assert!(
             missing.is_empty(),
             "failpoints no workload reached: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn crash_at_every_failpoint_btrfs() {
+        if let Err(reason) = cairn_loopfs::btrfs() {
+            println!("skipped: crash_at_every_failpoint_btrfs: {reason}");
+            return;
+        }
+        let covered = run_all(DriverKind::Btrfs, None, 1);
+        if std::env::var("CAIRN_CRASH_ONLY").is_ok() {
+            return;
+        }
+        // Every failpoint the btrfs driver passes through: its own, and the shared layout's.
+        let missing: Vec<String> = all_failpoints()
+            .into_iter()
+            .filter(|fp| fp.starts_with("driver::btrfs::") || fp.starts_with("driver::install::"))
+            .filter(|fp| !covered.contains(fp))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "btrfs failpoints no workload reached: {missing:?}"
         );
     }
 

@@ -429,6 +429,7 @@ fn meta_fixture_is_byte_exact_and_reads_back() {
         ("cairn.meta.vfs", DriverKind::Vfs),
         ("cairn.meta.overlay", DriverKind::Overlay),
         ("cairn.meta.block", DriverKind::Block),
+        ("cairn.meta.btrfs", DriverKind::Btrfs),
     ] {
         let meta = RootMeta {
             driver,
@@ -444,6 +445,7 @@ fn meta_fixture_is_byte_exact_and_reads_back() {
             DriverKind::Vfs => 0,
             DriverKind::Overlay => 1,
             DriverKind::Block => 2,
+            DriverKind::Btrfs => 3,
         };
         assert_eq!(bytes[10], code, "driver");
         assert_eq!(&bytes[11..16], [0u8; 5], "reserved");

@@ -37,6 +37,9 @@ struct MSnap {
 #[derive(Debug, Default)]
 struct Model {
     snaps: BTreeMap<String, MSnap>,
+    /// btrfs: a view is its own (read-only) snapshot of the parent, so its usage is the
+    /// parent's tree; vfs: a view's own tree is empty.
+    views_are_snapshots: bool,
 }
 
 type MResult<T> = Result<T, Class>;
@@ -144,11 +147,12 @@ impl Model {
     }
 
     /// The vfs driver's usage of a snapshot's own tree: the root and one inode per file; bytes
-    /// are the files' sizes. A vfs view's own tree is empty (its mounts bind the parent).
+    /// are the files' sizes (btrfs's too). A vfs view's own tree is empty (its mounts bind the
+    /// parent).
     fn usage(&self, key: &str) -> MResult<(u64, u64)> {
         let s = self.get(key)?;
         Ok(match s.kind {
-            Kind::View => (0, 1),
+            Kind::View if !self.views_are_snapshots => (0, 1),
             _ => (
                 s.files.values().map(|c| c.len() as u64).sum(),
                 1 + s.files.len() as u64,
@@ -348,7 +352,10 @@ fn run_case_on(seed: u64, driver: DriverKind, under: Option<&Path>) {
         work,
         options,
         engine: Some(engine),
-        model: Model::default(),
+        model: Model {
+            views_are_snapshots: driver == DriverKind::Btrfs,
+            ..Model::default()
+        },
     };
     let steps = rng.gen_range(60..140);
     let mut outcomes: BTreeMap<(&str, MResult<()>), u32> = BTreeMap::new();
@@ -585,6 +592,18 @@ fn engine_matches_containerd_model_block() {
     let xfs = cairn_driver::scratch::ReflinkFs::make("block-model-", 4 << 30).expect("scratch xfs");
     common::run_seeds("engine_model", 2, 0xB10C_0000_5EED, |seed| {
         run_case_on(seed, DriverKind::Block, Some(xfs.path()))
+    });
+}
+
+#[test]
+fn engine_matches_containerd_model_btrfs() {
+    if let Err(reason) = cairn_loopfs::btrfs() {
+        common::skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+        return;
+    }
+    let dir = cairn_loopfs::btrfs_tempdir("model-").expect("btrfs scratch");
+    common::run_seeds("engine_model", 2, 0xB7F5_0000_5EED, |seed| {
+        run_case_on(seed, DriverKind::Btrfs, Some(dir.path()))
     });
 }
 

@@ -19,12 +19,22 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 fn drivers() -> Vec<DriverKind> {
-    if is_root() {
+    let mut drivers = if is_root() {
         vec![DriverKind::Vfs, DriverKind::Overlay]
     } else {
         println!("skipped: the overlay variant needs root");
         vec![DriverKind::Vfs]
+    };
+    match cairn_loopfs::btrfs() {
+        Ok(_) => drivers.push(DriverKind::Btrfs),
+        Err(reason) => println!("skipped: the btrfs variant: {reason}"),
     }
+    drivers
+}
+
+/// A scratch directory on the file system `driver` needs.
+fn scratch(driver: DriverKind) -> cairn_loopfs::Scratch {
+    cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "cairn-").expect("scratch dir")
 }
 
 fn open(root: &Path, driver: DriverKind) -> EngineHandle {
@@ -298,7 +308,7 @@ fn base_files() -> Vec<(&'static str, &'static [u8])> {
 #[test]
 fn diff_round_trips_every_kind_of_change() {
     for driver in drivers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = scratch(driver);
         let engine = open(&tmp.path().join("root"), driver);
         let base = import(&engine, base_tar(&base_files()), None);
         let mounts = engine

@@ -22,7 +22,7 @@ struct Ctx {
     sn: EngineHandle,
     closed: Cell<bool>,
     counter: Cell<u32>,
-    _tmp: tempfile::TempDir,
+    _tmp: cairn_loopfs::Scratch,
 }
 
 const GC_ROOT: &str = "containerd.io/gc.root";
@@ -60,13 +60,26 @@ fn run(driver: DriverKind, case: fn(&Ctx)) {
     } else {
         None
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("snapshot-suite-{}-", driver.name()))
-        .tempdir_in(
-            xfs.as_ref()
-                .map_or_else(std::env::temp_dir, |x| x.path().to_path_buf()),
+    let prefix = format!("snapshot-suite-{}-", driver.name());
+    let tmp = if driver == DriverKind::Btrfs {
+        match cairn_loopfs::Scratch::new(true, &prefix) {
+            Ok(tmp) => tmp,
+            Err(reason) => {
+                skip(&format!("the btrfs driver needs a btrfs: {reason}"));
+                return;
+            }
+        }
+    } else {
+        cairn_loopfs::Scratch::Plain(
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .tempdir_in(
+                    xfs.as_ref()
+                        .map_or_else(std::env::temp_dir, |x| x.path().to_path_buf()),
+                )
+                .expect("tempdir"),
         )
-        .expect("tempdir");
+    };
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
@@ -684,7 +697,7 @@ mod cases {
     }
 
     /// issues.go checkRename (docker#25409). As in containerd, overlay without redirect_dir
-    /// cannot rename a lower directory, so the directory rename is vfs only.
+    /// cannot rename a lower directory, so the directory rename is vfs and btrfs only.
     pub fn rename(c: &Ctx) {
         let l1 = vec![
             dir("/dir1", 0o700),
@@ -1122,7 +1135,7 @@ mod cases {
         let u = c.sn.usage("child").expect("usage");
         let want = match c.driver {
             DriverKind::Overlay => (17, 3),
-            DriverKind::Vfs => (25, 6),
+            DriverKind::Vfs | DriverKind::Btrfs => (25, 6),
             // Not run on block (its usage is the image's allocated bytes): see driver_block.rs.
             DriverKind::Block => return,
         };
@@ -1142,6 +1155,9 @@ macro_rules! suite {
         }
         mod overlay {
             $( #[test] fn $case() { super::run(cairn_state::types::DriverKind::Overlay, super::cases::$case) } )*
+        }
+        mod btrfs {
+            $( #[test] fn $case() { super::run(cairn_state::types::DriverKind::Btrfs, super::cases::$case) } )*
         }
     };
 }

@@ -1,4 +1,4 @@
-//! The shared corpus through the whole store, on both drivers: every layer imports and exports
+//! The shared corpus through the whole store, on every driver: every layer imports and exports
 //! byte for byte, the chain gets the expected ChainIDs and merged view, the three images load,
 //! and every hostile input is refused or contained with the store unchanged.
 
@@ -11,12 +11,22 @@ use common::{corpus, is_root, tree_listing, uncompressed, Sink};
 use std::path::Path;
 
 fn drivers() -> Vec<DriverKind> {
-    if is_root() {
+    let mut drivers = if is_root() {
         vec![DriverKind::Vfs, DriverKind::Overlay]
     } else {
         println!("skipped: the overlay variant needs root");
         vec![DriverKind::Vfs]
+    };
+    match cairn_loopfs::btrfs() {
+        Ok(_) => drivers.push(DriverKind::Btrfs),
+        Err(reason) => println!("skipped: the btrfs variant: {reason}"),
     }
+    drivers
+}
+
+/// A scratch directory on the file system `driver` needs.
+fn scratch(driver: DriverKind) -> cairn_loopfs::Scratch {
+    cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "cairn-").expect("scratch dir")
 }
 
 fn open(root: &Path, driver: DriverKind) -> EngineHandle {
@@ -89,7 +99,7 @@ fn merged_view(engine: &EngineHandle, chain: &str, scratch: &Path) -> Vec<String
 fn every_ok_layer_round_trips_through_the_store() {
     let Some(corpus) = corpus() else { return };
     for driver in drivers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = scratch(driver);
         let engine = open(&tmp.path().join("root"), driver);
         for (file, expect, diff_id) in manifest(&corpus) {
             if expect != "ok" {
@@ -133,7 +143,7 @@ fn chain_has_expected_chain_ids_and_merged_view() {
             .map(str::to_owned)
             .collect();
     for driver in drivers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = scratch(driver);
         let engine = open(&tmp.path().join("root"), driver);
         let mut parent: Option<String> = None;
         let mut got = Vec::new();
@@ -170,7 +180,7 @@ fn the_three_images_load_with_their_layers_and_names() {
             ("images/chain.oci.tar", "chain"),
             ("images/chain-oci", "chain"),
         ] {
-            let tmp = tempfile::tempdir().expect("tempdir");
+            let tmp = scratch(driver);
             let engine = open(&tmp.path().join("root"), driver);
             let loaded = cairn_image::load(&engine, &corpus.join(image), &|_| {})
                 .unwrap_or_else(|e| panic!("{image}: {e}"));
@@ -200,7 +210,7 @@ fn the_three_images_load_with_their_layers_and_names() {
 fn hostile_layers_are_refused_or_contained_and_change_nothing() {
     let Some(corpus) = corpus() else { return };
     for driver in drivers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = scratch(driver);
         let root = tmp.path().join("root");
         let engine = open(&root, driver);
         let base = import_file(&engine, &corpus.join("chain/0-base.tar"), None).expect("base");

@@ -80,6 +80,7 @@ pub enum DriverKind {
     Vfs,
     Overlay,
     Block,
+    Btrfs,
 }
 
 impl DriverKind {
@@ -88,6 +89,7 @@ impl DriverKind {
             DriverKind::Vfs => "vfs",
             DriverKind::Overlay => "overlay",
             DriverKind::Block => "block",
+            DriverKind::Btrfs => "btrfs",
         }
     }
 }

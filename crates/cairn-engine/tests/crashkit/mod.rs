@@ -320,7 +320,7 @@ impl Model {
             layers: BTreeMap::new(),
             images: BTreeMap::new(),
             containers: BTreeMap::new(),
-            full_copy: driver == DriverKind::Vfs,
+            full_copy: matches!(driver, DriverKind::Vfs | DriverKind::Btrfs),
         }
     }
 
@@ -918,7 +918,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
         let e = e.expect("entry");
         let dst = to.join(e.file_name());
         let ft = e.file_type().expect("type");
-        if ft.is_dir() {
+        if ft.is_dir() && cairn_loopfs::is_subvolume(&e.path()) {
+            // A btrfs driver's tree: copied as a subvolume (a snapshot keeps every attribute
+            // and the read-only flag), or the copy would not be a btrfs root.
+            cairn_loopfs::snapshot_subvolume(&e.path(), &dst).expect("snapshot subvolume");
+            continue;
+        } else if ft.is_dir() {
             copy_dir(&e.path(), &dst);
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).expect("readlink"), &dst)

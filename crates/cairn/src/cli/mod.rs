@@ -86,6 +86,8 @@ pub enum DriverArg {
     /// One ext4 image per snapshot, reflink-cloned from its parent's; needs root and a root
     /// on a file system that reflinks (xfs with reflink=1, btrfs).
     Block,
+    /// A btrfs subvolume per snapshot, constant-time snapshots; the root must be on btrfs.
+    Btrfs,
 }
 
 impl From<DriverArg> for DriverKind {
@@ -94,6 +96,7 @@ impl From<DriverArg> for DriverKind {
             DriverArg::Vfs => DriverKind::Vfs,
             DriverArg::Overlay => DriverKind::Overlay,
             DriverArg::Block => DriverKind::Block,
+            DriverArg::Btrfs => DriverKind::Btrfs,
         }
     }
 }
