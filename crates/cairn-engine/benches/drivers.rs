@@ -39,12 +39,15 @@ const BLOCK_IMAGE_BYTES: u64 = 2 << 30;
 enum Needs {
     /// The run's xfs with reflink=1 (vfs, overlay and block all run there).
     ReflinkXfs,
+    /// A loop-mounted btrfs of the process's own (cairn-loopfs).
+    Btrfs,
 }
 
 const DRIVERS: &[(DriverKind, Needs)] = &[
     (DriverKind::Vfs, Needs::ReflinkXfs),
     (DriverKind::Overlay, Needs::ReflinkXfs),
     (DriverKind::Block, Needs::ReflinkXfs),
+    (DriverKind::Btrfs, Needs::Btrfs),
 ];
 
 fn main() {
@@ -89,6 +92,13 @@ fn main() {
     for &(kind, needs) in DRIVERS {
         let base = match needs {
             Needs::ReflinkXfs => d.to_path_buf(),
+            Needs::Btrfs => match cairn_loopfs::btrfs() {
+                Ok(p) => p.to_path_buf(),
+                Err(reason) => {
+                    println!("skipped: driver btrfs: {reason}");
+                    continue;
+                }
+            },
         };
         let root = base.join(format!("root-{}", kind.name()));
         if kind == DriverKind::Block {
@@ -135,7 +145,8 @@ fn main() {
             }
         }
         engine.close().expect("close");
-        std::fs::remove_dir_all(&root).expect("remove root");
+        // Read-only subvolumes (btrfs) make a plain remove_dir_all fail.
+        cairn_loopfs::remove_all(&root);
     }
 }
 
