@@ -12,12 +12,15 @@
 //!   two-step transaction;
 //! - [`effects`]: running the effects of applied records: the only caller of the driver's
 //!   mutating methods;
+//! - [`inline`]: creations whose trees copy nothing, made and completed in the batch that
+//!   begins them, with one shared sync for all of them;
 //! - [`maintenance`]: checkpoint, index bookkeeping, cleanup and strays.
 
 mod batch;
 mod completions;
 mod dispatch;
 mod effects;
+mod inline;
 mod maintenance;
 mod queries;
 

@@ -49,11 +49,12 @@ pub enum Row {
     R34,
     R35,
     R36,
+    R37,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 36] = [
+    pub const ALL: [Row; 37] = [
         Row::R1,
         Row::R2,
         Row::R3,
@@ -90,6 +91,7 @@ impl Row {
         Row::R34,
         Row::R35,
         Row::R36,
+        Row::R37,
     ];
 
     /// What recovery finds on disk.
@@ -131,6 +133,7 @@ impl Row {
             Row::R34 => "A container whose creation stopped with nothing pending (its init step was dropped or aborted, so its read-write step never began)",
             Row::R35 => "Layers nothing holds (no pin, image, child layer or container: an image load a crash interrupted before it recorded the image)",
             Row::R36 => "A WAL segment damaged other than by a torn tail (damage in a sealed segment, a missing, misnamed or foreign segment, a segment over the segment size)",
+            Row::R37 => "`snapshots/<id>` of an inline creation whose `Complete` is not journaled (a crash between the batch's shared tree sync and its journal sync): its `BeginCreate` pending, or lost with it (the id is not yet allocated)",
         }
     }
 
@@ -173,6 +176,7 @@ impl Row {
             Row::R34 => "Journal `RemoveContainer`: the container is removed whole, with its init snapshot if it exists",
             Row::R35 => "Journal `CollectLayers`: the layers are released; their trees become orphans (R20) and are removed",
             Row::R36 => "Refuse, nothing changed",
+            Row::R37 => "Remove it (via trash), as R20; a pending `BeginCreate` is aborted first (R16). Nothing was acknowledged: the client is answered after the journal sync",
         }
     }
 
@@ -215,6 +219,7 @@ impl Row {
             Row::R34 => "`containers_removed`",
             Row::R35 => "`layers_collected`",
             Row::R36 => "`EngineError::Wal`",
+            Row::R37 => "`orphans_removed` (R20 fires too)",
         }
     }
 
