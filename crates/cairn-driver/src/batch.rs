@@ -26,6 +26,10 @@ pub struct NewTree {
     pub parent: Option<SnapshotId>,
 }
 
+/// A seal under way: the snapshot's directory, its tree's usage, and what a per-file check of
+/// it would fsync (its files and directories, and the temporary marker).
+type Sealing = (PathBuf, Usage, Vec<(PathBuf, bool)>);
+
 fn batch_sync_failed(path: &Path, errors: u64) -> DriverError {
     DriverError::SyncFailed {
         op: "syncfs",
@@ -60,7 +64,10 @@ impl Layout {
             if errors != start {
                 for (item, r) in items.iter().zip(results.iter_mut()) {
                     if r.is_ok() {
-                        *r = Err(batch_sync_failed(&self.snapshot_dir(item.id), errors - start));
+                        *r = Err(batch_sync_failed(
+                            &self.snapshot_dir(item.id),
+                            errors - start,
+                        ));
                     }
                 }
             }
@@ -119,7 +126,7 @@ impl Layout {
     pub fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
         let start = self.watch().errors();
         // Per item: its directory, usage, and what a per-file check would fsync.
-        let mut live: Vec<Result<(PathBuf, Usage, Vec<(PathBuf, bool)>), DriverError>> = items
+        let mut live: Vec<Result<Sealing, DriverError>> = items
             .iter()
             .map(|&(id, txid)| self.seal_prepare(id, txid))
             .collect();
@@ -131,7 +138,9 @@ impl Layout {
             after_trees = self.watch().sync_batch();
         }
         for (&(id, _), slot) in items.iter().zip(live.iter_mut()) {
-            let Ok((dir, _, to_sync)) = slot else { continue };
+            let Ok((dir, _, to_sync)) = slot else {
+                continue;
+            };
             let failed = if after_trees != start {
                 // An error reported during this batch's sync: it may be any of the batch's
                 // pages, and a new fsync would return 0 over them.
@@ -185,11 +194,7 @@ impl Layout {
             .collect()
     }
 
-    fn seal_prepare(
-        &self,
-        id: SnapshotId,
-        txid: TxId,
-    ) -> Result<(PathBuf, Usage, Vec<(PathBuf, bool)>), DriverError> {
+    fn seal_prepare(&self, id: SnapshotId, txid: TxId) -> Result<Sealing, DriverError> {
         let dir = self.snapshot_dir(id);
         if !exists(&dir)? {
             return Err(DriverError::SnapshotMissing { id, path: dir });

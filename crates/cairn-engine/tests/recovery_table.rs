@@ -543,7 +543,10 @@ fn r20_tree_without_snapshot_is_removed() {
     std::fs::write(root.join("snapshots/9/fs/junk"), b"orphan").unwrap();
     let (h, report) = open(&root).unwrap();
     fired(&report, Row::R20);
-    assert!(!report.rows.contains(&Row::R37), "a foreign tree has no marker");
+    assert!(
+        !report.rows.contains(&Row::R37),
+        "a foreign tree has no marker"
+    );
     assert_eq!(report.orphans_removed, vec![SnapshotId(9)]);
     assert_eq!(names(&root.join("snapshots")), vec!["1"]);
     assert!(names(&root.join("trash")).is_empty());

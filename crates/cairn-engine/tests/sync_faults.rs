@@ -165,7 +165,8 @@ fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
         .expect("readdir")
         .collect();
     assert!(snapshots.is_empty(), "the failed tree was removed");
-    h.prepare("p", None, Default::default()).expect("prepare again");
+    h.prepare("p", None, Default::default())
+        .expect("prepare again");
     assert!(h.fsck(false).expect("fsck").findings.is_empty());
     h.close().expect("close");
 }
@@ -219,25 +220,39 @@ fn a_failed_shared_sync_fails_every_snapshot_it_covered() {
         );
     }
     assert!(
-        !rec.calls().iter().any(|(k, p)| *k == 'f'
-            && (p.starts_with(driver.tree(a)) || p.starts_with(driver.tree(b)))),
+        !rec.calls()
+            .iter()
+            .any(|(k, p)| *k == 'f'
+                && (p.starts_with(driver.tree(a)) || p.starts_with(driver.tree(b)))),
         "no per-file fsync after the shared sync failed (it would return 0 over lost pages)"
     );
     for id in [a, b] {
         assert!(
-            driver.tree(id).parent().expect("dir").join("sync-failed").exists(),
+            driver
+                .tree(id)
+                .parent()
+                .expect("dir")
+                .join("sync-failed")
+                .exists(),
             "{id} is tainted"
         );
     }
     let retry = driver.seal_many(&[(a, TxId(12))]);
-    assert!(matches!(retry[0], Err(DriverError::TreeSyncFailed { .. })), "{retry:?}");
+    assert!(
+        matches!(retry[0], Err(DriverError::TreeSyncFailed { .. })),
+        "{retry:?}"
+    );
     // Later batches after the error: checked file by file.
     let later = driver.seal_many(&[(c, TxId(13)), (d, TxId(14))]);
     match &later[0] {
         Err(DriverError::SyncFailed { path, .. }) => assert_eq!(path, &lost),
         other => panic!("tree c was called durable over a lost write-back: {other:?}"),
     }
-    assert!(later[1].is_ok(), "tree d's files all fsync cleanly: {:?}", later[1]);
+    assert!(
+        later[1].is_ok(),
+        "tree d's files all fsync cleanly: {:?}",
+        later[1]
+    );
     assert_eq!(
         cairn_driver::marker::read(driver.tree(d).parent().expect("dir")).expect("marker"),
         Some(TxId(14))

@@ -11,6 +11,9 @@ use cairn_state::types::{SnapshotId, TxId, Usage};
 use cairn_state::{Effect, Stage};
 use std::sync::Arc;
 
+/// A sealed tree's usage and digest, or why the seal failed.
+type SealResult = Result<(Usage, String), EngineError>;
+
 /// Seals per worker job, at most: a batch's seals beyond it go to further jobs (and workers).
 const MAX_SEALS_PER_JOB: usize = 64;
 
@@ -56,20 +59,18 @@ impl Core {
                 })
                 .collect::<Vec<_>>()
         };
-        let deliver = move |r: Result<Vec<(TxId, Result<(Usage, String), EngineError>)>, Panicked>| {
-            match r {
-                Ok(results) => {
-                    for (txid, result) in results {
-                        let _ = done.send(Done::Sealed { txid, result });
-                    }
+        let deliver = move |r: Result<Vec<(TxId, SealResult)>, Panicked>| match r {
+            Ok(results) => {
+                for (txid, result) in results {
+                    let _ = done.send(Done::Sealed { txid, result });
                 }
-                Err(p) => {
-                    for txid in txids {
-                        let _ = done.send(Done::Sealed {
-                            txid,
-                            result: Err(p.clone().into()),
-                        });
-                    }
+            }
+            Err(p) => {
+                for txid in txids {
+                    let _ = done.send(Done::Sealed {
+                        txid,
+                        result: Err(p.clone().into()),
+                    });
                 }
             }
         };

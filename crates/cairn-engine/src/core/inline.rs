@@ -24,21 +24,23 @@ impl Core {
         id: SnapshotId,
         effects: &[Effect],
     ) -> Option<NewTree> {
-        let [Effect::Stage { txid: staged, stage }] = effects else {
+        let [Effect::Stage {
+            txid: staged,
+            stage,
+        }] = effects
+        else {
             return None;
         };
         if *staged != txid || !matches!(stage, Stage::Empty { .. } | Stage::OnParent { .. }) {
             return None;
         }
         let (kind, parent) = stage.tree();
-        self.driver
-            .creates_inline(kind, parent)
-            .then_some(NewTree {
-                txid,
-                id,
-                kind,
-                parent,
-            })
+        self.driver.creates_inline(kind, parent).then_some(NewTree {
+            txid,
+            id,
+            kind,
+            parent,
+        })
     }
 
     /// Make the batch's inline trees with one shared sync, then accept each one's `Complete`
