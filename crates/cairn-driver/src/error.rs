@@ -70,6 +70,17 @@ pub enum DriverError {
         source: Box<DriverError>,
     },
 
+    /// A marker write failed, and removing its temporary failed too: the engine stops, so the
+    /// interrupted seal stays pending in the journal and the next open removes the temporary
+    /// (docs/recovery.md row R23).
+    #[error("marker temporary {path} left behind after a failed marker write ({cause}): {source}")]
+    MarkerTmpLeft {
+        path: PathBuf,
+        cause: String,
+        #[source]
+        source: Box<DriverError>,
+    },
+
     #[error("install {txid} as snapshot {id}: neither {staging} nor {installed} exists")]
     InstallSourceMissing {
         txid: TxId,
@@ -152,7 +163,10 @@ impl DriverError {
 
     /// After this error the engine must stop: the failure could not be recorded.
     pub fn stops_engine(&self) -> bool {
-        matches!(self, DriverError::TaintFailed { .. })
+        matches!(
+            self,
+            DriverError::TaintFailed { .. } | DriverError::MarkerTmpLeft { .. }
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

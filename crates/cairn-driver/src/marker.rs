@@ -53,9 +53,37 @@ pub fn decode(bytes: &[u8]) -> Result<TxId, MarkerFault> {
 
 /// Replaces `<dir>/txid` atomically: a reader (after any crash) sees the old marker or the new
 /// one, never a mix.
+///
+/// A write that fails leaves no `txid.tmp` behind (it is removed, and the removal made
+/// durable), or fails with [`DriverError::MarkerTmpLeft`], which stops the engine: recovery
+/// looks for a temporary only in the snapshots whose seal a crash interrupted (the journal
+/// names them, docs/recovery.md row R23), so one left by a failure the engine carried on
+/// from would never be found.
 pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
     let tmp = dir.join(MARKER_TMP);
     let dst = dir.join(MARKER_NAME);
+    let mut created = false;
+    let result = write_steps(dir, &tmp, &dst, txid, &mut created);
+    match result {
+        Err(cause) if created => match remove_leftover(dir) {
+            Ok(_) => Err(cause),
+            Err(e) => Err(DriverError::MarkerTmpLeft {
+                path: tmp,
+                cause: cause.to_string(),
+                source: Box::new(e),
+            }),
+        },
+        other => other,
+    }
+}
+
+fn write_steps(
+    dir: &Path,
+    tmp: &Path,
+    dst: &Path,
+    txid: TxId,
+    created: &mut bool,
+) -> Result<(), DriverError> {
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -63,17 +91,19 @@ pub fn write(dir: &Path, txid: TxId) -> Result<(), DriverError> {
             .truncate(true)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| DriverError::io("create", &tmp, e))?;
+            .open(tmp)
+            .map_err(|e| DriverError::io("create", tmp, e))?;
+        *created = true;
         f.write_all(&encode(txid))
-            .map_err(|e| DriverError::io("write", &tmp, e))?;
+            .map_err(|e| DriverError::io("write", tmp, e))?;
         // Invariant: the rename below must never publish a name whose data is not yet on disk
         // (otherwise a crash leaves `txid` empty or torn).
-        super::sync::fsync_open(&f, &tmp, false)?;
+        super::sync::fsync_open(&f, tmp, false)?;
     }
     fail::fail_point!("driver::marker::before_rename");
     // Invariant: `txid` is replaced in one step; readers never see a partial marker.
-    fs::rename(&tmp, &dst).map_err(|e| DriverError::io("rename", &tmp, e))?;
+    fs::rename(tmp, dst).map_err(|e| DriverError::io("rename", tmp, e))?;
+    *created = false;
     fail::fail_point!("driver::marker::after_rename");
     // Invariant: once write() returns, the new marker survives a crash (the rename is durable).
     fsync_dir(dir)?;
@@ -123,7 +153,13 @@ pub(crate) fn publish(dir: &Path) -> Result<(), DriverError> {
 pub fn remove_leftover(dir: &Path) -> Result<bool, DriverError> {
     let tmp = dir.join(MARKER_TMP);
     match fs::remove_file(&tmp) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            // Invariant: the temporary stays gone after a power cut; recovery looks for it only
+            // while the journal still names the interrupted seal (row R23), so it must not
+            // come back once that record is behind a checkpoint.
+            fsync_dir(dir)?;
+            Ok(true)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(DriverError::io("unlink", tmp, e)),
     }
@@ -154,6 +190,24 @@ pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // A non-empty directory where the marker goes: the rename fails after the temporary
+        // was written and synced.
+        std::fs::create_dir_all(d.path().join(MARKER_NAME).join("x")).expect("mkdir");
+        assert!(write(d.path(), TxId(3)).is_err());
+        assert!(
+            !d.path().join(MARKER_TMP).exists(),
+            "the temporary is removed"
+        );
+        assert!(d.path().join(MARKER_NAME).join("x").exists());
+        std::fs::remove_dir_all(d.path().join(MARKER_NAME)).expect("rm");
+        write(d.path(), TxId(4)).expect("write");
+        assert_eq!(read(d.path()).expect("read"), Some(TxId(4)));
+        assert!(!d.path().join(MARKER_TMP).exists());
+    }
 
     #[test]
     fn round_trip_and_corruption_detected() {

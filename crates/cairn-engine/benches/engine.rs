@@ -17,8 +17,10 @@
 //! - `open_ms_10k_snapshots`: `Engine::open` of a root with 10,000 snapshots, all in the
 //!   checkpoint (the root was closed cleanly).
 //! - The cost curve, at 1,000 / 10,000 / 100,000 snapshots (see [`cost_curve`]):
-//!   `open_ms_<n>_snapshots`, `recovery_ms_<n>_snapshots` (checkpoint plus a WAL tail) and
-//!   `prepare_commit_ops_per_s_<n>_present`, with ratios to the smallest root. Building the
+//!   `open_ms_<n>_snapshots`, `open_cpu_ms_<n>_snapshots` (the CPU time of the process during
+//!   the open: the figure a busy machine does not move), `recovery_ms_<n>_snapshots`
+//!   (checkpoint plus a WAL tail) and `prepare_commit_ops_per_s_<n>_present`, with ratios to
+//!   the smallest root. Building the
 //!   100,000-snapshot root takes minutes; `CAIRN_ENGINE_BENCH_NO_CURVE=1` skips the curve,
 //!   `CAIRN_ENGINE_BENCH_CURVE_ONLY=1` runs only the curve.
 
@@ -130,12 +132,14 @@ fn cost_curve(dir: &Path) {
             t.elapsed().as_secs_f64()
         );
         let open = best_open(&root);
+        let open_cpu = (0..3).map(|_| open_cpu_ms(&root)).fold(f64::MAX, f64::min);
         run_child(&format!("tail:{CURVE_TAIL_OPS}:{}", root.display()));
         let recovery = time_open(&root);
         let (engine, _) = Engine::open(&root, options()).expect("open the curve root");
         let ops = prepare_commit_ops_per_s_for(&engine, CLIENTS, "present", CURVE_MEASURE);
         engine.close().expect("close the curve root");
         figure(&format!("open_ms_{n}_snapshots"), open, 1);
+        figure(&format!("open_cpu_ms_{n}_snapshots"), open_cpu, 1);
         figure(&format!("recovery_ms_{n}_snapshots"), recovery, 1);
         figure(&format!("prepare_commit_ops_per_s_{n}_present"), ops, 0);
         match first {
@@ -186,6 +190,28 @@ fn build_curve_root(n: u64, root: &Path) {
 /// checkpoints, so every open reads the same checkpoint and an empty tail).
 fn best_open(root: &Path) -> f64 {
     (0..3).map(|_| time_open(root)).fold(f64::MAX, f64::min)
+}
+
+/// CPU time (user + system, ms) this process has used so far, all its threads: the cost of an
+/// open however busy the machine is (wall time on a shared machine also counts the waits for
+/// a core).
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
+}
+
+/// The CPU time (ms) of one open of `root` (closed again, not counted).
+fn open_cpu_ms(root: &Path) -> f64 {
+    let before = cpu_ms();
+    let (engine, _) = Engine::open(root, options()).expect("open the prepared root");
+    let used = cpu_ms() - before;
+    engine.close().expect("close the prepared root");
+    used
 }
 
 fn options() -> EngineOptions {

@@ -97,6 +97,18 @@ pub fn replay(
     records: Records,
     report: &mut RecoveryReport,
 ) -> Result<(), EngineError> {
+    replay_noting_seals(state, from, records, report, &mut BTreeSet::new())
+}
+
+/// [`replay`], also noting in `sealed` the snapshot of every commit the replayed records
+/// abort: a seal that failed or was cut may have left its marker temporary (row R23).
+fn replay_noting_seals(
+    state: &mut State,
+    from: Lsn,
+    records: Records,
+    report: &mut RecoveryReport,
+    sealed: &mut BTreeSet<SnapshotId>,
+) -> Result<(), EngineError> {
     for rec in records {
         let rec = rec?;
         if rec.lsn <= from {
@@ -105,6 +117,11 @@ pub fn replay(
         }
         let record = journal::decode(rec.lsn, &rec.payload)?;
         check_sequence(state, rec.lsn, &record)?;
+        if let Op::Abort { of } = &record.op {
+            if let Some(id) = commit_source(state, *of) {
+                sealed.insert(id);
+            }
+        }
         state.apply(&record).map_err(|source| EngineError::Replay {
             lsn: rec.lsn,
             txid: record.txid,
@@ -144,6 +161,14 @@ pub fn abort_pending(state: &mut State, next_lsn: Lsn) -> Result<Vec<Record>, En
         aborts.push(record);
     }
     Ok(aborts)
+}
+
+/// The snapshot a pending commit `txid` seals, if `txid` is one.
+fn commit_source(state: &State, txid: TxId) -> Option<SnapshotId> {
+    match state.pending.get(&txid)? {
+        cairn_state::Pending::Commit { key, .. } => state.snapshots.get(key).map(|s| s.id),
+        _ => None,
+    }
 }
 
 fn state_dropped(aborts: &[Record]) -> Vec<TxId> {
@@ -200,7 +225,25 @@ pub(crate) fn recover(
             wal_first: wal.first_lsn(),
         });
     }
-    replay(&mut state, checkpoint_lsn, records, &mut report)?;
+    // Row "marker temporary" looks only where a seal can have been cut: the commits pending
+    // now, and those the log tail aborts (a recovery cut after journaling its aborts, or a seal
+    // that failed while the engine ran; a failed marker write removes its own temporary or
+    // stops the engine, so none hides behind a checkpoint). One probe per such snapshot, not
+    // one per snapshot in the root.
+    let mut sealed = BTreeSet::new();
+    replay_noting_seals(
+        &mut state,
+        checkpoint_lsn,
+        records,
+        &mut report,
+        &mut sealed,
+    )?;
+    let pending_commits: Vec<TxId> = state.pending.keys().copied().collect();
+    sealed.extend(
+        pending_commits
+            .into_iter()
+            .filter_map(|txid| commit_source(&state, txid)),
+    );
     if report.skipped_records > 0 {
         report.fire(Row::R8);
     }
@@ -333,7 +376,7 @@ pub(crate) fn recover(
         }
     }
     // Row "marker temporary": a seal interrupted before its marker rename leaves txid.tmp.
-    for id in inv.installed.keys() {
+    for id in sealed.iter().filter(|id| inv.installed.contains_key(id)) {
         if let Some(dir) = driver.tree(*id).parent() {
             if cairn_driver::marker::remove_leftover(dir)? {
                 report.marker_tmp_removed.push(*id);

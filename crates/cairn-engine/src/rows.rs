@@ -119,7 +119,7 @@ impl Row {
             Row::R20 => "`snapshots/<id>` that no snapshot names (a removal journaled but not yet moved to trash, or a foreign tree with a decimal name)",
             Row::R21 => "`staging/<txid>` with no pending transaction (aborted or dropped create; a leftover next to an installed tree, R31)",
             Row::R22 => "`trash/<id>` (removal interrupted during the delete)",
-            Row::R23 => "`snapshots/<id>/txid.tmp` (a seal's marker write interrupted before its rename)",
+            Row::R23 => "`snapshots/<id>/txid.tmp` of a snapshot whose commit is pending or aborted in the log tail (a seal's marker write interrupted before its rename; looked for only there)",
             Row::R24 => "Index applied txid behind the journal (crash after the journal sync, before the index write)",
             Row::R25 => "Index applied txid ahead of the journal (index from a later life, journal restored)",
             Row::R26 => "Index directory missing",

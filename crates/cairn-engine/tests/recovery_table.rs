@@ -616,24 +616,65 @@ fn r22_trash_is_purged() {
     clean(&h);
 }
 
-#[test]
-fn r23_marker_temporary_is_removed() {
-    let (_t, root) = new_root();
-    root_with_base(&root);
+/// A closed root with `base` (id 1) and active `act` (id 2, txids 5, 6), a `BeginCommit` of
+/// `act` at txid 7 and, if `aborted`, its `Abort` at 8; `snapshots/2/txid.tmp` as the seal
+/// left it.
+fn root_with_cut_seal(root: &Path, aborted: bool) {
+    root_with_base(root);
+    let (h, _) = open(root).unwrap();
+    h.prepare("act", Some("base"), Labels::new()).unwrap();
+    h.close().unwrap();
+    let mut records = vec![Record {
+        txid: TxId(7),
+        op: Op::BeginCommit {
+            key: "act".into(),
+            name: "done".into(),
+            labels: Labels::new(),
+            time_ns: 3,
+        },
+    }];
+    if aborted {
+        records.push(Record {
+            txid: TxId(8),
+            op: Op::Abort { of: TxId(7) },
+        });
+    }
+    append(root, &records);
     std::fs::write(
-        root.join("snapshots/1/txid.tmp"),
-        cairn_driver::marker::encode(TxId(99)),
+        root.join("snapshots/2/txid.tmp"),
+        cairn_driver::marker::encode(TxId(7)),
     )
     .unwrap();
-    let (h, report) = open(&root).unwrap();
-    fired(&report, Row::R23);
-    assert_eq!(report.marker_tmp_removed, vec![SnapshotId(1)]);
-    assert!(!root.join("snapshots/1/txid.tmp").exists());
-    assert!(
-        root.join("snapshots/1/txid").exists(),
-        "the marker itself is kept"
-    );
-    clean(&h);
+}
+
+#[test]
+fn r23_marker_temporary_is_removed() {
+    // The seal cut while its commit was pending, and cut in a recovery that had already
+    // journaled the abort (or a seal that failed while the engine ran).
+    for aborted in [false, true] {
+        let (_t, root) = new_root();
+        root_with_cut_seal(&root, aborted);
+        let (h, report) = open(&root).unwrap();
+        fired(&report, Row::R23);
+        assert_eq!(
+            report.marker_tmp_removed,
+            vec![SnapshotId(2)],
+            "aborted {aborted}"
+        );
+        assert!(!root.join("snapshots/2/txid.tmp").exists());
+        assert_eq!(
+            cairn_driver::marker::read(&root.join("snapshots/2")).unwrap(),
+            Some(TxId(5)),
+            "the marker itself is kept"
+        );
+        assert_eq!(h.stat("act").unwrap().kind, Kind::Active);
+        clean(&h);
+        h.commit("done", "act", Labels::new()).unwrap();
+        h.close().unwrap();
+        let (h, report) = open(&root).unwrap();
+        assert!(report.marker_tmp_removed.is_empty(), "{report:?}");
+        clean(&h);
+    }
 }
 
 fn set_index_txid(root: &Path, value: Option<&[u8]>) {
@@ -788,31 +829,31 @@ mod interrupted {
         std::process::exit(0);
     }
 
-    /// A root with every kind of recovery work at once: a pending create with staging (5), a
-    /// completed create still staged (7 → id 3), an orphan tree (9), a stray staging area (3),
-    /// trash (8) and a marker temporary in snapshots/1.
+    /// A root with every kind of recovery work at once: a pending commit of `act` (7) whose
+    /// seal left a marker temporary in snapshots/2, a pending create with staging (8), a
+    /// completed create still staged (9 → id 4), an orphan tree (9), a stray staging area
+    /// (3), trash (8).
     fn busy_root(root: &Path) {
-        root_with_base(root);
+        root_with_cut_seal(root, false);
         append(
             root,
             &[
-                begin_create(5, "pending", Some("base"), 2),
-                begin_create(6, "staged", None, 3),
-                complete(7, 6),
+                begin_create(8, "pending", Some("base"), 3),
+                begin_create(9, "staged", None, 4),
+                complete(10, 9),
             ],
         );
-        std::fs::create_dir_all(root.join("staging/5/fs")).unwrap();
-        std::fs::create_dir_all(root.join("staging/6/fs")).unwrap();
-        std::fs::write(root.join("staging/6/fs/s"), b"staged file").unwrap();
+        std::fs::create_dir_all(root.join("staging/8/fs")).unwrap();
+        std::fs::create_dir_all(root.join("staging/9/fs")).unwrap();
+        std::fs::write(root.join("staging/9/fs/s"), b"staged file").unwrap();
         std::fs::write(
-            root.join("staging/6/txid"),
-            cairn_driver::marker::encode(TxId(6)),
+            root.join("staging/9/txid"),
+            cairn_driver::marker::encode(TxId(9)),
         )
         .unwrap();
         std::fs::create_dir_all(root.join("staging/3/fs")).unwrap();
         std::fs::create_dir_all(root.join("snapshots/9/fs")).unwrap();
         std::fs::create_dir_all(root.join("trash/8/fs")).unwrap();
-        std::fs::write(root.join("snapshots/1/txid.tmp"), b"x").unwrap();
     }
 
     fn check_busy_root(root: &Path) {
@@ -827,8 +868,9 @@ mod interrupted {
             std::fs::read(committed_tree(&h, "base")[0].source.join("f")).unwrap(),
             b"base contents"
         );
-        assert_eq!(names(&root.join("snapshots")), vec!["1", "3"]);
-        assert_eq!(names(&root.join("snapshots/1")), vec!["fs", "txid"]);
+        assert_eq!(names(&root.join("snapshots")), vec!["1", "2", "4"]);
+        assert_eq!(names(&root.join("snapshots/2")), vec!["fs", "txid"]);
+        assert_eq!(h.stat("act").unwrap().kind, Kind::Active);
         assert!(names(&root.join("staging")).is_empty() && names(&root.join("trash")).is_empty());
         clean(&h);
         h.close().unwrap();

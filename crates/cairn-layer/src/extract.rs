@@ -149,6 +149,12 @@ struct Ex<'o, R: Read> {
     entries: u64,
     /// sha256 of each file record's content, by record index (known once the stream ends).
     file_digests: Vec<[u8; 32]>,
+    /// Canonical names of directories this import made (empty when it began), so a name in
+    /// one that `touched` lacks cannot exist: no `lstat` before creating it. Cleared by
+    /// anything that removes (a replaced entry, a whiteout).
+    fresh_dirs: HashSet<Vec<u8>>,
+    /// The copy buffer of file data and raw spans, reused across entries.
+    io_buf: Vec<u8>,
 }
 
 /// Imports a layer (plain, gzip or zstd tar) into `target`, writing the export metadata to
@@ -197,7 +203,18 @@ pub fn extract<R: Read>(
         next_file: 0,
         entries: 0,
         file_digests: Vec::new(),
+        fresh_dirs: HashSet::new(),
+        io_buf: vec![0u8; RAW_CHUNK],
     };
+    // A target with nothing in it (a base layer's, or an overlay upper directory) is fresh:
+    // the scratch files are unnamed, so they do not count.
+    if std::fs::read_dir(target)
+        .map_err(|e| fs_err("read target", e))?
+        .next()
+        .is_none()
+    {
+        ex.fresh_dirs.insert(Vec::new());
+    }
     ex.run()?;
     ex.finish_dirs()?;
     ex.flush_raw()?;
@@ -243,8 +260,21 @@ impl<R: Read> Ex<'_, R> {
 
     /// Copies `n` bytes of the stream into the metadata verbatim.
     fn raw_data(&mut self, n: u64, path: &[u8], reason: &'static str) -> Result<(), LayerError> {
+        let mut buf = std::mem::take(&mut self.io_buf);
+        let done = self.raw_data_with(&mut buf, n, path, reason);
+        self.io_buf = buf;
+        done
+    }
+
+    fn raw_data_with(
+        &mut self,
+        buf: &mut Vec<u8>,
+        n: u64,
+        path: &[u8],
+        reason: &'static str,
+    ) -> Result<(), LayerError> {
+        buf.resize(RAW_CHUNK, 0);
         let mut left = n;
-        let mut buf = vec![0u8; RAW_CHUNK];
         while left > 0 {
             let k = left.min(RAW_CHUNK as u64) as usize;
             self.tin.exact(&mut buf[..k], path, reason)?;

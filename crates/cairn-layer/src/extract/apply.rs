@@ -31,6 +31,7 @@ impl<R: Read> Ex<'_, R> {
             }
             Ok(Whiteout::No) => {}
             Ok(w) => {
+                self.fresh_dirs.clear();
                 let done = self.whiteout(&e, w);
                 self.root.forget_dirs();
                 done?;
@@ -62,7 +63,10 @@ impl<R: Read> Ex<'_, R> {
                     os(&leaf.name),
                     Mode::from_bits_truncate(0o700),
                 ) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Ok(()) => {
+                        self.fresh_dirs.insert(leaf.canonical.clone());
+                    }
+                    Err(Errno::EEXIST) => {}
                     Err(er) => return Err(self.fs(&e, "mkdir")(errno_io(er))),
                 }
                 self.chown_at(&e, leaf.dirfd(), &leaf.name)?;
@@ -170,9 +174,22 @@ impl<R: Read> Ex<'_, R> {
             .root
             .leaf(&e.rel, true)
             .map_err(self.fs(e, "resolve parent directory"))?;
-        let existing = lstat_at(leaf.dirfd(), &leaf.name).map_err(self.fs(e, "lstat"))?;
+        let parent = match leaf.canonical.iter().rposition(|&c| c == b'/') {
+            Some(i) => &leaf.canonical[..i],
+            None => &[][..],
+        };
+        // Everything this import put in a directory it made is in `touched`: a name that is
+        // not cannot exist there.
+        let surely_absent =
+            self.fresh_dirs.contains(parent) && !self.touched.contains(&leaf.canonical);
+        let existing = if surely_absent {
+            None
+        } else {
+            lstat_at(leaf.dirfd(), &leaf.name).map_err(self.fs(e, "lstat"))?
+        };
         if let Some(st) = existing {
             if !(new_is_dir && safepath::is_dir(&st)) {
+                self.fresh_dirs.clear();
                 self.before_remove(&leaf.canonical, e)?;
                 self.root.forget_dirs();
                 remove_all_at(leaf.dirfd(), &leaf.name).map_err(self.fs(e, "remove existing"))?;
@@ -265,16 +282,23 @@ impl<R: Read> Ex<'_, R> {
         n: u64,
         e: &Entry,
     ) -> Result<(), LayerError> {
+        let mut buf = std::mem::take(&mut self.io_buf);
+        buf.resize(RAW_CHUNK, 0);
         let mut left = n;
-        let mut buf = vec![0u8; RAW_CHUNK];
+        let mut done = Ok(());
         while left > 0 {
             let k = left.min(RAW_CHUNK as u64) as usize;
-            self.tin.exact(&mut buf[..k], &e.name, "inside file data")?;
-            file.write_all(&buf[..k])
-                .map_err(self.fs(e, "write file"))?;
+            done = self
+                .tin
+                .exact(&mut buf[..k], &e.name, "inside file data")
+                .and_then(|()| file.write_all(&buf[..k]).map_err(self.fs(e, "write file")));
+            if done.is_err() {
+                break;
+            }
             left -= k as u64;
         }
-        Ok(())
+        self.io_buf = buf;
+        done
     }
 
     /// Reads the GNU sparse 1.0 map (decimal lines, padded to a block) at the start of the

@@ -172,6 +172,18 @@ impl From<cairn_image::ImageError> for CliError {
     }
 }
 
+impl From<cairn_migrate::MigrateError> for CliError {
+    fn from(e: cairn_migrate::MigrateError) -> CliError {
+        use cairn_migrate::MigrateError as M;
+        match e {
+            M::Engine(e) => e.into(),
+            M::Io { ref source, .. } => CliError::new(io_kind(source), chain(&e)),
+            M::Refused { .. } => CliError::new(ErrorKind::FailedPrecondition, chain(&e)),
+            other => CliError::new(ErrorKind::InvalidArgument, chain(&other)),
+        }
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> CliError {
         CliError::new(io_kind(&e), chain(&e))

@@ -9,6 +9,7 @@ mod error;
 mod image;
 mod layer;
 mod maint;
+mod migrate;
 mod mount;
 mod output;
 mod progress;
@@ -128,6 +129,9 @@ pub enum Command {
     Container(container::ContainerCmd),
     /// Re-hash stored layers (one, or all) against their DiffIDs; exit 1 when any differs.
     Verify { chain_id: Option<String> },
+    /// Move another store's layers and images into the root (`migrate docker DIR`).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCmd),
     /// Serve containerd's snapshots gRPC API on a unix socket (a containerd proxy
     /// snapshotter) until SIGTERM or SIGINT. See docs/serve.md.
     Serve(serve::ServeArgs),
@@ -306,6 +310,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
         Command::Verify { chain_id } => layer::verify(ctx, chain_id),
         Command::Serve(args) => serve::run(ctx, args).map(|()| 0),
+        Command::Migrate(cmd) => migrate::run(ctx, cmd),
     }
 }
 
