@@ -41,6 +41,20 @@ fn batch_sync_failed(path: &Path, errors: u64) -> DriverError {
     }
 }
 
+/// A seal of the batch failed after its `txid.tmp` was written: remove it (durably), since
+/// recovery looks for a temporary only where the journal names an interrupted seal (row R23);
+/// if it cannot be removed, `MarkerTmpLeft` stops the engine.
+fn drop_tmp(dir: &Path, cause: DriverError) -> DriverError {
+    match marker::remove_leftover(dir) {
+        Ok(_) => cause,
+        Err(e) => DriverError::MarkerTmpLeft {
+            path: dir.join(marker::MARKER_TMP),
+            cause: cause.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
 impl Layout {
     /// Creates each tree in `snapshots/<id>` (fs/, work/ if `work(kind)`, the marker), then
     /// makes all of them durable with one syncfs. Nothing is journaled yet: until the caller
@@ -155,13 +169,13 @@ impl Layout {
                 None
             };
             if let Some(e) = failed {
+                let dir = dir.clone();
                 let e = if e.is_sync_failure() {
-                    let dir = dir.clone();
                     self.taint(id, &dir, e)
                 } else {
                     e
                 };
-                *slot = Err(e);
+                *slot = Err(drop_tmp(&dir, e));
             }
         }
         fail::fail_point!("driver::seal::after_sync");
@@ -169,7 +183,8 @@ impl Layout {
         for slot in live.iter_mut() {
             let Ok((dir, _, _)) = slot else { continue };
             if let Err(e) = marker::publish(dir) {
-                *slot = Err(e);
+                let dir = dir.clone();
+                *slot = Err(drop_tmp(&dir, e));
             } else {
                 renamed = true;
             }
@@ -204,7 +219,7 @@ impl Layout {
             return Err(DriverError::TreeSyncFailed { id, path: tainted });
         }
         let (usage, mut to_sync) = collect_tree(&dir.join(TREE))?;
-        let tmp = marker::write_tmp_unsynced(&dir, txid)?;
+        let tmp = marker::write_tmp_unsynced(&dir, txid).map_err(|e| drop_tmp(&dir, e))?;
         to_sync.push((tmp, false));
         Ok((dir, usage, to_sync))
     }

@@ -19,7 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const MARKER_NAME: &str = "txid";
-const MARKER_TMP: &str = "txid.tmp";
+pub(crate) const MARKER_TMP: &str = "txid.tmp";
 const MAGIC: &[u8; 4] = b"CTX1";
 pub const MARKER_LEN: usize = 16;
 
