@@ -146,6 +146,47 @@ pub enum DriverError {
         limit: usize,
     },
 
+    #[error("CAIRN_BLOCK_SIZE_BYTES={value:?} is not a size in bytes of at least {min_bytes}")]
+    BadImageSize { value: String, min_bytes: u64 },
+
+    #[error("attach {image} to a loop device: {source}")]
+    LoopAttach {
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("reflink {src} to {dst}: {source}")]
+    Reflink {
+        src: PathBuf,
+        dst: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The block driver clones images with FICLONE; without it every prepare would copy.
+    #[error(
+        "the block driver needs a file system that can reflink (xfs with reflink=1, btrfs) \
+         under {root}: {source}"
+    )]
+    ReflinkUnsupported {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("make the base image {image}: {program} failed: {detail}")]
+    Mkfs {
+        image: PathBuf,
+        program: &'static str,
+        detail: String,
+    },
+
+    /// The image is attached writable (a `cairn mount` of an Active is still up): its file
+    /// system's state is in that mount, not in the image, until it is unmounted.
+    #[error("snapshot {id}: its image {image} is mounted read-write; unmount it first")]
+    ImageInUse { id: SnapshotId, image: PathBuf },
+
     #[error("unmount {target}: {source}")]
     Unmount {
         target: PathBuf,

@@ -10,20 +10,25 @@
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
 mod batch;
+mod block;
 mod copy;
 mod digest;
 mod error;
 mod layout;
+pub mod loopdev;
 pub mod marker;
 pub mod mount;
 mod overlay;
 mod probe;
 mod remove;
+pub mod scratch;
 mod sync;
 mod vfs;
+mod view;
 mod walk;
 
 pub use batch::NewTree;
+pub use block::{BlockDriver, BlockOptions};
 pub use copy::{copy_tree, CopyStats};
 pub use digest::tree_digest;
 pub use error::{DriverError, MarkerFault};
@@ -33,6 +38,7 @@ pub use overlay::OverlayDriver;
 pub use sync::hook;
 pub use sync::{create_dir_all_durable, fsync_open, sync_tree, SyncMode};
 pub use vfs::VfsDriver;
+pub use view::TreeView;
 
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use std::path::{Path, PathBuf};
@@ -51,15 +57,35 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// True when staging `kind` on `parent` copies nothing (an empty tree, an overlay upper, a
     /// view): the engine then makes the tree with `create_many` on its own thread, in the batch
     /// that begins it, instead of a worker's `stage`.
-    fn creates_inline(&self, kind: Kind, parent: Option<SnapshotId>) -> bool;
+    fn creates_inline(&self, kind: Kind, parent: Option<SnapshotId>) -> bool {
+        let _ = (kind, parent);
+        false
+    }
     /// The trees of several such creations made straight in snapshots/<id> (no staging, no
     /// install), all durable after one shared sync when this returns Ok for them; a failed
     /// item's tree is removed. Nothing is journaled: the caller journals their completions
     /// after this returns (docs/drivers.md, "Batched syncs").
-    fn create_many(&self, items: &[NewTree]) -> Vec<Result<(), DriverError>>;
+    fn create_many(&self, items: &[NewTree]) -> Vec<Result<(), DriverError>> {
+        // Called only for what `creates_inline` accepts, which by default is nothing.
+        items
+            .iter()
+            .map(|item| {
+                Err(DriverError::Io {
+                    op: "create inline",
+                    path: self.tree(item.id),
+                    source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+                })
+            })
+            .collect()
+    }
     /// `seal` of several snapshots with their syncs shared (two syncfs for the batch); a
     /// failed shared sync fails and taints every snapshot it covered.
-    fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>>;
+    fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
+        items
+            .iter()
+            .map(|&(id, txid)| self.seal(id, txid))
+            .collect()
+    }
     /// The directory a layer import extracts into for a staged snapshot: staging/<txid>/fs.
     fn staged_tree(&self, txid: TxId) -> PathBuf;
     /// Make staging/<txid>/fs durable after someone (layer import) wrote into it.
@@ -109,6 +135,17 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn tree(&self, id: SnapshotId) -> PathBuf;
     /// How a layer's whiteouts must be written into this driver's trees.
     fn whiteout_style(&self) -> WhiteoutStyle;
+    /// Makes `staged_tree(txid)` a writable directory before a worker writes into it (layer
+    /// import, init files). block: loop-mounts the staged image there, undone by `sync_staged`
+    /// or `discard`; the other drivers' trees are directories already.
+    fn attach_staged(&self, _txid: TxId) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Snapshot id's own tree as a readable directory while the view lives (digest, export,
+    /// diff, verify). block: a private read-only loop mount of its image.
+    fn open_tree(&self, id: SnapshotId) -> Result<TreeView, DriverError> {
+        Ok(TreeView::dir(self.tree(id)))
+    }
 }
 
 /// Opens (creating if needed) the driver directories under `root`. The overlay driver probes
@@ -117,5 +154,6 @@ pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, Dri
     Ok(match kind {
         DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
         DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
+        DriverKind::Block => Box::new(BlockDriver::open(root, BlockOptions::from_env()?)?),
     })
 }

@@ -102,6 +102,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), DriverError> {
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
+    if data.iter().any(|o| o == "loop") {
+        return mount_loop(m, target, flags, read_only, &data);
+    }
     let joined = data.join(",");
     if m.kind == "overlay" && joined.len() > MOUNT_DATA_LIMIT {
         return mount_overlay_relative(m, target, flags, &data);
@@ -112,6 +115,31 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), DriverError> {
         Some(m.kind.as_str()),
         flags,
         Some(joined.as_str()),
+    )
+    .map_err(|e| mount_error(m, target, e.into()))
+}
+
+/// A `loop` mount (the block driver's images): attach the image to an auto-clearing loop
+/// device and mount that; the device detaches itself when the file system is unmounted.
+fn mount_loop(
+    m: &Mount,
+    target: &Path,
+    flags: MsFlags,
+    read_only: bool,
+    data: &[String],
+) -> Result<(), DriverError> {
+    let device = super::loopdev::attach(&m.source, read_only)?;
+    let rest: Vec<&str> = data
+        .iter()
+        .filter(|o| o.as_str() != "loop")
+        .map(String::as_str)
+        .collect();
+    mount(
+        Some(device.path()),
+        target,
+        Some(m.kind.as_str()),
+        flags,
+        Some(rest.join(",").as_str()),
     )
     .map_err(|e| mount_error(m, target, e.into()))
 }

@@ -57,6 +57,7 @@ pub(crate) fn import(
         cairn_state::types::Kind::Active,
         job.parent.map(|(id, _)| id),
     )?;
+    driver.attach_staged(txid)?;
     let tree = driver.staged_tree(txid);
     let meta_path = staged_meta_path(driver, txid);
     let file =
@@ -109,7 +110,8 @@ pub(crate) fn export(
     let meta = File::open(&path).map_err(EngineError::io("open layer metadata", &path))?;
     let meta = std::io::BufReader::new(meta);
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    let digest = layer::export(meta, &driver.tree(id), &mut out, diff_id)?;
+    let tree = driver.open_tree(id)?;
+    let digest = layer::export(meta, tree.path(), &mut out, diff_id)?;
     out.flush()
         .map_err(EngineError::io("write export", "output"))?;
     Ok(digest)
@@ -123,14 +125,14 @@ pub(crate) fn diff(
     parent: Option<SnapshotId>,
     out: Box<dyn Write + Send>,
 ) -> Result<Digest, EngineError> {
-    let tree = driver.tree(id);
-    let lower = parent.map(|p| driver.tree(p));
+    let tree = driver.open_tree(id)?;
+    let lower = parent.map(|p| driver.open_tree(p)).transpose()?;
     let source = match driver.whiteout_style() {
         layer::WhiteoutStyle::Delete => layer::DiffSource::Trees {
-            lower: lower.as_deref(),
-            upper: &tree,
+            lower: lower.as_ref().map(|l| l.path()),
+            upper: tree.path(),
         },
-        layer::WhiteoutStyle::OverlayCharDevice => layer::DiffSource::OverlayUpper(&tree),
+        layer::WhiteoutStyle::OverlayCharDevice => layer::DiffSource::OverlayUpper(tree.path()),
     };
     Ok(layer::diff(source, out)?.diff_id)
 }

@@ -33,6 +33,7 @@ impl RootMeta {
         out[10] = match self.driver {
             DriverKind::Vfs => 0,
             DriverKind::Overlay => 1,
+            DriverKind::Block => 2,
         };
         out[16..32].copy_from_slice(&self.store_id.0.to_le_bytes());
         let crc = crc32fast::hash(&out[..32]);
@@ -56,6 +57,7 @@ impl RootMeta {
         let driver = match bytes[10] {
             0 => DriverKind::Vfs,
             1 => DriverKind::Overlay,
+            2 => DriverKind::Block,
             _ => return Err(RootProblem::BadMeta),
         };
         let mut id = [0u8; 16];

@@ -60,7 +60,10 @@ pub(crate) fn run(driver: &dyn Driver, targets: &Targets, report: &mut FsckRepor
         report.layers_verified += 1;
     }
     for (key, id, recorded) in &targets.trees {
-        let found = match cairn_driver::tree_digest(&driver.tree(*id)) {
+        let found = match driver
+            .open_tree(*id)
+            .and_then(|tree| cairn_driver::tree_digest(tree.path()))
+        {
             Ok(found) => found,
             Err(_) if vanished(driver, *id) => continue,
             Err(e) => format!("unreadable: {e}"),

@@ -374,10 +374,7 @@ mod crash {
     }
 
     fn driver_name(d: DriverKind) -> &'static str {
-        match d {
-            DriverKind::Vfs => "vfs",
-            DriverKind::Overlay => "overlay",
-        }
+        d.name()
     }
 
     /// The child: run `setup` (mode setup) or the focus (modes trace and crash) of a workload.

@@ -354,6 +354,7 @@ fn meta_fixture_is_byte_exact_and_reads_back() {
     for (name, driver) in [
         ("cairn.meta.vfs", DriverKind::Vfs),
         ("cairn.meta.overlay", DriverKind::Overlay),
+        ("cairn.meta.block", DriverKind::Block),
     ] {
         let meta = RootMeta {
             driver,
@@ -365,7 +366,12 @@ fn meta_fixture_is_byte_exact_and_reads_back() {
         assert_eq!(bytes.len(), 36);
         assert_eq!(&bytes[0..8], b"CAIRNROT");
         assert_eq!(le_u16(&bytes, 8), 1, "version");
-        assert_eq!(bytes[10], u8::from(driver == DriverKind::Overlay), "driver");
+        let code = match driver {
+            DriverKind::Vfs => 0,
+            DriverKind::Overlay => 1,
+            DriverKind::Block => 2,
+        };
+        assert_eq!(bytes[10], code, "driver");
         assert_eq!(&bytes[11..16], [0u8; 5], "reserved");
         assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
         assert_eq!(le_u32(&bytes, 32), crc32fast::hash(&bytes[..32]), "crc");

@@ -11,7 +11,7 @@ mod source;
 mod verify;
 
 pub use error::ImageError;
-pub use plan::{Plan, PlannedLayer};
+pub use plan::{diff_ids, Plan, PlannedLayer};
 use source::Source;
 
 use cairn_engine::{EngineHandle, ImportOptions};

@@ -63,7 +63,7 @@ pub(crate) fn check(what: &str, bytes: &[u8], expected: &Digest) -> Result<(), I
 }
 
 /// The DiffIDs a config lists.
-pub(crate) fn diff_ids(path: &str, config: &[u8]) -> Result<Vec<Digest>, ImageError> {
+pub fn diff_ids(path: &str, config: &[u8]) -> Result<Vec<Digest>, ImageError> {
     let config: Config = json(path, config)?;
     config
         .rootfs

@@ -79,6 +79,7 @@ pub struct Usage {
 pub enum DriverKind {
     Vfs,
     Overlay,
+    Block,
 }
 
 impl DriverKind {
@@ -86,6 +87,7 @@ impl DriverKind {
         match self {
             DriverKind::Vfs => "vfs",
             DriverKind::Overlay => "overlay",
+            DriverKind::Block => "block",
         }
     }
 }

@@ -53,7 +53,8 @@ impl Core {
                 .zip(sealed)
                 .map(|(&(id, txid), r)| {
                     let r = r.and_then(|usage| {
-                        cairn_driver::tree_digest(&driver.tree(id)).map(|d| (usage, d))
+                        let tree = driver.open_tree(id)?;
+                        cairn_driver::tree_digest(tree.path()).map(|d| (usage, d))
                     });
                     (txid, r.map_err(EngineError::from))
                 })
@@ -132,6 +133,7 @@ impl Core {
                 let work = move || {
                     driver.stage(txid, kind, parent)?;
                     if init {
+                        driver.attach_staged(txid)?;
                         let tree = driver.staged_tree(txid);
                         crate::layers::write_init_files(&tree).map_err(|source| {
                             DriverError::Io {

@@ -13,6 +13,7 @@ mod migrate;
 mod mount;
 mod output;
 mod progress;
+mod registry;
 pub mod remote;
 mod serve;
 mod snapshot;
@@ -82,6 +83,9 @@ pub enum DriverArg {
     Vfs,
     /// Overlay upper dirs on parent lowerdirs; needs root and overlayfs.
     Overlay,
+    /// One ext4 image per snapshot, reflink-cloned from its parent's; needs root and a root
+    /// on a file system that reflinks (xfs with reflink=1, btrfs).
+    Block,
 }
 
 impl From<DriverArg> for DriverKind {
@@ -89,6 +93,7 @@ impl From<DriverArg> for DriverKind {
         match d {
             DriverArg::Vfs => DriverKind::Vfs,
             DriverArg::Overlay => DriverKind::Overlay,
+            DriverArg::Block => DriverKind::Block,
         }
     }
 }
@@ -135,6 +140,10 @@ pub enum Command {
     /// Serve containerd's snapshots gRPC API on a unix socket (a containerd proxy
     /// snapshotter) until SIGTERM or SIGINT. See docs/serve.md.
     Serve(serve::ServeArgs),
+    /// Pull an image from an OCI registry: HOST[:PORT]/REPO[:TAG|@DIGEST]. See docs/registry.md.
+    Pull(registry::PullArgs),
+    /// Push an image of the store to an OCI registry. See docs/registry.md.
+    Push(registry::PushArgs),
 }
 
 /// What a command needs: where the root is, how to open it, how to print.
@@ -310,6 +319,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
         Command::Container(cmd) => container::run(ctx, cmd).map(|()| 0),
         Command::Verify { chain_id } => layer::verify(ctx, chain_id),
         Command::Serve(args) => serve::run(ctx, args).map(|()| 0),
+        Command::Pull(args) => registry::pull(ctx, args).map(|()| 0),
+        Command::Push(args) => registry::push(ctx, args).map(|()| 0),
         Command::Migrate(cmd) => migrate::run(ctx, cmd),
     }
 }

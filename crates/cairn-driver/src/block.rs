@@ -1,0 +1,481 @@
+//! The block driver, after devicemapper's thin pool: every snapshot is one sparse file-system
+//! image (ext4), cloned from its parent's with a reflink (FICLONE) in constant time. A base
+//! image, made once with mkfs when the root is created, is what a snapshot without a parent
+//! is cloned from, as devicemapper's base device was.
+//!
+//! devicemapper kept a `DevInfo` per device with the transaction id that created it, and a
+//! pool transaction id to roll back to. Here every image lives inside the snapshot's own
+//! directory of the shared layout (`staging/<txid>/image`, `snapshots/<id>/image`,
+//! `trash/<id>/image`) beside its `txid` marker: the directory's name is the device id (or
+//! the creating transaction while staged), the marker its transaction id. Recovery matches
+//! these names against the journal exactly as for vfs and overlay, so an image can only be
+//! in a place recovery knows about: a crash leaves no orphaned image (containerd's
+//! blockfile leaves `rm-<id>` files and interrupted copies).
+//!
+//! The images are mounted only while needed: by the user (`cairn mount`: mounts are data,
+//! `{type: ext4, source: IMAGE, options: [loop, rw|ro]}`), by a layer import
+//! (`attach_staged` .. `sync_staged`), and read-only, privately, to read a tree
+//! (`open_tree`). Loop devices auto-clear, so a crash leaves none bound.
+
+use super::error::DriverError;
+use super::layout::{create_tree_root, Inventory, Layout, SYNC_FAILED, TREE};
+use super::loopdev::{self, attached, reflink};
+use super::marker;
+use super::mount::{mount_all, unmount};
+use super::sync::{fsync_dir, fsync_open, syncfs};
+use super::view::TreeView;
+use super::{Driver, WhiteoutStyle};
+use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A snapshot's image inside its directory.
+pub const IMAGE: &str = "image";
+/// The base image every parentless snapshot is cloned from, under the driver root.
+const BASE: &str = "block.base";
+const BASE_TMP: &str = "block.base.tmp";
+/// Private read-only mounts made by `open_tree`, and the probe files of `open`.
+const VIEWS: &str = "block.views";
+const PROBE: &str = "block.probe";
+const PROBE_CLONE: &str = "block.probe.clone";
+/// The file system type of the images.
+const FS_TYPE: &str = "ext4";
+/// Set at root creation by CAIRN_BLOCK_SIZE_BYTES, else 10 GiB (sparse: costs nothing).
+pub const DEFAULT_IMAGE_SIZE_BYTES: u64 = 10 << 30;
+const MIN_IMAGE_SIZE_BYTES: u64 = 64 << 20;
+const SIZE_ENV: &str = "CAIRN_BLOCK_SIZE_BYTES";
+
+/// Options for a block root; they only matter when the root (its base image) is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// The apparent size of every image (its file system's size).
+    pub size_bytes: u64,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions {
+            size_bytes: DEFAULT_IMAGE_SIZE_BYTES,
+        }
+    }
+}
+
+impl BlockOptions {
+    /// The default, with the size from `CAIRN_BLOCK_SIZE_BYTES` if set.
+    pub fn from_env() -> Result<BlockOptions, DriverError> {
+        match std::env::var(SIZE_ENV) {
+            Err(_) => Ok(BlockOptions::default()),
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(size_bytes) if size_bytes >= MIN_IMAGE_SIZE_BYTES => {
+                    Ok(BlockOptions { size_bytes })
+                }
+                _ => Err(DriverError::BadImageSize {
+                    value: v,
+                    min_bytes: MIN_IMAGE_SIZE_BYTES,
+                }),
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BlockDriver {
+    layout: Layout,
+    base: PathBuf,
+    views: PathBuf,
+    /// Staged transactions whose image is mounted on their tree by `attach_staged`.
+    attached: Mutex<BTreeSet<TxId>>,
+    next_view: AtomicU64,
+}
+
+fn exists(path: &Path) -> Result<bool, DriverError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DriverError::io("lstat", path, e)),
+    }
+}
+
+fn ext4(image: &Path, read_only: bool) -> Mount {
+    let mut options = vec![
+        "loop".to_string(),
+        if read_only { "ro" } else { "rw" }.to_string(),
+    ];
+    if !read_only {
+        // The base is made with lazy inode tables (its file is sparse, they read as zeros):
+        // without this every writable mount would start zeroing them, unsharing the clone.
+        options.push("noinit_itable".to_string());
+    }
+    Mount {
+        kind: FS_TYPE.to_string(),
+        source: image.to_path_buf(),
+        options,
+    }
+}
+
+/// Unmounts whatever is mounted on `target` (lazily); nothing mounted is not an error. Used
+/// on trees a killed process may have left mounted, before they are deleted.
+fn detach(target: &Path) {
+    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// Allocated bytes of the image and, from its ext4 superblock, the inodes in use (as of its
+/// last unmount), not counting the reserved ones but counting the root directory, as a walk
+/// of the tree would.
+fn image_usage(image: &Path) -> Result<Usage, DriverError> {
+    let mut file = File::open(image).map_err(|e| DriverError::io("open", image, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| DriverError::io("stat", image, e))?;
+    let mut sb = [0u8; 1024];
+    file.seek(SeekFrom::Start(1024))
+        .and_then(|_| file.read_exact(&mut sb))
+        .map_err(|e| DriverError::io("read superblock", image, e))?;
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]) as u64;
+    let inodes = if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
+        let used = u32_at(0).saturating_sub(u32_at(16));
+        // Inodes 1..first_ino are reserved (counted used); the root (2) is one of them.
+        used.saturating_sub(u32_at(84).saturating_sub(1)) + 1
+    } else {
+        0
+    };
+    Ok(Usage {
+        size_bytes: meta.blocks() * 512,
+        inodes,
+    })
+}
+
+impl BlockDriver {
+    /// Opens a block root, creating its base image (`options.size_bytes`, sparse) if it has
+    /// none. Fails with `ReflinkUnsupported` when the root's file system cannot reflink.
+    pub fn open(root: &Path, options: BlockOptions) -> Result<BlockDriver, DriverError> {
+        let layout = Layout::open(root)?;
+        let driver = BlockDriver {
+            base: root.join(BASE),
+            views: root.join(VIEWS),
+            layout,
+            attached: Mutex::default(),
+            next_view: AtomicU64::new(0),
+        };
+        driver.probe_reflink()?;
+        driver.clear_views()?;
+        if !exists(&driver.base)? {
+            driver.make_base(options)?;
+        }
+        Ok(driver)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The image of an installed snapshot.
+    pub fn image(&self, id: SnapshotId) -> PathBuf {
+        self.layout.snapshot_dir(id).join(IMAGE)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<TxId>> {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn probe_reflink(&self) -> Result<(), DriverError> {
+        let root = self.layout.root();
+        let probe = root.join(PROBE);
+        let clone = root.join(PROBE_CLONE);
+        for leftover in [&probe, &clone] {
+            match fs::remove_file(leftover) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(DriverError::io("unlink", leftover, e)),
+            }
+        }
+        fs::write(&probe, [0u8; 4096]).map_err(|e| DriverError::io("write", &probe, e))?;
+        let result = reflink(&probe, &clone);
+        let _ = fs::remove_file(&clone);
+        let _ = fs::remove_file(&probe);
+        match result {
+            Ok(_) => Ok(()),
+            Err(DriverError::Reflink { source, .. }) if loopdev::reflink_unsupported(&source) => {
+                Err(DriverError::ReflinkUnsupported {
+                    root: root.to_path_buf(),
+                    source,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unmounts and removes views a killed process left behind.
+    fn clear_views(&self) -> Result<(), DriverError> {
+        match fs::read_dir(&self.views) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(|e| DriverError::io("readdir", &self.views, e))?;
+                    detach(&entry.path());
+                    let _ = fs::remove_dir(entry.path());
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir(&self.views).map_err(|e| DriverError::io("mkdir", &self.views, e))
+            }
+            Err(e) => Err(DriverError::io("readdir", &self.views, e)),
+        }
+    }
+
+    /// mkfs into a temporary file, remove its lost+found (a snapshot starts empty, as on the
+    /// other drivers), make it durable, then rename it into place: a crash leaves the base
+    /// whole or absent (the temporary file is made again from scratch).
+    fn make_base(&self, options: BlockOptions) -> Result<(), DriverError> {
+        let root = self.layout.root();
+        let tmp = root.join(BASE_TMP);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::io("unlink", &tmp, e)),
+        }
+        let file = File::create(&tmp).map_err(|e| DriverError::io("create", &tmp, e))?;
+        file.set_len(options.size_bytes)
+            .map_err(|e| DriverError::io("truncate", &tmp, e))?;
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "cairn", "-E"])
+            .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1")
+            .arg(&tmp)
+            .output()
+            .map_err(|e| DriverError::io("run mkfs.ext4", &tmp, e))?;
+        if !out.status.success() {
+            return Err(DriverError::Mkfs {
+                image: tmp,
+                program: "mkfs.ext4",
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        let target = self.views.join("base");
+        fs::create_dir_all(&target).map_err(|e| DriverError::io("mkdir", &target, e))?;
+        mount_all(&[ext4(&tmp, false)], &target)?;
+        let lost = target.join("lost+found");
+        let removed = fs::remove_dir(&lost).map_err(|e| DriverError::io("rmdir", &lost, e));
+        // The unmount flushes the file system into the image (the loop device's flush
+        // fsyncs its backing file); the fsync below makes sure of it.
+        let unmounted = unmount(&target);
+        let _ = fs::remove_dir(&target);
+        removed?;
+        unmounted?;
+        // Invariant: the base's contents are on disk before its name says it is complete.
+        fsync_open(&file, &tmp, false)?;
+        fs::rename(&tmp, &self.base).map_err(|e| DriverError::io("rename", &tmp, e))?;
+        // Invariant: the base survives a crash once the root has been opened.
+        fsync_dir(root)
+    }
+
+    /// Records durably beside the image that its sync failed (see `Layout::seal`).
+    fn taint(&self, id: SnapshotId, dir: &Path, cause: DriverError) -> DriverError {
+        let path = dir.join(SYNC_FAILED);
+        let recorded = (|| {
+            let file = File::create(&path).map_err(|e| DriverError::io("create", &path, e))?;
+            fsync_open(&file, &path, false)?;
+            // Invariant: the note survives a power cut before the failed commit is answered.
+            fsync_dir(dir)
+        })();
+        match recorded {
+            Ok(()) => cause,
+            Err(e) => DriverError::TaintFailed {
+                id,
+                cause: cause.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    fn refuse_if_writable(&self, id: SnapshotId, image: &Path) -> Result<(), DriverError> {
+        if attached(image)? == Some(true) {
+            return Err(DriverError::ImageInUse {
+                id,
+                image: image.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Driver for BlockDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Block
+    }
+
+    fn stage(&self, txid: TxId, kind: Kind, parent: Option<SnapshotId>) -> Result<(), DriverError> {
+        let _ = kind; // Active and View both get a clone; only their mounts differ.
+        let src = match parent {
+            Some(parent) => self.layout.require_installed(parent)?.join(IMAGE),
+            None => self.base.clone(),
+        };
+        // A leftover of this txid may still be mounted by a killed import: unmount it before
+        // begin_stage deletes it, or the delete would walk into the mounted image.
+        detach(&self.layout.staged_tree(txid));
+        self.lock().remove(&txid);
+        let dir = self.layout.begin_stage(txid)?;
+        let image = dir.join(IMAGE);
+        fail::fail_point!("driver::block::before_clone");
+        let file = reflink(&src, &image)?;
+        // Invariant: the clone's extents and size are on disk before the marker says the
+        // stage is complete; a crash before the marker leaves a staging recovery discards.
+        fsync_open(&file, &image, false)?;
+        fail::fail_point!("driver::block::after_clone");
+        create_tree_root(&dir.join(TREE))?;
+        fail::fail_point!("driver::stage::after_sync");
+        // finish_stage's marker write fsyncs staging/<txid>, which names image and fs/.
+        self.layout.finish_stage(txid)
+    }
+
+    fn staged_tree(&self, txid: TxId) -> PathBuf {
+        self.layout.staged_tree(txid)
+    }
+
+    fn attach_staged(&self, txid: TxId) -> Result<(), DriverError> {
+        let dir = self.layout.staging_dir(txid);
+        let image = dir.join(IMAGE);
+        if !exists(&image)? {
+            return Err(DriverError::StagingMissing { txid, path: image });
+        }
+        let mut attached = self.lock();
+        if attached.contains(&txid) {
+            return Ok(());
+        }
+        mount_all(&[ext4(&image, false)], &dir.join(TREE))?;
+        attached.insert(txid);
+        Ok(())
+    }
+
+    fn sync_staged(&self, txid: TxId) -> Result<(), DriverError> {
+        let dir = self.layout.staging_dir(txid);
+        let image = dir.join(IMAGE);
+        if !exists(&image)? {
+            return Err(DriverError::StagingMissing { txid, path: image });
+        }
+        fail::fail_point!("driver::sync_staged::before_sync");
+        if self.lock().remove(&txid) {
+            let tree = dir.join(TREE);
+            // Invariant: everything the import wrote is in the image before install can
+            // publish it. Never retried: on failure the engine discards the staging and a new
+            // attempt starts from a fresh clone under a new txid.
+            let synced = syncfs(&tree);
+            // Unmounted either way, so a discard can delete the staging.
+            unmount(&tree)?;
+            synced?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| DriverError::io("open", &image, e))?;
+        // Invariant: the image's blocks (written through the loop device into its page cache)
+        // are on disk before the import's completion is journaled.
+        fsync_open(&file, &image, false)?;
+        // Invariant: layer.meta, written beside the image, is durable in staging/<txid>.
+        fsync_dir(&dir)?;
+        fail::fail_point!("driver::sync_staged::after_sync");
+        Ok(())
+    }
+
+    fn install(&self, txid: TxId, id: SnapshotId) -> Result<(), DriverError> {
+        self.layout.install(txid, id)
+    }
+
+    fn install_many(&self, items: &[(TxId, SnapshotId)]) -> Result<(), DriverError> {
+        self.layout.install_many(items)
+    }
+
+    fn discard(&self, txid: TxId) -> Result<(), DriverError> {
+        // A failed import may leave its image mounted on the staged tree.
+        detach(&self.layout.staged_tree(txid));
+        self.lock().remove(&txid);
+        self.layout.discard(txid)
+    }
+
+    fn seal(&self, id: SnapshotId, txid: TxId) -> Result<Usage, DriverError> {
+        let dir = self.layout.require_installed(id)?;
+        let tainted = dir.join(SYNC_FAILED);
+        if exists(&tainted)? {
+            return Err(DriverError::TreeSyncFailed { id, path: tainted });
+        }
+        let image = dir.join(IMAGE);
+        // A read-write mount holds the file system's state; sealing the image under it would
+        // commit a file system that is not clean.
+        self.refuse_if_writable(id, &image)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| DriverError::io("open", &image, e))?;
+        fail::fail_point!("driver::seal::before_sync");
+        // Invariant: every block of the image is on disk before the marker claims `txid` and
+        // the commit is journaled as complete.
+        if let Err(e) = fsync_open(&file, &image, false) {
+            return Err(self.taint(id, &dir, e));
+        }
+        fail::fail_point!("driver::seal::after_sync");
+        marker::write(&dir, txid)?;
+        fail::fail_point!("driver::seal::after_marker");
+        image_usage(&image)
+    }
+
+    fn usage(&self, id: SnapshotId) -> Result<Usage, DriverError> {
+        let dir = self.layout.require_installed(id)?;
+        image_usage(&dir.join(IMAGE))
+    }
+
+    fn mounts(
+        &self,
+        id: SnapshotId,
+        kind: Kind,
+        _parents: &[SnapshotId],
+    ) -> Result<Vec<Mount>, DriverError> {
+        let image = self.layout.require_installed(id)?.join(IMAGE);
+        Ok(vec![ext4(&image, kind != Kind::Active)])
+    }
+
+    fn remove(&self, id: SnapshotId) -> Result<(), DriverError> {
+        self.layout.remove(id)
+    }
+
+    fn purge_trash(&self) -> Result<(), DriverError> {
+        self.layout.purge_trash()
+    }
+
+    fn inventory(&self) -> Result<Inventory, DriverError> {
+        self.layout.inventory()
+    }
+
+    fn inventory_names(&self) -> Result<Inventory, DriverError> {
+        self.layout.inventory_names()
+    }
+
+    fn tree(&self, id: SnapshotId) -> PathBuf {
+        self.layout.tree(id)
+    }
+
+    fn open_tree(&self, id: SnapshotId) -> Result<TreeView, DriverError> {
+        let image = self.layout.require_installed(id)?.join(IMAGE);
+        self.refuse_if_writable(id, &image)?;
+        let n = self.next_view.fetch_add(1, Ordering::Relaxed);
+        let target = self.views.join(format!("{id}.{n}"));
+        fs::create_dir(&target).map_err(|e| DriverError::io("mkdir", &target, e))?;
+        if let Err(e) = mount_all(&[ext4(&image, true)], &target) {
+            let _ = fs::remove_dir(&target);
+            return Err(e);
+        }
+        Ok(TreeView::mounted(target))
+    }
+
+    fn whiteout_style(&self) -> WhiteoutStyle {
+        WhiteoutStyle::Delete
+    }
+}
