@@ -325,7 +325,8 @@ mod crash {
             prior: None,
         });
         // Recovery with work to do, interrupted: the prior crash leaves a pending create, a
-        // completed create still in staging, an inline creation's unjournaled tree, a removal in trash, or a pending commit.
+        // completed create still in staging, an inline creation's unjournaled tree, a removal
+        // in trash, or a pending commit.
         for (tag, prior_focus, fp) in [
             (
                 "pending_create",
@@ -682,6 +683,12 @@ mod crash {
             // `crates/cairn-driver/tests/driver_failpoints.rs` covers them.
             "driver::stage::before_clear",
             "driver::stage::after_clear",
+            // Reference-counted mounts need root and real mounts; tests/mount_crash.rs crashes
+            // at each of these and checks recovery against /proc/self/mountinfo.
+            "engine::mount::before_mount",
+            "engine::mount::after_mount",
+            "engine::unmount::before_unmount",
+            "engine::unmount::after_unmount",
         ];
         let missing: Vec<&String> = missing
             .iter()
