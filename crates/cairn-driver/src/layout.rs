@@ -63,7 +63,7 @@ pub struct Layout {
     stage_since: std::sync::Mutex<BTreeMap<TxId, u64>>,
 }
 
-fn exists(path: &Path) -> Result<bool, DriverError> {
+pub(crate) fn exists(path: &Path) -> Result<bool, DriverError> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -334,7 +334,7 @@ impl Layout {
     /// seal (after a retry, or a reopen within the same boot) can report the tree durable.
     /// Returns the error to report: the sync failure, or `TaintFailed` if the record could not
     /// be made durable (the engine then stops).
-    fn taint(&self, id: SnapshotId, dir: &Path, cause: DriverError) -> DriverError {
+    pub(crate) fn taint(&self, id: SnapshotId, dir: &Path, cause: DriverError) -> DriverError {
         let path = dir.join(SYNC_FAILED);
         let recorded = (|| {
             let file = fs::File::create(&path).map_err(|e| DriverError::io("create", &path, e))?;

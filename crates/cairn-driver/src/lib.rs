@@ -9,6 +9,7 @@
 //! The engine thread calls only the cheap operations (install, discard, mounts, inventory);
 //! `stage`, `sync_staged`, `seal` and `remove` may walk whole trees and belong on workers.
 
+mod batch;
 mod block;
 mod btrfs;
 mod copy;
@@ -28,6 +29,7 @@ mod vfs;
 mod view;
 mod walk;
 
+pub use batch::NewTree;
 pub use block::{BlockDriver, BlockOptions};
 pub use btrfs::BtrfsDriver;
 pub use copy::{copy_tree, CopyStats};
@@ -55,6 +57,38 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// nothing is copied). Writes the marker = txid. Everything staged is durable when this returns.
     /// Heavy: called on a worker thread, never on the engine thread.
     fn stage(&self, txid: TxId, kind: Kind, parent: Option<SnapshotId>) -> Result<(), DriverError>;
+    /// True when staging `kind` on `parent` copies nothing (an empty tree, an overlay upper, a
+    /// view): the engine then makes the tree with `create_many` on its own thread, in the batch
+    /// that begins it, instead of a worker's `stage`.
+    fn creates_inline(&self, kind: Kind, parent: Option<SnapshotId>) -> bool {
+        let _ = (kind, parent);
+        false
+    }
+    /// The trees of several such creations made straight in snapshots/<id> (no staging, no
+    /// install), all durable after one shared sync when this returns Ok for them; a failed
+    /// item's tree is removed. Nothing is journaled: the caller journals their completions
+    /// after this returns (docs/drivers.md, "Batched syncs").
+    fn create_many(&self, items: &[NewTree]) -> Vec<Result<(), DriverError>> {
+        // Called only for what `creates_inline` accepts, which by default is nothing.
+        items
+            .iter()
+            .map(|item| {
+                Err(DriverError::Io {
+                    op: "create inline",
+                    path: self.tree(item.id),
+                    source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+                })
+            })
+            .collect()
+    }
+    /// `seal` of several snapshots with their syncs shared (two syncfs for the batch); a
+    /// failed shared sync fails and taints every snapshot it covered.
+    fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
+        items
+            .iter()
+            .map(|&(id, txid)| self.seal(id, txid))
+            .collect()
+    }
     /// The directory a layer import extracts into for a staged snapshot: staging/<txid>/fs.
     fn staged_tree(&self, txid: TxId) -> PathBuf;
     /// Make staging/<txid>/fs durable after someone (layer import) wrote into it.

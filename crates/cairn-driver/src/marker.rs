@@ -16,10 +16,10 @@ use cairn_state::types::TxId;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const MARKER_NAME: &str = "txid";
-const MARKER_TMP: &str = "txid.tmp";
+pub(crate) const MARKER_TMP: &str = "txid.tmp";
 const MAGIC: &[u8; 4] = b"CTX1";
 pub const MARKER_LEN: usize = 16;
 
@@ -109,6 +109,43 @@ fn write_steps(
     fsync_dir(dir)?;
     fail::fail_point!("driver::marker::after_dir_sync");
     Ok(())
+}
+
+/// The two halves of a batched `write` (docs/drivers.md, "Batched syncs"): this writes
+/// `<dir>/txid.tmp` and returns its path, without any sync. The caller makes it durable (one
+/// syncfs for the batch) before [`publish`] renames it, and the rename durable (a second one)
+/// before anyone relies on the marker.
+pub(crate) fn write_unsynced(dir: &Path, name: &str, txid: TxId) -> Result<PathBuf, DriverError> {
+    let path = dir.join(name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| DriverError::io("create", &path, e))?;
+    f.write_all(&encode(txid))
+        .map_err(|e| DriverError::io("write", &path, e))?;
+    Ok(path)
+}
+
+/// `write_unsynced` of the temporary marker (a seal's first half).
+pub(crate) fn write_tmp_unsynced(dir: &Path, txid: TxId) -> Result<PathBuf, DriverError> {
+    write_unsynced(dir, MARKER_TMP, txid)
+}
+
+/// `write_unsynced` of the marker itself, in a directory created by the same batch that nothing
+/// names yet (an inline creation: its completion is journaled only after the batch's sync).
+pub(crate) fn write_new_unsynced(dir: &Path, txid: TxId) -> Result<PathBuf, DriverError> {
+    write_unsynced(dir, MARKER_NAME, txid)
+}
+
+/// Replaces `<dir>/txid` with the `<dir>/txid.tmp` a batch already made durable (no sync).
+pub(crate) fn publish(dir: &Path) -> Result<(), DriverError> {
+    let tmp = dir.join(MARKER_TMP);
+    // Invariant: `txid` is replaced in one step; readers never see a partial marker.
+    fs::rename(&tmp, dir.join(MARKER_NAME)).map_err(|e| DriverError::io("rename", &tmp, e))
 }
 
 /// Removes a `<dir>/txid.tmp` left by a `write` interrupted before its rename; returns whether

@@ -116,6 +116,20 @@ impl Driver for OverlayDriver {
         self.layout.finish_stage(txid)
     }
 
+    fn creates_inline(&self, kind: Kind, parent: Option<SnapshotId>) -> bool {
+        // Nothing is ever copied: the parents are lowerdirs at mount time.
+        let _ = (kind, parent);
+        true
+    }
+
+    fn create_many(&self, items: &[super::NewTree]) -> Vec<Result<(), DriverError>> {
+        self.layout.create_many(items, |kind| kind == Kind::Active)
+    }
+
+    fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
+        self.layout.seal_many(items)
+    }
+
     fn staged_tree(&self, txid: TxId) -> PathBuf {
         self.layout.staged_tree(txid)
     }

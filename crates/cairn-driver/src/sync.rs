@@ -218,6 +218,13 @@ impl FsWatch {
 }
 
 impl FsWatch {
+    /// One syncfs through the watch for a whole batch (docs/drivers.md, "Batched syncs"):
+    /// returns the error count after it. A count other than the one sampled when the batch's
+    /// work began means an error was reported while the batch's pages were written back.
+    pub(crate) fn sync_batch(&self) -> u64 {
+        self.syncfs()
+    }
+
     /// syncfs through the watch; fails if any write-back error was reported since `since`.
     pub(crate) fn check_since(&self, since: u64, path: &Path) -> Result<(), DriverError> {
         let errors = self.syncfs();
@@ -256,11 +263,8 @@ pub(crate) fn sync_tree_watched(
     sync_tree_with(root, mode, Some((watch, since)))
 }
 
-fn sync_tree_with(
-    root: &Path,
-    mode: SyncMode,
-    watch: Option<(&FsWatch, u64)>,
-) -> Result<Usage, DriverError> {
+/// A tree's usage and the files and directories an fsync can flush, parents first.
+pub(crate) fn collect_tree(root: &Path) -> Result<(Usage, Vec<(PathBuf, bool)>), DriverError> {
     let mut counter = UsageCounter::default();
     let mut to_sync: Vec<(PathBuf, bool)> = Vec::new();
     walk(root, |path, meta| {
@@ -270,21 +274,32 @@ fn sync_tree_with(
         }
         Ok(())
     })?;
-    let usage = counter.usage();
+    Ok((counter.usage(), to_sync))
+}
+
+/// fsync each of `to_sync`, children first (they were collected parents first).
+pub(crate) fn fsync_each(to_sync: &[(PathBuf, bool)]) -> Result<(), DriverError> {
+    for (path, is_dir) in to_sync.iter().rev() {
+        let file = open_nofollow(path)?;
+        fsync_open(&file, path, *is_dir)?;
+    }
+    Ok(())
+}
+
+fn sync_tree_with(
+    root: &Path,
+    mode: SyncMode,
+    watch: Option<(&FsWatch, u64)>,
+) -> Result<Usage, DriverError> {
+    let (usage, to_sync) = collect_tree(root)?;
     let per_file = match mode {
         SyncMode::PerFile => true,
         SyncMode::Syncfs => false,
         SyncMode::Auto => usage.inodes <= SYNCFS_THRESHOLD,
     };
-    let fsync_all = |to_sync: &[(PathBuf, bool)]| -> Result<(), DriverError> {
-        // Children before parents is not required for correctness (each fsync is independent),
-        // but flushing files first lets the directory fsyncs find their inodes already clean.
-        for (path, is_dir) in to_sync.iter().rev() {
-            let file = open_nofollow(path)?;
-            fsync_open(&file, path, *is_dir)?;
-        }
-        Ok(())
-    };
+    // Children before parents is not required for correctness (each fsync is independent),
+    // but flushing files first lets the directory fsyncs find their inodes already clean.
+    let fsync_all = fsync_each;
     if per_file {
         fsync_all(&to_sync)?;
         return Ok(usage);

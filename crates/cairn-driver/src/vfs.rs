@@ -75,6 +75,19 @@ impl Driver for VfsDriver {
         self.layout.finish_stage(txid)
     }
 
+    fn creates_inline(&self, kind: Kind, parent: Option<SnapshotId>) -> bool {
+        // A vfs Active on a parent is a copy of it: a worker's job.
+        !(kind == Kind::Active && parent.is_some())
+    }
+
+    fn create_many(&self, items: &[super::NewTree]) -> Vec<Result<(), DriverError>> {
+        self.layout.create_many(items, |_| false)
+    }
+
+    fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
+        self.layout.seal_many(items)
+    }
+
     fn staged_tree(&self, txid: TxId) -> PathBuf {
         self.layout.staged_tree(txid)
     }

@@ -12,6 +12,8 @@
 //!   two-step transaction;
 //! - [`effects`]: running the effects of applied records: the only caller of the driver's
 //!   mutating methods;
+//! - [`inline`]: creations whose trees copy nothing, made and completed in the batch that
+//!   begins them, with one shared sync for all of them;
 //! - [`maintenance`]: checkpoint, index bookkeeping, cleanup and strays.
 
 mod aufs;
@@ -19,6 +21,7 @@ mod batch;
 mod completions;
 mod dispatch;
 mod effects;
+mod inline;
 mod maintenance;
 mod queries;
 

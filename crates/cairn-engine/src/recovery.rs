@@ -298,6 +298,15 @@ pub(crate) fn recover(
     // Row "pending": a begun transaction without a durable completion is dropped. The abort
     // is journaled first, so a crash from here on finds nothing pending and removes the
     // staging area as a stray.
+    // The snapshot ids of dropped creations: a tree under one is an inline creation's (R40).
+    let dropped_ids: BTreeSet<SnapshotId> = state
+        .pending
+        .values()
+        .filter_map(|p| match p {
+            cairn_state::Pending::Create { snapshot, .. } => Some(snapshot.id),
+            _ => None,
+        })
+        .collect();
     let aborts = abort_pending(&mut state, wal.next_lsn())?;
     if !aborts.is_empty() {
         let payloads: Vec<Vec<u8>> = aborts.iter().map(journal::encode).collect();
@@ -373,9 +382,18 @@ pub(crate) fn recover(
     let ids: BTreeSet<SnapshotId> = state.snapshots.values().map(|s| s.id).collect();
     for id in inv.installed.keys() {
         if !ids.contains(id) {
+            // An inline creation's tree carries its marker (a foreign tree need not).
+            let inline = (dropped_ids.contains(id) || id.0 >= state.next_id)
+                && driver
+                    .tree(*id)
+                    .parent()
+                    .is_some_and(|dir| matches!(cairn_driver::marker::read(dir), Ok(Some(_))));
             driver.remove(*id)?;
             report.orphans_removed.push(*id);
             report.fire(Row::R20);
+            if inline {
+                report.fire(Row::R40);
+            }
         }
     }
     let created: BTreeSet<TxId> = state.snapshots.values().map(|s| s.created_txid).collect();

@@ -52,11 +52,12 @@ pub enum Row {
     R37,
     R38,
     R39,
+    R40,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 39] = [
+    pub const ALL: [Row; 40] = [
         Row::R1,
         Row::R2,
         Row::R3,
@@ -96,6 +97,7 @@ impl Row {
         Row::R37,
         Row::R38,
         Row::R39,
+        Row::R40,
     ];
 
     /// What recovery finds on disk.
@@ -140,6 +142,7 @@ impl Row {
             Row::R37 => "`Mount` of a first reference pending (crash between journaling it and its mount(2), or between the mount(2) and its `Complete`)",
             Row::R38 => "`Unmount` of a last reference pending (crash between journaling it and its umount(2), or between the umount(2) and its `Complete`)",
             Row::R39 => "A counted mount whose target is not a mount point in `/proc/self/mountinfo` (a reboot, or an unmount behind cairn's back)",
+            Row::R40 => "`snapshots/<id>` of an inline creation whose `Complete` is not journaled (a crash between the batch's shared tree sync and its journal sync): its `BeginCreate` pending, or lost with it (the id is not yet allocated)",
         }
     }
 
@@ -185,6 +188,7 @@ impl Row {
             Row::R37 => "Target a mount point now: journal `Complete` (the mount is counted, once); else journal `Abort` (nothing is counted)",
             Row::R38 => "Target still a mount point: journal `Abort` (the mount and its reference stay); else journal `Complete` (the reference is gone)",
             Row::R39 => "Journal `MountGone`: its references are dropped, so the snapshot can be removed again",
+            Row::R40 => "Remove it (via trash), as R20; a pending `BeginCreate` is aborted first (R16). Nothing was acknowledged: the client is answered after the journal sync",
         }
     }
 
@@ -230,6 +234,7 @@ impl Row {
             Row::R37 => "`mount_steps_completed` or `mount_steps_aborted`",
             Row::R38 => "`mount_steps_completed` or `mount_steps_aborted`",
             Row::R39 => "`mounts_gone`",
+            Row::R40 => "`orphans_removed` (R20 fires too)",
         }
     }
 

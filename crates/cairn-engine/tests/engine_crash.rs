@@ -325,7 +325,8 @@ mod crash {
             prior: None,
         });
         // Recovery with work to do, interrupted: the prior crash leaves a pending create, a
-        // completed create still in staging, a removal in trash, or a pending commit.
+        // completed create still in staging, an inline creation's unjournaled tree, a removal
+        // in trash, or a pending commit.
         for (tag, prior_focus, fp) in [
             (
                 "pending_create",
@@ -336,6 +337,13 @@ mod crash {
                 "staged_install",
                 vec![p("x0", Some("base"))],
                 "engine::effect::before_install",
+            ),
+            // An inline creation (no copy, both drivers): its tree durable in snapshots/<id>,
+            // nothing journaled yet (row R40).
+            (
+                "inline_create",
+                vec![p("x1", None)],
+                "driver::create::after_sync",
             ),
             ("trash", vec![rm("act")], "driver::remove::after_rename"),
             (
@@ -682,6 +690,9 @@ mod crash {
             "engine::mount::after_mount",
             "engine::unmount::before_unmount",
             "engine::unmount::after_unmount",
+            // The block driver's clone steps: its own failpoint crash test covers them.
+            "driver::block::before_clone",
+            "driver::block::after_clone",
         ];
         let missing: Vec<&String> = missing
             .iter()
@@ -735,7 +746,8 @@ mod crash {
                 "prepare_parent",
                 "commit",
                 "remove",
-                "recover_staged_install",
+                // Overlay creations are inline (no staging, no install): their crash case.
+                "recover_inline_create",
                 "import",
                 "layer_rm_cascade",
                 "container",

@@ -178,11 +178,14 @@ mod panics {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("root");
         let engine = open(&root);
+        // An empty prepare needs no worker (it is made inline); a copy of a parent does.
+        engine.prepare("b", None, Labels::new()).expect("b");
+        engine.commit("base", "b", Labels::new()).expect("base");
         fail::cfg("engine::worker::job", "1*panic").expect("cfg");
-        panicked(engine.prepare("p", None, Labels::new()), "stage");
+        panicked(engine.prepare("p", Some("base"), Labels::new()), "stage");
         // The refused staging was aborted: the key is free again, the engine serves.
         engine
-            .prepare("p", None, Labels::new())
+            .prepare("p", Some("base"), Labels::new())
             .expect("prepare again");
         fail::cfg("engine::worker::job", "1*panic").expect("cfg");
         panicked(engine.commit("c", "p", Labels::new()), "seal");

@@ -543,9 +543,51 @@ fn r20_tree_without_snapshot_is_removed() {
     std::fs::write(root.join("snapshots/9/fs/junk"), b"orphan").unwrap();
     let (h, report) = open(&root).unwrap();
     fired(&report, Row::R20);
+    assert!(
+        !report.rows.contains(&Row::R40),
+        "a foreign tree has no marker"
+    );
     assert_eq!(report.orphans_removed, vec![SnapshotId(9)]);
     assert_eq!(names(&root.join("snapshots")), vec!["1"]);
     assert!(names(&root.join("trash")).is_empty());
+    clean(&h);
+}
+
+/// An inline creation's tree, as `create_many` leaves it before the batch's journal sync.
+fn inline_tree(root: &Path, id: u64, txid: u64) {
+    let dir = root.join("snapshots").join(id.to_string());
+    std::fs::create_dir_all(dir.join("fs")).unwrap();
+    std::fs::write(dir.join("txid"), cairn_driver::marker::encode(TxId(txid))).unwrap();
+}
+
+#[test]
+fn r37_inline_creation_not_journaled_is_removed() {
+    // Its BeginCreate journaled (pending), its Complete not.
+    let (_t, root) = new_root();
+    root_with_base(&root);
+    append(&root, &[begin_create(5, "x", None, 2)]);
+    inline_tree(&root, 2, 5);
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R40);
+    fired(&report, Row::R16);
+    assert_eq!(report.dropped, vec![TxId(5)]);
+    assert_eq!(report.orphans_removed, vec![SnapshotId(2)]);
+    assert!(h.stat("x").is_err());
+    assert_eq!(names(&root.join("snapshots")), vec!["1"]);
+    h.prepare("x", None, Labels::new()).unwrap();
+    clean(&h);
+    h.close().unwrap();
+    // Its BeginCreate lost with it: the id was never allocated.
+    let (_t2, root) = new_root();
+    root_with_base(&root);
+    inline_tree(&root, 2, 5);
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R40);
+    assert!(report.dropped.is_empty(), "{report:?}");
+    assert_eq!(report.orphans_removed, vec![SnapshotId(2)]);
+    assert_eq!(names(&root.join("snapshots")), vec!["1"]);
+    // The id is allocated afresh and its tree made anew.
+    h.prepare("y", None, Labels::new()).unwrap();
     clean(&h);
 }
 

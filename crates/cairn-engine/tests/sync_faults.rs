@@ -79,9 +79,10 @@ fn is_tainted(e: &EngineError) -> bool {
     matches!(e, EngineError::Driver(DriverError::TreeSyncFailed { .. }))
 }
 
-/// fsyncgate, small tree (per-file fsync): the first commit's fsync of one file fails; a retry
-/// (whose fsync the kernel would answer 0) is refused, also after a reopen; the snapshot can
-/// still be removed, and other snapshots commit.
+/// fsyncgate, through the engine: the commit's shared syncfs (the batch's one sync of every
+/// tree it seals) reports a lost write-back; the commit fails, a retry (whose sync the kernel
+/// would answer 0) is refused, also after a reopen; the snapshot can still be removed, and
+/// other snapshots commit.
 #[test]
 fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     let _serial = serial();
@@ -91,13 +92,12 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     h.prepare("a", None, Default::default()).expect("prepare");
     let tree = tree_of(&h, "a");
     write_files(&tree, 3);
-    let lost = tree.join("f001");
     let fired = Arc::new(AtomicBool::new(false));
     let guard = {
-        let (lost, fired) = (lost.clone(), Arc::clone(&fired));
+        let fired = Arc::clone(&fired);
         hook::install(move |call| {
             // The kernel reports the lost write-back once, then forgets it.
-            (call == SyncCall::File(&lost) && !fired.swap(true, Ordering::SeqCst)).then(eio)
+            (matches!(call, SyncCall::Fs(_)) && !fired.swap(true, Ordering::SeqCst)).then(eio)
         })
     };
     let first = h
@@ -106,13 +106,17 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     assert!(is_failed_sync(&first), "{first}");
     assert!(fired.load(Ordering::SeqCst));
     drop(guard);
-    // The retry's fsync would return 0: it must not get that far.
+    // The retry's sync would return 0: it must not get that far.
     let retry = h
         .commit("c", "a", Default::default())
         .expect_err("retry over lost pages");
     assert!(is_tainted(&retry), "{retry}");
     assert_eq!(h.stat("a").expect("stat").kind, Kind::Active);
     assert!(h.stat("c").is_err(), "no commit was made");
+    // After the error, a small tree's commit is checked file by file and succeeds.
+    h.prepare("e", None, Default::default()).expect("prepare");
+    write_files(&tree_of(&h, "e"), 2);
+    h.commit("E", "e", Default::default()).expect("commit e");
     h.close().expect("close");
     let h = open(&root);
     let again = h
@@ -136,56 +140,123 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     h.close().expect("close");
 }
 
-/// fsyncgate, large tree (syncfs): the file system reports an error to the commit's syncfs;
-/// the tree is checked file by file, the lost file is found, and the snapshot is marked.
+/// A prepare whose inline tree's shared syncfs reports an error fails, leaves nothing behind
+/// (no key, no tree), and the next prepare of the same key succeeds.
 #[test]
-fn a_large_tree_whose_syncfs_failed_is_checked_file_by_file() {
+fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
     let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("root");
     let h = open(&root);
-    h.prepare("big", None, Default::default()).expect("prepare");
-    let tree = tree_of(&h, "big");
-    write_files(&tree, 100);
-    let lost = tree.join("f042");
-    let (fs_fired, file_fired) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let rec = Recorder::default();
+    let fired = Arc::new(AtomicBool::new(false));
     let guard = {
-        let (lost, fs_fired, file_fired, rec) = (
-            lost.clone(),
-            Arc::clone(&fs_fired),
-            Arc::clone(&file_fired),
-            rec.clone(),
-        );
+        let fired = Arc::clone(&fired);
+        hook::install(move |call| {
+            (matches!(call, SyncCall::Fs(_)) && !fired.swap(true, Ordering::SeqCst)).then(eio)
+        })
+    };
+    let err = h
+        .prepare("p", None, Default::default())
+        .expect_err("the tree's sync failed");
+    assert!(is_failed_sync(&err), "{err}");
+    drop(guard);
+    assert!(h.stat("p").is_err(), "the key does not exist");
+    let snapshots: Vec<_> = std::fs::read_dir(root.join("snapshots"))
+        .expect("readdir")
+        .collect();
+    assert!(snapshots.is_empty(), "the failed tree was removed");
+    h.prepare("p", None, Default::default())
+        .expect("prepare again");
+    assert!(h.fsck(false).expect("fsck").findings.is_empty());
+    h.close().expect("close");
+}
+
+/// fsyncgate, batched: one shared syncfs covers several seals; its failure fails and taints
+/// every snapshot it covered, with no per-file retry over the same pages. An error reported
+/// earlier in the driver's life makes a later batch check each tree file by file: a tree whose
+/// own file fails is tainted, a tree whose files all fsync cleanly is sealed.
+#[test]
+fn a_failed_shared_sync_fails_every_snapshot_it_covered() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let driver = VfsDriver::open(&root).expect("driver");
+    use cairn_state::types::SnapshotId;
+    let trees: Vec<cairn_driver::NewTree> = (1..=4)
+        .map(|n| cairn_driver::NewTree {
+            txid: TxId(n),
+            id: SnapshotId(n),
+            kind: Kind::Active,
+            parent: None,
+        })
+        .collect();
+    for r in driver.create_many(&trees) {
+        r.expect("create");
+    }
+    for t in &trees {
+        write_files(&driver.tree(t.id), 100);
+    }
+    let (a, b, c, d) = (SnapshotId(1), SnapshotId(2), SnapshotId(3), SnapshotId(4));
+    let lost = driver.tree(c).join("f042");
+    let rec = Recorder::default();
+    let fs_fired = Arc::new(AtomicBool::new(false));
+    let _guard = {
+        let (lost, fs_fired, rec) = (lost.clone(), Arc::clone(&fs_fired), rec.clone());
         hook::install(move |call| {
             rec.note(call);
             match call {
                 SyncCall::Fs(_) => (!fs_fired.swap(true, Ordering::SeqCst)).then(eio),
-                SyncCall::File(p) if p == lost => {
-                    (!file_fired.swap(true, Ordering::SeqCst)).then(eio)
-                }
-                _ => None,
+                SyncCall::File(p) => (p == lost).then(eio),
+                SyncCall::Dir(_) => None,
             }
         })
     };
-    let first = h
-        .commit("c", "big", Default::default())
-        .expect_err("lost pages");
-    assert!(is_failed_sync(&first), "{first}");
-    assert!(fs_fired.load(Ordering::SeqCst) && file_fired.load(Ordering::SeqCst));
-    let calls = rec.calls();
-    let fs_at = calls.iter().position(|(k, _)| *k == 's').expect("a syncfs");
+    let first = driver.seal_many(&[(a, TxId(10)), (b, TxId(11))]);
+    for r in &first {
+        assert!(
+            matches!(r, Err(DriverError::SyncFailed { .. })),
+            "every seal the failed sync covered fails: {r:?}"
+        );
+    }
     assert!(
-        calls[fs_at..].iter().any(|(k, p)| *k == 'f' && *p == lost),
-        "after the syncfs error the tree was checked file by file"
+        !rec.calls()
+            .iter()
+            .any(|(k, p)| *k == 'f'
+                && (p.starts_with(driver.tree(a)) || p.starts_with(driver.tree(b)))),
+        "no per-file fsync after the shared sync failed (it would return 0 over lost pages)"
     );
-    drop(guard);
-    let retry = h.commit("c", "big", Default::default()).expect_err("retry");
-    assert!(is_tainted(&retry), "{retry}");
-    h.close().expect("close");
+    for id in [a, b] {
+        assert!(
+            driver
+                .tree(id)
+                .parent()
+                .expect("dir")
+                .join("sync-failed")
+                .exists(),
+            "{id} is tainted"
+        );
+    }
+    let retry = driver.seal_many(&[(a, TxId(12))]);
+    assert!(
+        matches!(retry[0], Err(DriverError::TreeSyncFailed { .. })),
+        "{retry:?}"
+    );
+    // Later batches after the error: checked file by file.
+    let later = driver.seal_many(&[(c, TxId(13)), (d, TxId(14))]);
+    match &later[0] {
+        Err(DriverError::SyncFailed { path, .. }) => assert_eq!(path, &lost),
+        other => panic!("tree c was called durable over a lost write-back: {other:?}"),
+    }
+    assert!(
+        later[1].is_ok(),
+        "tree d's files all fsync cleanly: {:?}",
+        later[1]
+    );
+    assert_eq!(
+        cairn_driver::marker::read(driver.tree(d).parent().expect("dir")).expect("marker"),
+        Some(TxId(14))
+    );
 }
 
 /// A write-back error the file system reports to another worker's syncfs (the kernel reports

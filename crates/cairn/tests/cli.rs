@@ -763,6 +763,9 @@ fn wal_dump_calls_corrupt_what_opening_the_root_refuses() {
     let r = Root::new();
     r.run(&["snapshot", "prepare", "a"]).ok();
     r.run(&["snapshot", "prepare", "b"]).ok();
+    // An empty prepare journals its begin and completion in one append: c's records are the
+    // later ones that acknowledge b's.
+    r.run(&["snapshot", "prepare", "c"]).ok();
     let segment = r.path.join("wal/00000000000000000001.wal");
     let data = std::fs::read(&segment).unwrap();
     let store = SegmentHeader::decode(&data).unwrap().store_id;

@@ -157,6 +157,9 @@ pub(super) struct Batch {
     pub done_effects: usize,
     /// Every reply the batch owes, apart from those riding on effects.
     pub outbox: Vec<Outgoing>,
+    /// Creations begun in this batch whose trees copy nothing: made and completed before the
+    /// batch is journaled (core/inline.rs).
+    pub inline: Vec<(cairn_driver::NewTree, Waiter)>,
 }
 
 impl Batch {
@@ -183,7 +186,8 @@ impl Core {
         })
     }
 
-    pub(super) fn finish_batch(&mut self, batch: Batch) {
+    pub(super) fn finish_batch(&mut self, mut batch: Batch) {
+        self.complete_inline(&mut batch);
         if !batch.records.is_empty() && self.failed.is_none() {
             fail::fail_point!("engine::batch::before_append");
             let journaled = self.wal.append_batch(&batch.records).and_then(|_| {
@@ -215,6 +219,7 @@ impl Core {
             touched,
             done_effects,
             outbox,
+            inline: _,
         } = batch;
         let (mut completed, mut deferred, mut ready, mut checkpoint) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -172,8 +172,15 @@ impl Core {
             labels,
             time_ns: now_ns(),
         };
+        let id = SnapshotId(self.state.next_id);
         match self.accept(op, batch) {
             Ok((txid, effects)) => {
+                // A tree that copies nothing is made in this batch, on this thread, and its
+                // completion journaled with its beginning (core/inline.rs).
+                if let Some(tree) = self.inline_tree(txid, id, &effects) {
+                    batch.inline.push((tree, Waiter::Mounts { key, reply }));
+                    return;
+                }
                 batch.effects(effects);
                 batch
                     .outbox

@@ -11,14 +11,24 @@ use cairn_state::types::{SnapshotId, TxId, Usage};
 use cairn_state::{Effect, Stage};
 use std::sync::Arc;
 
+/// A sealed tree's usage and digest, or why the seal failed.
+type SealResult = Result<(Usage, String), EngineError>;
+
+/// Seals per worker job, at most: a batch's seals beyond it go to further jobs (and workers).
+const MAX_SEALS_PER_JOB: usize = 64;
+
 impl Core {
     /// Run effects in order; consecutive installs share one pair of directory fsyncs, and any
     /// other effect waits for the installs before it.
     pub(super) fn run_effects(&mut self, effects: Vec<(Effect, With)>) {
         let mut installs = Vec::new();
+        // Every seal of the batch goes to one worker job with shared syncs: a snapshot being
+        // committed cannot be the subject of any other effect of the batch.
+        let mut seals = Vec::new();
         for (effect, with) in effects {
             match effect {
                 Effect::Install { txid, id } => installs.push((txid, id)),
+                Effect::Seal { txid, id } => seals.push((id, txid)),
                 other => {
                     self.install(&mut installs);
                     self.run_effect(other, with);
@@ -26,6 +36,46 @@ impl Core {
             }
         }
         self.install(&mut installs);
+        for chunk in seals.chunks(MAX_SEALS_PER_JOB) {
+            self.seal_many(chunk.to_vec());
+        }
+    }
+
+    /// Seal every (id, txid) on one worker, the trees' syncs shared (`Driver::seal_many`), then
+    /// digest each tree just made durable: what its commit acknowledges.
+    fn seal_many(&mut self, items: Vec<(SnapshotId, TxId)>) {
+        let (driver, done) = (Arc::clone(&self.driver), self.done_tx.clone());
+        let txids: Vec<TxId> = items.iter().map(|&(_, txid)| txid).collect();
+        let work = move || {
+            let sealed = driver.seal_many(&items);
+            items
+                .iter()
+                .zip(sealed)
+                .map(|(&(id, txid), r)| {
+                    let r = r.and_then(|usage| {
+                        let tree = driver.open_tree(id)?;
+                        cairn_driver::tree_digest(tree.path()).map(|d| (usage, d))
+                    });
+                    (txid, r.map_err(EngineError::from))
+                })
+                .collect::<Vec<_>>()
+        };
+        let deliver = move |r: Result<Vec<(TxId, SealResult)>, Panicked>| match r {
+            Ok(results) => {
+                for (txid, result) in results {
+                    let _ = done.send(Done::Sealed { txid, result });
+                }
+            }
+            Err(p) => {
+                for txid in txids {
+                    let _ = done.send(Done::Sealed {
+                        txid,
+                        result: Err(p.clone().into()),
+                    });
+                }
+            }
+        };
+        self.workers.run("seal", work, deliver);
     }
 
     /// Install the staged trees of completed creations (and empty `installs`).
@@ -107,23 +157,7 @@ impl Core {
                 };
                 self.workers.run("stage", work, deliver);
             }
-            (Effect::Seal { txid, id }, _) => {
-                let deliver = move |r: Result<Result<(Usage, String), DriverError>, Panicked>| {
-                    let result = match r {
-                        Ok(r) => r.map_err(EngineError::from),
-                        Err(p) => Err(p.into()),
-                    };
-                    let _ = done.send(Done::Sealed { txid, result });
-                };
-                // The digest is of the tree just made durable: what the commit acknowledges.
-                let work = move || {
-                    driver.seal(id, txid).and_then(|usage| {
-                        let tree = driver.open_tree(id)?;
-                        cairn_driver::tree_digest(tree.path()).map(|d| (usage, d))
-                    })
-                };
-                self.workers.run("seal", work, deliver);
-            }
+            (Effect::Seal { txid, id }, _) => self.seal_many(vec![(id, txid)]),
             (Effect::Install { txid, id }, _) => self.install(&mut vec![(txid, id)]),
             (Effect::Mount { txid, key, target }, _) => self.run_mount(txid, &key, target),
             (Effect::Unmount { txid, target }, _) => self.run_unmount(txid, target),

@@ -1,0 +1,226 @@
+//! Batched durable steps (docs/drivers.md, "Batched syncs"): the trees of every cheap creation
+//! and every seal of one engine batch made durable together, by one syncfs(2) through the
+//! root's [`FsWatch`](super::sync::FsWatch) per step instead of ~4 fsyncs per snapshot.
+//!
+//! The error rule of a shared sync: if the file system reported a write-back error while the
+//! batch's pages were being written back (the watch's count moved between the batch's start and
+//! the end of its sync), every snapshot the sync covered fails: a creation is removed, a sealed
+//! tree is tainted (`sync-failed`), and none is ever synced again over the same pages.
+
+use super::error::DriverError;
+use super::layout::{create_tree_root, exists, Layout, TREE, WORK};
+use super::marker;
+use super::remove::remove_tree;
+use super::sync::{collect_tree, fsync_each};
+use cairn_state::types::{Kind, SnapshotId, TxId, Usage};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A creation whose tree copies nothing (an empty tree, an overlay upper, a view), made straight
+/// in `snapshots/<id>` by [`Driver::create_many`](super::Driver::create_many).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewTree {
+    pub txid: TxId,
+    pub id: SnapshotId,
+    pub kind: Kind,
+    pub parent: Option<SnapshotId>,
+}
+
+/// A seal under way: the snapshot's directory, its tree's usage, and what a per-file check of
+/// it would fsync (its files and directories, and the temporary marker).
+type Sealing = (PathBuf, Usage, Vec<(PathBuf, bool)>);
+
+fn batch_sync_failed(path: &Path, errors: u64) -> DriverError {
+    DriverError::SyncFailed {
+        op: "syncfs",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!(
+            "{errors} write-back error(s) reported on the file system during this batch's sync; \
+             every snapshot the sync covered fails"
+        )),
+    }
+}
+
+/// A seal of the batch failed after its `txid.tmp` was written: remove it (durably), since
+/// recovery looks for a temporary only where the journal names an interrupted seal (row R23);
+/// if it cannot be removed, `MarkerTmpLeft` stops the engine.
+fn drop_tmp(dir: &Path, cause: DriverError) -> DriverError {
+    match marker::remove_leftover(dir) {
+        Ok(_) => cause,
+        Err(e) => DriverError::MarkerTmpLeft {
+            path: dir.join(marker::MARKER_TMP),
+            cause: cause.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
+impl Layout {
+    /// Creates each tree in `snapshots/<id>` (fs/, work/ if `work(kind)`, the marker), then
+    /// makes all of them durable with one syncfs. Nothing is journaled yet: until the caller
+    /// journals their completions, each is an orphan recovery removes (row R40).
+    pub fn create_many(
+        &self,
+        items: &[NewTree],
+        work: impl Fn(Kind) -> bool,
+    ) -> Vec<Result<(), DriverError>> {
+        let start = self.watch().errors();
+        let mut results: Vec<Result<(), DriverError>> = items
+            .iter()
+            .map(|item| self.create_one(item, work(item.kind)))
+            .collect();
+        fail::fail_point!("driver::create::before_sync");
+        if results.iter().any(Result::is_ok) {
+            // Invariant: every tree, its marker and its entry in snapshots/ are on disk before
+            // the batch journals the creations complete (syncfs commits every metadata change
+            // of the file system, the new directories and their entries included).
+            let errors = self.watch().sync_batch();
+            if errors != start {
+                for (item, r) in items.iter().zip(results.iter_mut()) {
+                    if r.is_ok() {
+                        *r = Err(batch_sync_failed(
+                            &self.snapshot_dir(item.id),
+                            errors - start,
+                        ));
+                    }
+                }
+            }
+        }
+        fail::fail_point!("driver::create::after_sync");
+        for (item, r) in items.iter().zip(&results) {
+            if r.is_err() {
+                // Not journaled, so nothing names it: remove it now (recovery or cleanup
+                // removes it if this fails or a crash comes first).
+                self.drop_created(item);
+            }
+        }
+        results
+    }
+
+    fn create_one(&self, item: &NewTree, work: bool) -> Result<(), DriverError> {
+        if let Some(parent) = item.parent {
+            // Nothing is copied, but a missing parent is a caller bug best reported now.
+            self.require_installed(parent)?;
+        }
+        let dir = self.snapshot_dir(item.id);
+        if exists(&dir)? {
+            // Ids are never reused within a life, and recovery removed every orphan at open.
+            return Err(DriverError::InstallTargetExists {
+                txid: item.txid,
+                id: item.id,
+                installed: dir,
+            });
+        }
+        let made = (|| {
+            fs::create_dir(&dir).map_err(|e| DriverError::io("mkdir", &dir, e))?;
+            fail::fail_point!("driver::create::after_mkdir");
+            create_tree_root(&dir.join(TREE))?;
+            if work {
+                let work = dir.join(WORK);
+                fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
+            }
+            marker::write_new_unsynced(&dir, item.txid).map(|_| ())
+        })();
+        if made.is_err() {
+            self.drop_created(item);
+        }
+        made
+    }
+
+    fn drop_created(&self, item: &NewTree) {
+        let dir = self.snapshot_dir(item.id);
+        if let Err(e) = remove_tree(&dir) {
+            tracing::warn!(id = %item.id, error = %e, "removing a failed creation's tree failed; recovery removes it");
+        }
+    }
+
+    /// `seal` of every (id, txid), with the syncs shared: every tree and temporary marker made
+    /// durable by one syncfs, then every marker renamed and the renames made durable by a
+    /// second. A failure of either sync fails and taints every snapshot it covered.
+    pub fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
+        let start = self.watch().errors();
+        // Per item: its directory, usage, and what a per-file check would fsync.
+        let mut live: Vec<Result<Sealing, DriverError>> = items
+            .iter()
+            .map(|&(id, txid)| self.seal_prepare(id, txid))
+            .collect();
+        fail::fail_point!("driver::seal::before_sync");
+        let mut after_trees = start;
+        if live.iter().any(Result::is_ok) {
+            // Invariant: every byte of every tree (and each temporary marker) is on disk before
+            // a marker claims the commit's txid and the commit is journaled as complete.
+            after_trees = self.watch().sync_batch();
+        }
+        for (&(id, _), slot) in items.iter().zip(live.iter_mut()) {
+            let Ok((dir, _, to_sync)) = slot else {
+                continue;
+            };
+            let failed = if after_trees != start {
+                // An error reported during this batch's sync: it may be any of the batch's
+                // pages, and a new fsync would return 0 over them.
+                Some(batch_sync_failed(dir, after_trees - start))
+            } else if start != 0 {
+                // An error reported earlier in this driver's life may have been this tree's (it
+                // was written through mounts at any time): every file fsyncs cleanly, or it
+                // fails (a file's own error stays in its inode until someone fsyncs it).
+                tracing::warn!(%id, "write-back error on the file system earlier; checking this tree file by file");
+                fsync_each(to_sync).err()
+            } else {
+                None
+            };
+            if let Some(e) = failed {
+                let dir = dir.clone();
+                let e = if e.is_sync_failure() {
+                    self.taint(id, &dir, e)
+                } else {
+                    e
+                };
+                *slot = Err(drop_tmp(&dir, e));
+            }
+        }
+        fail::fail_point!("driver::seal::after_sync");
+        let mut renamed = false;
+        for slot in live.iter_mut() {
+            let Ok((dir, _, _)) = slot else { continue };
+            if let Err(e) = marker::publish(dir) {
+                let dir = dir.clone();
+                *slot = Err(drop_tmp(&dir, e));
+            } else {
+                renamed = true;
+            }
+        }
+        fail::fail_point!("driver::seal::after_marker_rename");
+        if renamed {
+            // Invariant: each new marker survives a crash before its commit is journaled (the
+            // renames are metadata: one syncfs commits them all).
+            let after_markers = self.watch().sync_batch();
+            if after_markers != after_trees {
+                for (&(id, _), slot) in items.iter().zip(live.iter_mut()) {
+                    let Ok((dir, _, _)) = slot else { continue };
+                    let dir = dir.clone();
+                    let e = batch_sync_failed(&dir, after_markers - after_trees);
+                    *slot = Err(self.taint(id, &dir, e));
+                }
+            }
+        }
+        fail::fail_point!("driver::seal::after_marker");
+        live.into_iter()
+            .map(|r| r.map(|(_, usage, _)| usage))
+            .collect()
+    }
+
+    fn seal_prepare(&self, id: SnapshotId, txid: TxId) -> Result<Sealing, DriverError> {
+        let dir = self.snapshot_dir(id);
+        if !exists(&dir)? {
+            return Err(DriverError::SnapshotMissing { id, path: dir });
+        }
+        let tainted = dir.join(super::layout::SYNC_FAILED);
+        if exists(&tainted)? {
+            return Err(DriverError::TreeSyncFailed { id, path: tainted });
+        }
+        let (usage, mut to_sync) = collect_tree(&dir.join(TREE))?;
+        let tmp = marker::write_tmp_unsynced(&dir, txid).map_err(|e| drop_tmp(&dir, e))?;
+        to_sync.push((tmp, false));
+        Ok((dir, usage, to_sync))
+    }
+}
