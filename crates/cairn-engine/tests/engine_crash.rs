@@ -641,6 +641,12 @@ mod crash {
         let wls: Vec<Workload> = workloads()
             .into_iter()
             .filter(|w| names.map_or(true, |n| n.contains(&w.name.as_str())))
+            // Only vfs and overlay make trees inline (`Driver::creates_inline`); btrfs stages
+            // every creation, so its crash point is never reached there.
+            .filter(|w| {
+                w.name != "recover_inline_create"
+                    || matches!(driver, DriverKind::Vfs | DriverKind::Overlay)
+            })
             .filter(|w| {
                 only.as_ref()
                     .map_or(true, |o| o.split(',').any(|x| x == w.name))
