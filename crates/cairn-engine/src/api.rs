@@ -250,6 +250,8 @@ pub(crate) enum Request {
         options: ImportOptions,
         reply: Reply<Imported>,
     },
+    /// Detached layer imports (crate::detached).
+    Detached(crate::detached::DetachedRequest),
     ExportLayer {
         chain_id: String,
         out: Output,
@@ -345,6 +347,7 @@ impl Request {
             Request::Cleanup { reply } => send(reply, error),
             Request::Fsck { reply, .. } => send(reply, error),
             Request::ImportLayer { reply, .. } => send(reply, error),
+            Request::Detached(d) => d.refuse(error),
             Request::ExportLayer { reply, .. } | Request::Diff { reply, .. } => send(reply, error),
             Request::Layers { reply } => send(reply, error),
             Request::Images { reply } => send(reply, error),

@@ -99,6 +99,7 @@ impl Core {
                 options,
                 reply,
             } => self.begin_import(input, options, reply, batch),
+            Request::Detached(d) => self.handle_detached(d, batch),
             Request::RemoveLayer { chain_id, reply } => {
                 self.remove_op(Op::RemoveLayer { chain_id }, reply, batch)
             }
