@@ -83,6 +83,9 @@ mod crash {
             "L1" => Some("L0"),
             "L2" => Some("L1"),
             "T1" => Some("B0"),
+            "P1" => Some("P0"),
+            "P2" => Some("P1"),
+            "P3" => Some("P2"),
             _ => None,
         }
     }
@@ -120,6 +123,12 @@ mod crash {
             parent_chain: parent.map(chain),
             entries: layer_entries(name),
             pin,
+        }
+    }
+    /// The layers `names` (base first) imported as a parallel image load does (overlay).
+    fn chain_imp(names: &[&str]) -> Op {
+        Op::ImportChain {
+            layers: names.iter().map(|n| imp(n, true)).collect(),
         }
     }
     fn lrm(name: &str) -> Op {
@@ -270,6 +279,12 @@ mod crash {
                     imp("L2", true),
                 ],
             ),
+            // Overlay only (vfs copies the parent, so it refuses detached imports).
+            workload(
+                "import_parallel",
+                vec![],
+                vec![chain_imp(&["P0", "P1", "P2"]), chain_imp(&["P0", "P1", "P2", "P3"])],
+            ),
             workload(
                 "layer_rm_cascade",
                 vec![imp("B0", true)],
@@ -354,6 +369,12 @@ mod crash {
             (
                 "pending_import",
                 vec![imp("L0", true), imp("L1", true)],
+                "engine::import::after_tree_sync",
+            ),
+            // Several detached imports in flight, some staged and durable (row R41).
+            (
+                "pending_parallel_import",
+                vec![chain_imp(&["P0", "P1", "P2"])],
                 "engine::import::after_tree_sync",
             ),
             (
@@ -647,6 +668,11 @@ mod crash {
                 w.name != "recover_inline_create"
                     || matches!(driver, DriverKind::Vfs | DriverKind::Overlay)
             })
+            // Detached imports need a driver that extracts without the parent (overlay).
+            .filter(|w| {
+                !w.name.contains("parallel_import") && w.name != "import_parallel"
+                    || driver == DriverKind::Overlay
+            })
             .filter(|w| {
                 only.as_ref()
                     .map_or(true, |o| o.split(',').any(|x| x == w.name))
@@ -758,6 +784,8 @@ mod crash {
                 "layer_rm_cascade",
                 "container",
                 "recover_pending_import",
+                "import_parallel",
+                "recover_pending_parallel_import",
             ]),
             1,
         );
