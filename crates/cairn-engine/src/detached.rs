@@ -60,7 +60,9 @@ pub(crate) struct Staged {
 #[derive(Debug)]
 pub(crate) enum DetachedRequest {
     /// Whether the driver can extract a layer before its parent.
-    Supported { reply: Reply<bool> },
+    Supported {
+        reply: Reply<bool>,
+    },
     Stage {
         input: Input,
         options: StageOptions,
@@ -71,7 +73,10 @@ pub(crate) enum DetachedRequest {
         parent: Option<String>,
         reply: Reply<Imported>,
     },
-    Abort { txid: TxId, reply: Reply<()> },
+    Abort {
+        txid: TxId,
+        reply: Reply<()>,
+    },
 }
 
 impl DetachedRequest {
@@ -120,7 +125,8 @@ impl Drop for StagedLayer {
         if let Some(engine) = self.engine.take() {
             // Best effort: if the engine is gone, recovery drops the import (R41).
             let txid = self.txid;
-            if let Err(e) = engine.call(|reply| Request::Detached(DetachedRequest::Abort { txid, reply }))
+            if let Err(e) =
+                engine.call(|reply| Request::Detached(DetachedRequest::Abort { txid, reply }))
             {
                 tracing::debug!(%txid, error = %e, "aborting an unattached staged layer");
             }

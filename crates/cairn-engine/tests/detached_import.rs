@@ -59,7 +59,10 @@ fn a_driver_that_copies_the_parent_refuses_detached_imports() {
         .stage_layer(input(&image()[0]), StageOptions::default())
         .unwrap_err();
     assert!(
-        matches!(e, EngineError::Detached(DetachedRefusal::Unsupported { .. })),
+        matches!(
+            e,
+            EngineError::Detached(DetachedRefusal::Unsupported { .. })
+        ),
         "{e}"
     );
     assert!(h.layers().unwrap().is_empty());
@@ -97,14 +100,20 @@ fn layers_staged_side_by_side_are_recorded_in_chain_order_as_a_serial_import_wou
         staged.reverse();
         staged
     });
-    assert!(h.layers().unwrap().is_empty(), "nothing is a layer before it is attached");
+    assert!(
+        h.layers().unwrap().is_empty(),
+        "nothing is a layer before it is attached"
+    );
     let mut parent: Option<String> = None;
     let mut chain = Vec::new();
     for (s, diff_id) in staged.into_iter().zip(&diff_ids) {
         assert_eq!(s.diff_id(), diff_id.to_string());
         let imported = h.attach_layer(s, parent.as_deref()).unwrap();
         let want = cairn_layer::chain_id(
-            parent.as_ref().map(|p| p.parse::<Digest>().unwrap()).as_ref(),
+            parent
+                .as_ref()
+                .map(|p| p.parse::<Digest>().unwrap())
+                .as_ref(),
             diff_id,
         );
         assert_eq!(imported.chain_id, want.to_string());
@@ -195,7 +204,8 @@ fn a_child_of_a_failed_parent_is_aborted_whole_and_dropped_staging_is_aborted() 
         .collect();
     assert!(staging.is_empty(), "staging of {txid} left: {staging:?}");
     // Nothing was pending at close: reopening drops nothing.
-    let (h, report) = cairn_engine::Engine::open(&root, common::options(DriverKind::Overlay)).unwrap();
+    let (h, report) =
+        cairn_engine::Engine::open(&root, common::options(DriverKind::Overlay)).unwrap();
     assert!(report.dropped.is_empty(), "{report:?}");
     h.close().unwrap();
 }

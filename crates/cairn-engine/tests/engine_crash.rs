@@ -283,7 +283,10 @@ mod crash {
             workload(
                 "import_parallel",
                 vec![],
-                vec![chain_imp(&["P0", "P1", "P2"]), chain_imp(&["P0", "P1", "P2", "P3"])],
+                vec![
+                    chain_imp(&["P0", "P1", "P2"]),
+                    chain_imp(&["P0", "P1", "P2", "P3"]),
+                ],
             ),
             workload(
                 "layer_rm_cascade",

@@ -36,7 +36,11 @@ fn layer(i: usize) -> Vec<u8> {
         let body = format!("layer {i} file {f}\n").repeat(f % 17 + 1);
         append(&mut b, &format!("l{i}/d{}/f{f}", f % 10), body.as_bytes());
     }
-    append(&mut b, "etc/os-release", format!("ID=layer{i}\n").as_bytes());
+    append(
+        &mut b,
+        "etc/os-release",
+        format!("ID=layer{i}\n").as_bytes(),
+    );
     if i == 0 {
         append(&mut b, "etc/gone", b"removed by layer 1");
     } else if i == 1 {
@@ -53,8 +57,15 @@ fn docker_save(path: &Path, layers: &[Vec<u8>], diff_ids: &[Digest]) {
         "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
         ids.join(",")
     );
-    let config_name = format!("{}.json", Digest::of(config.as_bytes()).to_string().trim_start_matches("sha256:"));
-    let names: Vec<String> = (0..layers.len()).map(|i| format!("l{i}/layer.tar")).collect();
+    let config_name = format!(
+        "{}.json",
+        Digest::of(config.as_bytes())
+            .to_string()
+            .trim_start_matches("sha256:")
+    );
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("l{i}/layer.tar"))
+        .collect();
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     let manifest = format!(
         "[{{\"Config\":\"{config_name}\",\"RepoTags\":[\"test/multi:latest\"],\"Layers\":[{}]}}]",
@@ -108,8 +119,13 @@ fn a_four_layer_image_loads_in_parallel_as_it_loads_serially() {
         assert_eq!(loaded[0].layers.len(), 4);
         assert_eq!(loaded[0].reused, 0);
         let top = loaded[0].top.clone();
-        assert_eq!(engine.layer(&top).expect("top").parent.as_deref(), Some(loaded[0].layers[2].as_str()));
-        let view = engine.view("look", Some(&top), Default::default()).expect("view");
+        assert_eq!(
+            engine.layer(&top).expect("top").parent.as_deref(),
+            Some(loaded[0].layers[2].as_str())
+        );
+        let view = engine
+            .view("look", Some(&top), Default::default())
+            .expect("view");
         let mnt = tmp.path().join(format!("mnt-{parallel}"));
         std::fs::create_dir_all(&mnt).expect("mnt");
         cairn_driver::mount::mount_all(&view, &mnt).expect("mount");
@@ -130,7 +146,10 @@ fn a_four_layer_image_loads_in_parallel_as_it_loads_serially() {
         assert!(staging_is_empty(&root));
         results.push(loaded);
     }
-    assert_eq!(results[0], results[1], "serial and parallel loads record the same image");
+    assert_eq!(
+        results[0], results[1],
+        "serial and parallel loads record the same image"
+    );
 }
 
 #[test]
@@ -150,7 +169,12 @@ fn a_layer_with_a_wrong_diff_id_fails_the_parallel_load_leaving_no_child_of_it()
     assert!(e.to_string().contains("DiffID"), "{e}");
     // At most the base made it; none of the layers above the failed one.
     let base = cairn_layer::chain_id(None, &diff_ids[0]).to_string();
-    let left: Vec<String> = engine.layers().expect("layers").into_iter().map(|l| l.chain_id).collect();
+    let left: Vec<String> = engine
+        .layers()
+        .expect("layers")
+        .into_iter()
+        .map(|l| l.chain_id)
+        .collect();
     assert!(left.is_empty() || left == vec![base], "{left:?}");
     assert!(engine.images().expect("images").is_empty());
     let fsck = engine.fsck(false).expect("fsck");
@@ -158,6 +182,9 @@ fn a_layer_with_a_wrong_diff_id_fails_the_parallel_load_leaving_no_child_of_it()
     engine.close().expect("close");
     assert!(staging_is_empty(&root), "an aborted layer left its staging");
     let (engine, report) = Engine::open(&root, EngineOptions::default()).expect("reopen");
-    assert!(report.dropped.is_empty(), "nothing was left pending: {report:?}");
+    assert!(
+        report.dropped.is_empty(),
+        "nothing was left pending: {report:?}"
+    );
     engine.close().expect("close");
 }

@@ -22,14 +22,8 @@ impl Draft<'_> {
         time_ns: i64,
     ) -> Result<Vec<Effect>, StateError> {
         self.take_id(id);
-        let snapshot = Snapshot::created(
-            id,
-            Kind::Committed,
-            None,
-            Default::default(),
-            time_ns,
-            txid,
-        );
+        let snapshot =
+            Snapshot::created(id, Kind::Committed, None, Default::default(), time_ns, txid);
         self.pending
             .insert(txid, Pending::DetachedImport { snapshot, pin });
         // Staged like a base layer: the driver's extraction does not read a parent.

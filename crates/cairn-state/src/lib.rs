@@ -91,7 +91,10 @@ pub enum Pending {
     },
     /// A layer import staged without a parent; the parent is named when it completes
     /// (`CompleteDetachedImport`). Until then it holds nothing and nothing depends on it.
-    DetachedImport { snapshot: Snapshot, pin: bool },
+    DetachedImport {
+        snapshot: Snapshot,
+        pin: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -257,14 +257,7 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
             diff_id,
             chain_id,
             ..
-        } => {
-            VARINT
-                + opt_string(parent)
-                + string(diff_id)
-                + string(chain_id)
-                + VARINT
-                + 2 * VARINT
-        }
+        } => VARINT + opt_string(parent) + string(diff_id) + string(chain_id) + VARINT + 2 * VARINT,
         Op::RemoveLayer { chain_id } => string(chain_id),
         Op::PutImage {
             name,

@@ -974,7 +974,10 @@ fn detached_imports_complete_in_chain_order_only() {
         .expect("ABC");
     assert_eq!(m.refs("A"), (false, 1, 0));
     assert_eq!(m.refs("AB"), (false, 1, 0));
-    assert_eq!(m.state.get("ABC").expect("snap").parent.as_deref(), Some("AB"));
+    assert_eq!(
+        m.state.get("ABC").expect("snap").parent.as_deref(),
+        Some("AB")
+    );
     assert_eq!(m.state.layer_chain("ABC").expect("chain").len(), 3);
     assert!(m.state.pending.is_empty());
 }

@@ -5,7 +5,9 @@
 use super::batch::{Batch, Completion, Outgoing, Waiter, With};
 use super::{now_ns, Core};
 use crate::api::{Imported, Input};
-use crate::detached::{DetachedRefusal, DetachedRequest, StageOptions, Staged, MAX_DETACHED_IMPORTS};
+use crate::detached::{
+    DetachedRefusal, DetachedRequest, StageOptions, Staged, MAX_DETACHED_IMPORTS,
+};
 use crate::error::EngineError;
 use crate::layers::{parse_digest, ImportJob, LayerDone};
 use cairn_state::types::{SnapshotId, TxId};
@@ -125,7 +127,9 @@ impl Core {
                 self.abort_detached(txid, batch);
                 if let Some(w) = waiter {
                     let error = result.err().unwrap_or_else(|| EngineError::Failed {
-                        cause: format!("{txid} is a staged import but its client waits for another answer"),
+                        cause: format!(
+                            "{txid} is a staged import but its client waits for another answer"
+                        ),
                     });
                     batch
                         .outbox

@@ -246,7 +246,10 @@ fn import_chain(h: &EngineHandle, layers: &[Op]) -> Result<(), String> {
             })
             .collect();
         jobs.into_iter()
-            .map(|j| j.join().unwrap_or_else(|_| Err("a stage thread panicked".into())))
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err("a stage thread panicked".into()))
+            })
             .collect()
     });
     let staged: Vec<cairn_engine::StagedLayer> = staged.into_iter().collect::<Result<_, _>>()?;
@@ -801,7 +804,9 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
         .iter()
         .map(|op| match op {
             Op::Write { .. } => vec![vec![]],
-            Op::ImportChain { layers } => (0..=layers.len()).map(|k| layers[..k].to_vec()).collect(),
+            Op::ImportChain { layers } => {
+                (0..=layers.len()).map(|k| layers[..k].to_vec()).collect()
+            }
             op => vec![vec![], vec![op.clone()]],
         })
         .collect();
