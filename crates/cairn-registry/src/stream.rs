@@ -217,3 +217,106 @@ impl Read for Follow {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(dir: &std::path::Path, name: &str, bytes: &[u8]) -> File {
+        let path = dir.join(name);
+        let mut f = File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        File::open(&path).unwrap()
+    }
+
+    fn reader(stream: &Arc<Stream>, dir: &std::path::Path) -> (Box<dyn Read + Send>, ResetFlag) {
+        stream
+            .follow(dir.join("whole"), Arc::new(AtomicBool::new(false)))
+            .boxed()
+    }
+
+    #[test]
+    fn the_end_comes_only_with_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Arc::new(Stream::default());
+        let (mut r, reset) = reader(&stream, dir.path());
+        assert!(stream.attached());
+        let f = file_with(dir.path(), "p", b"hello world");
+        let writer = {
+            let stream = Arc::clone(&stream);
+            std::thread::spawn(move || {
+                stream.start(&f, 0);
+                stream.advance(5);
+                std::thread::sleep(Duration::from_millis(50));
+                stream.advance(11);
+                std::thread::sleep(Duration::from_millis(50));
+                stream.finish(End::Verified);
+            })
+        };
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        writer.join().unwrap();
+        assert_eq!(out, b"hello world");
+        assert!(!reset.get());
+    }
+
+    #[test]
+    fn a_failed_fetch_is_an_error_not_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Arc::new(Stream::default());
+        let (mut r, _) = reader(&stream, dir.path());
+        let f = file_with(dir.path(), "p", b"hello world");
+        stream.start(&f, 0);
+        stream.advance(11);
+        stream.finish(End::Failed);
+        let mut out = Vec::new();
+        assert!(r.read_to_end(&mut out).is_err());
+        assert_eq!(out, b"hello world", "the bytes came, the end did not");
+    }
+
+    #[test]
+    fn a_restart_after_bytes_were_read_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Arc::new(Stream::default());
+        let (mut r, reset) = reader(&stream, dir.path());
+        let f = file_with(dir.path(), "p", b"old bytes");
+        stream.start(&f, 0);
+        stream.advance(9);
+        let mut buf = [0u8; 4];
+        assert_eq!(r.read(&mut buf).unwrap(), 4);
+        stream.restart();
+        assert!(r.read(&mut buf).is_err());
+        assert!(reset.get());
+    }
+
+    #[test]
+    fn a_restart_before_any_byte_follows_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Arc::new(Stream::default());
+        let (mut r, reset) = reader(&stream, dir.path());
+        let old = file_with(dir.path(), "old", b"stale");
+        stream.start(&old, 0);
+        let new = file_with(dir.path(), "new", b"fresh");
+        stream.start(&new, 0);
+        stream.advance(5);
+        stream.finish(End::Verified);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"fresh");
+        assert!(!reset.get());
+    }
+
+    #[test]
+    fn a_blob_whole_before_the_pull_is_read_from_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("whole"), b"spooled earlier").unwrap();
+        let stream = Arc::new(Stream::default());
+        let (mut r, _) = reader(&stream, dir.path());
+        stream.finish(End::Verified);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"spooled earlier");
+    }
+}
