@@ -4,8 +4,8 @@
 //! write only: no unpacking, no sync). Prints `name: value` lines and the ratio.
 
 use cairn_engine::{Engine, EngineOptions};
-use cairn_state::types::DriverKind;
 use cairn_registry::{ClientOptions, PullOptions};
+use cairn_state::types::DriverKind;
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

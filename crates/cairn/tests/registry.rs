@@ -402,7 +402,7 @@ fn basic_auth_with_htpasswd_and_docker_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(image_names(&root2), [target.clone()]);
+    assert_eq!(image_names(&root2), std::slice::from_ref(&target));
 
     // Credential helpers: `credHelpers` for this host, else `credsStore`, each a
     // `docker-credential-NAME get` on PATH that reads the host on stdin and answers JSON.
@@ -464,7 +464,11 @@ fn basic_auth_with_htpasswd_and_docker_config() {
         let err = String::from_utf8_lossy(&out.stderr);
         if *works {
             assert!(out.status.success(), "{config}: {err}");
-            assert_eq!(image_names(&root), [target.clone()], "{config}");
+            assert_eq!(
+                image_names(&root),
+                std::slice::from_ref(&target),
+                "{config}"
+            );
         } else {
             assert_eq!(out.status.code(), Some(7), "{config}: {err}");
             assert!(image_names(&root).is_empty(), "{config}");
