@@ -85,7 +85,10 @@ impl BtrfsDriver {
     }
 
     pub(super) fn create_inline(&self, items: &[NewTree]) -> Vec<Result<(), DriverError>> {
-        self.layout
-            .create_many_with(items, |_| false, |item, tree| self.make_inline_tree(item, tree))
+        self.layout.create_many_with(
+            items,
+            |_| false,
+            |item, tree| self.make_inline_tree(item, tree),
+        )
     }
 }

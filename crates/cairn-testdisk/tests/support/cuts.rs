@@ -137,4 +137,3 @@ pub fn power_cuts(fs: FsKind, drivers: &[DriverKind], workload: &[Step], default
         failures[0]
     );
 }
-

@@ -286,12 +286,7 @@ fn case(
 
 /// `strict_release`: a root still busy after `close` (the engine kept files open) fails the
 /// case, and an engine thread that panicked fails the test; otherwise both are reported.
-pub fn eio(
-    fs: FsKind,
-    drivers: &[DriverKind],
-    strict_release: bool,
-    only: fn(&Kind) -> bool,
-) {
+pub fn eio(fs: FsKind, drivers: &[DriverKind], strict_release: bool, only: fn(&Kind) -> bool) {
     if let Some(why) = missing(fs) {
         return skip(&why);
     }
@@ -376,4 +371,3 @@ pub fn eio(
         failures[0]
     );
 }
-

@@ -440,14 +440,21 @@ pub fn check_image(
             // replaced): the mount after it is the test.
             let recovered = match cairn_testdisk::run(
                 "btrfs",
-                &["rescue", "super-recover", "-y", image.to_string_lossy().as_ref()],
+                &[
+                    "rescue",
+                    "super-recover",
+                    "-y",
+                    image.to_string_lossy().as_ref(),
+                ],
             ) {
                 Ok(out) => out,
                 Err(cairn_testdisk::DiskError::Command { output, .. }) => output,
                 Err(r) => return Err(format!("the crash image does not mount: {e}; {r}")),
             };
             let a = Attached::mount(image, fs, mnt).map_err(|e2| {
-                format!("the crash image does not mount: {e}; after super-recover ({recovered}): {e2}")
+                format!(
+                    "the crash image does not mount: {e}; after super-recover ({recovered}): {e2}"
+                )
             })?;
             SUPERBLOCKS_RECOVERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             a
