@@ -232,8 +232,10 @@ fn prepare_is_constant_time_in_the_parent() -> TestResult {
     Ok(())
 }
 
-/// Where a btrfs prepare's time goes (`-- --ignored --nocapture measure_stage_steps`): stage
-/// and install of a child, ten times, with the transaction commits counted in.
+/// Where a staged btrfs child's time goes (`-- --ignored --nocapture measure_stage_steps`):
+/// stage and install of a child, ten times, with the transaction commits counted in. (The
+/// engine's prepares and views are inline creations, `create_many`; a layer imported on a
+/// parent and a container's init snapshot are staged like this.)
 #[test]
 #[ignore]
 fn measure_stage_steps() -> TestResult {
