@@ -115,6 +115,17 @@ pub enum Op {
     MountGone {
         target: String,
     },
+    /// `CompleteImport`, and image `hold` recorded on the new layer in the same record (a
+    /// pull's `NAME#partial`): no crash can leave the layer completed but unheld.
+    CompleteImportHeld {
+        of: TxId,
+        diff_id: String,
+        chain_id: String,
+        size_bytes: u64,
+        usage: Usage,
+        hold: String,
+        time_ns: i64,
+    },
     /// Begin importing a layer tar whose parent is named only when it completes: extracted in
     /// a staging area of its own, on a driver whose extraction does not read the parent
     /// (overlay), so the layers of one image extract side by side (docs/parallel-import.md).

@@ -83,6 +83,7 @@ impl Core {
             input,
             expected: options.expected_diff_id,
             parent: None,
+            hold: None,
         });
         for e in effects {
             // The one staging effect carries the input to its worker.
