@@ -90,15 +90,7 @@ fn load_one(
             count: plan.layers.len(),
             size_bytes: size,
         });
-        let reader: Box<dyn std::io::Read + Send> = match &layer.blob {
-            Some(blob) => Box::new(verify::Verifying::new(
-                reader,
-                size,
-                *blob,
-                layer.path.clone(),
-            )),
-            None => reader,
-        };
+        let reader = verify::layer_reader(reader, size, layer);
         let options = ImportOptions {
             parent: parent.clone(),
             pin: false,
