@@ -334,7 +334,11 @@ impl TestDisk {
                     dev.as_str(),
                 ],
             ),
-            FsKind::Xfs => run("mkfs.xfs", &["-q", "-f", "-K", dev.as_str()]),
+            // reflink=1 (the default since xfsprogs 5.1, said here): the block driver needs it.
+            FsKind::Xfs => run(
+                "mkfs.xfs",
+                &["-q", "-f", "-K", "-m", "reflink=1", dev.as_str()],
+            ),
         };
         let detached = run("losetup", &["-d", dev.as_str()]);
         made?;
