@@ -172,16 +172,21 @@ pub fn is_image(mounts: &[Mount]) -> bool {
 /// mounts say (Active read-write, View read-only), as a user would, at a temporary point
 /// outside the root.
 pub fn own_tree(mounts: &[Mount]) -> Option<OwnTree> {
+    try_own_tree(mounts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `own_tree`, with a failed mount of the image as an error.
+pub fn try_own_tree(mounts: &[Mount]) -> Result<Option<OwnTree>, String> {
     if !is_image(mounts) {
-        return own_dir(mounts).map(OwnTree::Dir);
+        return Ok(own_dir(mounts).map(OwnTree::Dir));
     }
     let point = tempfile::Builder::new()
         .prefix("crashkit-image-")
         .tempdir()
-        .expect("mount point");
+        .map_err(|e| format!("mount point: {e}"))?;
     cairn_driver::mount::mount_all(mounts, point.path())
-        .unwrap_or_else(|e| panic!("mount {mounts:?}: {e}"));
-    Some(OwnTree::Image(point))
+        .map_err(|e| format!("mount {mounts:?}: {e}"))?;
+    Ok(Some(OwnTree::Image(point)))
 }
 
 /// No mount under `root` and no loop device backed by a file under it: recovery and the
