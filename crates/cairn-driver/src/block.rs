@@ -308,6 +308,18 @@ impl BlockDriver {
     }
 }
 
+impl Drop for BlockDriver {
+    /// An import the engine never finished (it stopped after a failed sync, or closed in the
+    /// middle) leaves its staged image mounted: let go of it, so a closed engine holds nothing
+    /// on the root. The staging itself is discarded by the next open's recovery.
+    fn drop(&mut self) {
+        let attached = std::mem::take(&mut *self.lock());
+        for txid in attached {
+            detach(&self.layout.staged_tree(txid));
+        }
+    }
+}
+
 impl Driver for BlockDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Block
