@@ -236,3 +236,43 @@ fn fs4_free(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
     let s = nix::sys::statvfs::statvfs(path)?;
     Ok(s.blocks_free() as u64 * s.fragment_size() as u64)
 }
+
+/// An import the engine never finished (it stopped, or closed, between `attach_staged` and
+/// `sync_staged`) leaves its staged image mounted; dropping the driver lets go of it, and the
+/// loop device with it, so a closed engine holds nothing on the root.
+#[test]
+fn dropping_the_driver_unmounts_an_unfinished_import() -> TestResult {
+    let Some(x) = scratch("drop-attached") else {
+        return Ok(());
+    };
+    let d = open(&x)?;
+    d.stage(TxId(7), Kind::Active, None)?;
+    d.attach_staged(TxId(7))?;
+    let tree = d.staged_tree(TxId(7));
+    fs::write(tree.join("half"), b"an import in progress")?;
+    let image = x.path().join("root/staging/7/image");
+    assert_eq!(attached(&image)?, Some(true), "the staged image is mounted");
+    drop(d);
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let tree = fs::canonicalize(&tree)?;
+    assert!(
+        !info
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(tree.to_string_lossy().as_ref())),
+        "the staged tree is still mounted after the driver was dropped"
+    );
+    let mut bound = attached(&image)?;
+    for _ in 0..50 {
+        if bound.is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        bound = attached(&image)?;
+    }
+    assert_eq!(bound, None, "a loop device is still bound to the image");
+    // The next open's recovery (here: the driver's discard) removes the staging.
+    let d = open(&x)?;
+    d.discard(TxId(7))?;
+    assert!(images(&x.path().join("root")).is_empty());
+    Ok(())
+}
