@@ -27,7 +27,7 @@ use super::sync::{fsync_dir, fsync_open, syncfs};
 use super::view::TreeView;
 use super::{Driver, WhiteoutStyle};
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -52,8 +52,9 @@ pub struct BlockDriver {
     fs: BlockFs,
     base: PathBuf,
     views: PathBuf,
-    /// Staged transactions whose image is mounted on their tree by `attach_staged`.
-    attached: Mutex<BTreeSet<TxId>>,
+    /// Staged transactions whose image is mounted on their tree by `attach_staged`, each with
+    /// a descriptor of the image opened before the mount (see `sync_staged`).
+    attached: Mutex<BTreeMap<TxId, File>>,
     next_view: AtomicU64,
 }
 
@@ -165,7 +166,7 @@ impl BlockDriver {
         self.layout.snapshot_dir(id).join(IMAGE)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<TxId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxId, File>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -319,7 +320,7 @@ impl Drop for BlockDriver {
     /// on the root. The staging itself is discarded by the next open's recovery.
     fn drop(&mut self) {
         let attached = std::mem::take(&mut *self.lock());
-        for txid in attached {
+        for txid in attached.into_keys() {
             detach(&self.layout.staged_tree(txid));
         }
     }
@@ -365,11 +366,18 @@ impl Driver for BlockDriver {
             return Err(DriverError::StagingMissing { txid, path: image });
         }
         let mut attached = self.lock();
-        if attached.contains(&txid) {
+        if attached.contains_key(&txid) {
             return Ok(());
         }
+        // Opened before anything is written through the mount: a write-back error of the
+        // image's pages from now on (the loop device's own flushes, at the unmount, consume
+        // it for their descriptor) is still reported to this one's fsync in `sync_staged`.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| DriverError::io("open", &image, e))?;
         mount_all(&[self.fs.mount(&image, false)], &dir.join(TREE))?;
-        attached.insert(txid);
+        attached.insert(txid, file);
         Ok(())
     }
 
@@ -380,7 +388,8 @@ impl Driver for BlockDriver {
             return Err(DriverError::StagingMissing { txid, path: image });
         }
         fail::fail_point!("driver::sync_staged::before_sync");
-        if self.lock().remove(&txid) {
+        let opened_before = self.lock().remove(&txid);
+        if opened_before.is_some() {
             let tree = dir.join(TREE);
             // Invariant: everything the import wrote is in the image before install can
             // publish it. Never retried: on failure the engine discards the staging and a new
@@ -390,12 +399,16 @@ impl Driver for BlockDriver {
             unmount(&tree)?;
             synced?;
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .map_err(|e| DriverError::io("open", &image, e))?;
+        let file = match opened_before {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| DriverError::io("open", &image, e))?,
+        };
         // Invariant: the image's blocks (written through the loop device into its page cache)
-        // are on disk before the import's completion is journaled.
+        // are on disk before the import's completion is journaled; the descriptor predates
+        // the import's writes, so an error their write-back hit is not lost (fsyncgate).
         fsync_open(&file, &image, false)?;
         // Invariant: layer.meta, written beside the image, is durable in staging/<txid>.
         fsync_dir(&dir)?;
