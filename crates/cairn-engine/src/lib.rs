@@ -65,6 +65,7 @@ pub mod mountref;
 pub mod recovery;
 mod rootmeta;
 pub mod rows;
+mod submit;
 mod verify;
 mod workers;
 
@@ -76,6 +77,7 @@ pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
+pub use submit::{Command, QueueFull};
 pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
