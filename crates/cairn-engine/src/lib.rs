@@ -77,11 +77,11 @@ pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};
 pub use handle::EngineHandle;
-pub use submit::{Command, QueueFull};
 pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
 pub use rows::Row;
+pub use submit::{Command, QueueFull};
 
 // What an embedder needs from the crates below, so it depends on this crate alone.
 pub use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
