@@ -64,10 +64,21 @@ impl Layout {
         items: &[NewTree],
         work: impl Fn(Kind) -> bool,
     ) -> Vec<Result<(), DriverError>> {
+        self.create_many_with(items, work, |_, tree| create_tree_root(tree))
+    }
+
+    /// `create_many` with the tree made by `make_tree(item, snapshots/<id>/fs)` (a btrfs
+    /// subvolume or snapshot), called once `snapshots/<id>` and its marker (unsynced) exist.
+    pub(crate) fn create_many_with(
+        &self,
+        items: &[NewTree],
+        work: impl Fn(Kind) -> bool,
+        make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
+    ) -> Vec<Result<(), DriverError>> {
         let start = self.watch().errors();
         let mut results: Vec<Result<(), DriverError>> = items
             .iter()
-            .map(|item| self.create_one(item, work(item.kind)))
+            .map(|item| self.create_one(item, work(item.kind), &make_tree))
             .collect();
         fail::fail_point!("driver::create::before_sync");
         if results.iter().any(Result::is_ok) {
@@ -97,7 +108,12 @@ impl Layout {
         results
     }
 
-    fn create_one(&self, item: &NewTree, work: bool) -> Result<(), DriverError> {
+    fn create_one(
+        &self,
+        item: &NewTree,
+        work: bool,
+        make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
+    ) -> Result<(), DriverError> {
         if let Some(parent) = item.parent {
             // Nothing is copied, but a missing parent is a caller bug best reported now.
             self.require_installed(parent)?;
@@ -114,12 +130,16 @@ impl Layout {
         let made = (|| {
             fs::create_dir(&dir).map_err(|e| DriverError::io("mkdir", &dir, e))?;
             fail::fail_point!("driver::create::after_mkdir");
-            create_tree_root(&dir.join(TREE))?;
+            // The marker before the tree (nothing is synced yet, and nothing names the
+            // directory until the caller journals it): a btrfs snapshot commits the transaction
+            // it is made in, and can take the marker with it.
+            marker::write_new_unsynced(&dir, item.txid)?;
+            make_tree(item, &dir.join(TREE))?;
             if work {
                 let work = dir.join(WORK);
                 fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
             }
-            marker::write_new_unsynced(&dir, item.txid).map(|_| ())
+            Ok(())
         })();
         if made.is_err() {
             self.drop_created(item);

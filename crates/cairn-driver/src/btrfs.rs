@@ -9,6 +9,7 @@
 //! them). Every step the `Driver` trait promises durable is followed by [`subvol::commit`],
 //! or is an ioctl that commits itself (a snapshot is made inside a transaction commit).
 
+mod inline;
 mod qgroup;
 pub(crate) mod subvol;
 
@@ -30,6 +31,12 @@ pub struct BtrfsDriver {
 
 /// containerd's snapshotters give a new snapshot's root directory mode 0755 (as `Layout` does).
 const TREE_ROOT_MODE: u32 = 0o755;
+
+fn set_tree_root_mode(tree: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tree, std::fs::Permissions::from_mode(TREE_ROOT_MODE))
+        .map_err(|e| DriverError::io("chmod", tree, e))
+}
 
 /// Fails with `NotBtrfs` unless `path` is on btrfs.
 fn require_btrfs(path: &Path) -> Result<(), DriverError> {
@@ -115,9 +122,7 @@ impl Driver for BtrfsDriver {
             None => {
                 subvol::create(&dir, TREE)?;
                 let tree = dir.join(TREE);
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(TREE_ROOT_MODE))
-                    .map_err(|e| DriverError::io("chmod", &tree, e))?;
+                set_tree_root_mode(&tree)?;
                 if read_only {
                     subvol::set_read_only(&tree, true)?;
                 }
@@ -130,6 +135,17 @@ impl Driver for BtrfsDriver {
         }
         fail::fail_point!("driver::stage::after_sync");
         self.layout.finish_stage(txid)
+    }
+
+    fn creates_inline(&self, kind: Kind, _parent: Option<SnapshotId>) -> bool {
+        // Every prepare and view is a snapshot or an empty subvolume: constant time, made on
+        // the engine thread in snapshots/<id> (btrfs/inline.rs). A layer import's and a
+        // container's trees are written into while staged, and keep `stage`.
+        matches!(kind, Kind::Active | Kind::View)
+    }
+
+    fn create_many(&self, items: &[super::NewTree]) -> Vec<Result<(), DriverError>> {
+        self.create_inline(items)
     }
 
     fn staged_tree(&self, txid: TxId) -> PathBuf {

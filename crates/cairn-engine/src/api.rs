@@ -290,6 +290,8 @@ pub(crate) enum Request {
     ImportLayer {
         input: Input,
         options: ImportOptions,
+        /// An image recorded on the new layer in the import's completion record.
+        hold: Option<String>,
         reply: Reply<Imported>,
     },
     ExportLayer {

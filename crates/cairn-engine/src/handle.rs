@@ -223,6 +223,25 @@ impl EngineHandle {
         self.call(|reply| Request::ImportLayer {
             input: Input(input),
             options,
+            hold: None,
+            reply,
+        })
+    }
+
+    /// [`import_layer`](Self::import_layer), and image `hold` recorded on the new layer (with
+    /// no manifest or config digest) in the same journal record as the import's completion, so
+    /// no crash leaves the layer unheld for recovery to collect (a registry pull's
+    /// `NAME#partial`). The layer is read and journaled even if the store has it already.
+    pub fn import_layer_held(
+        &self,
+        input: Box<dyn std::io::Read + Send>,
+        options: ImportOptions,
+        hold: &str,
+    ) -> Result<Imported, EngineError> {
+        self.call(|reply| Request::ImportLayer {
+            input: Input(input),
+            options,
+            hold: Some(hold.to_owned()),
             reply,
         })
     }

@@ -34,6 +34,8 @@ pub(crate) struct ImportJob {
     pub input: super::api::Input,
     pub expected: Option<Digest>,
     pub parent: Option<(SnapshotId, Digest)>,
+    /// An image to record on the layer in its completion record.
+    pub hold: Option<String>,
 }
 
 /// What a finished import reports to the engine thread.
@@ -43,6 +45,7 @@ pub(crate) struct LayerDone {
     pub chain_id: Digest,
     pub size_bytes: u64,
     pub usage: Usage,
+    pub hold: Option<String>,
 }
 
 /// Stage a snapshot on the parent layer, extract the tar into it, and make the tree and its
@@ -69,6 +72,11 @@ pub(crate) fn import(
     };
     let mut input = job.input.0;
     let extracted = layer::extract(&mut input, &tree, &options, &mut meta)?;
+    // The input is read to its end before anything is journaled, so a source that checks
+    // itself at its end (a registry blob's digest, stream.rs in cairn-registry) can still
+    // refuse the import.
+    std::io::copy(&mut input, &mut std::io::sink())
+        .map_err(EngineError::io("read layer input", &tree))?;
     if let Some(expected) = job.expected {
         if extracted.diff_id != expected {
             return Err(EngineError::DiffIdMismatch {
@@ -96,6 +104,7 @@ pub(crate) fn import(
             size_bytes: extracted.size_bytes,
             inodes: extracted.entries,
         },
+        hold: job.hold,
     })
 }
 

@@ -641,11 +641,23 @@ mod crash {
         let wls: Vec<Workload> = workloads()
             .into_iter()
             .filter(|w| names.map_or(true, |n| n.contains(&w.name.as_str())))
-            // Only vfs and overlay make trees inline (`Driver::creates_inline`); btrfs stages
-            // every creation, so its crash point is never reached there.
+            // Only vfs, overlay and btrfs make trees inline (`Driver::creates_inline`); block
+            // stages every creation, so that crash point is never reached there. btrfs makes
+            // every prepare inline: a prepare never stages or installs there (its imports and
+            // containers do: recover_pending_import, recover_import_install).
             .filter(|w| {
                 w.name != "recover_inline_create"
-                    || matches!(driver, DriverKind::Vfs | DriverKind::Overlay)
+                    || matches!(
+                        driver,
+                        DriverKind::Vfs | DriverKind::Overlay | DriverKind::Btrfs
+                    )
+            })
+            .filter(|w| {
+                driver != DriverKind::Btrfs
+                    || !matches!(
+                        w.name.as_str(),
+                        "recover_pending_create" | "recover_staged_install"
+                    )
             })
             .filter(|w| {
                 only.as_ref()

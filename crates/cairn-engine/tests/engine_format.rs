@@ -334,6 +334,25 @@ fn journal_records() -> Vec<Record> {
             key: "seen".into(),
             target: "/mnt/b".into(),
         },
+        // A pull's layer, completed with its hold image in the same record (txids 48-49).
+        Op::BeginImport {
+            id: SnapshotId(13),
+            parent: Some(digest(0x11)),
+            pin: false,
+            time_ns: T0 + 15,
+        },
+        Op::CompleteImportHeld {
+            of: TxId(48),
+            diff_id: digest(0xa5),
+            chain_id: digest(0x55),
+            size_bytes: 256,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 1,
+            },
+            hold: "hello:2#partial".into(),
+            time_ns: T0 + 16,
+        },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -345,7 +364,7 @@ fn journal_records() -> Vec<Record> {
 }
 
 /// How many records the fixture journal has: the LSN and txid of the last.
-const JOURNAL_RECORDS: u64 = 47;
+const JOURNAL_RECORDS: u64 = 49;
 
 /// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
 /// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
@@ -373,9 +392,10 @@ fn journal_fixture_has_every_op() {
             Op::Mount { .. } => "Mount",
             Op::Unmount { .. } => "Unmount",
             Op::MountGone { .. } => "MountGone",
+            Op::CompleteImportHeld { .. } => "CompleteImportHeld",
         });
     }
-    assert_eq!(seen.len(), 17, "one of each of the 17 variants: {seen:?}");
+    assert_eq!(seen.len(), 18, "one of each of the 18 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -505,12 +525,13 @@ fn fixture_checkpoint() -> Checkpoint {
 fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     let cp = fixture_checkpoint();
     // The state covers every shape: committed, active, view, pending create, pending commit
-    // and pending mount, layers (one pinned, one an image holds), an image and a counted mount.
-    assert_eq!(cp.state.snapshots.len(), 5);
+    // and pending mount, layers (one pinned, one an image holds, one a pull's hold image holds),
+    // images and a counted mount.
+    assert_eq!(cp.state.snapshots.len(), 6);
     assert_eq!(cp.state.pending.len(), 3);
     assert_eq!(cp.state.mounts.len(), 1);
-    assert_eq!(cp.state.layers.len(), 2);
-    assert_eq!(cp.state.images.len(), 1);
+    assert_eq!(cp.state.layers.len(), 3);
+    assert_eq!(cp.state.images.len(), 2);
     assert!(cp.state.containers.is_empty());
     let bytes = check_fixture("checkpoint", &checkpoint::encode(STORE, &cp));
     assert_eq!(
@@ -522,8 +543,8 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(le_u16(&bytes, 8), 3, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 47, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 47, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 49, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 49, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -534,9 +555,9 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 47, next_id 13 (varints).
-    assert_eq!(&bytes[64..66], [47, 13]);
-    assert_eq!(bytes[66], 5, "five snapshots");
+    // The payload starts with State's first two fields: last_txid 49, next_id 14 (varints).
+    assert_eq!(&bytes[64..66], [49, 14]);
+    assert_eq!(bytes[66], 6, "six snapshots");
 }
 
 #[test]

@@ -1060,6 +1060,67 @@ fn r34_stranded_container_is_removed_whole() {
     clean(&h);
 }
 
+/// The other side of R35: a layer whose import completed with its hold
+/// (`import_layer_held`, one `CompleteImportHeld` record, as a registry pull imports) is held
+/// from the moment it exists, so no crash leaves it for `CollectLayers`; the hold moves up the
+/// chain as the next layer comes in.
+#[test]
+fn r35_a_layer_imported_with_its_hold_is_never_collected() {
+    let (_t, root) = new_root();
+    let (h, _) = open(&root).unwrap();
+    let base = h
+        .import_layer_held(
+            Box::new(std::io::Cursor::new(layer_tar(&[(
+                "bin/true",
+                b"#!/bin/sh\n",
+            )]))),
+            cairn_engine::ImportOptions::default(),
+            "reg/img:1#partial",
+        )
+        .unwrap();
+    // A hold that is not a valid image name is refused before anything is read or journaled.
+    let refused = h.import_layer_held(
+        Box::new(std::io::Cursor::new(layer_tar(&[("x", b"x")]))),
+        cairn_engine::ImportOptions::default(),
+        "",
+    );
+    assert!(refused.is_err());
+    h.close().unwrap();
+    let (h, report) = open(&root).unwrap();
+    assert!(!report.layers_collected, "{report:?}");
+    assert!(!report.rows.contains(&Row::R35), "{report:?}");
+    let images = h.images().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(
+        (images[0].name.as_str(), images[0].top.as_str()),
+        ("reg/img:1#partial", base.chain_id.as_str())
+    );
+    let top = h
+        .import_layer_held(
+            Box::new(std::io::Cursor::new(layer_tar(&[("etc/hostname", b"x\n")]))),
+            cairn_engine::ImportOptions {
+                parent: Some(base.chain_id.clone()),
+                ..Default::default()
+            },
+            "reg/img:1#partial",
+        )
+        .unwrap();
+    h.close().unwrap();
+    let (h, report) = open(&root).unwrap();
+    assert!(!report.layers_collected, "{report:?}");
+    assert_eq!(h.layers().unwrap().len(), 2);
+    let images = h.images().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].top, top.chain_id, "the hold moved to the new top");
+    assert_eq!(h.layer(&base.chain_id).unwrap().holders, 0);
+    h.remove_image("reg/img:1#partial").unwrap();
+    assert!(
+        h.layers().unwrap().is_empty(),
+        "the hold was all that kept them"
+    );
+    clean(&h);
+}
+
 #[test]
 fn r35_layers_nothing_holds_are_collected() {
     let (_t, root) = new_root();

@@ -1,5 +1,5 @@
 //! Credentials and challenges: `--username/--password-stdin` or Docker's `config.json`
-//! (`auths`), and the `WWW-Authenticate` header's `Basic` or `Bearer` challenge.
+//! (`credHelpers`, `credsStore`, `auths`), and the `WWW-Authenticate` header's `Basic` or `Bearer` challenge.
 
 use super::error::RegistryError;
 use base64::Engine as _;
@@ -39,6 +39,12 @@ impl Credentials {
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// The helper for every registry: `docker-credential-NAME`.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    /// Per-registry helpers, ahead of `credsStore`.
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -85,6 +91,17 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
             what: path.display().to_string(),
             source,
         })?;
+    // Docker's order: a helper named for the host, then the store's helper, then `auths`.
+    let helper = config
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| auths_key_host(k) == host)
+        .map(|(_, v)| v)
+        .or(config.creds_store.as_ref())
+        .filter(|h| !h.is_empty());
+    if let Some(helper) = helper {
+        return super::helper::get(helper, host);
+    }
     let Some(entry) = config
         .auths
         .iter()

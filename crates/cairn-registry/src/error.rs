@@ -72,6 +72,12 @@ pub enum RegistryError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("credential helper docker-credential-{helper} for {host}: {reason}")]
+    CredentialHelper {
+        helper: String,
+        host: String,
+        reason: String,
+    },
     #[error("the pull was cancelled")]
     Cancelled,
     #[error(transparent)]

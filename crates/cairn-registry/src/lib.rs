@@ -7,11 +7,13 @@
 mod auth;
 mod client;
 mod error;
+mod helper;
 mod manifest;
 mod pull;
 mod push;
 mod reference;
 mod spool;
+mod stream;
 
 pub use auth::{docker_config_path, from_docker_config, Credentials};
 pub use client::{ClientOptions, Retry};

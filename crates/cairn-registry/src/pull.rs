@@ -12,12 +12,14 @@ use super::error::RegistryError;
 use super::manifest::{self, parse_digest, Platform, DOCKER_CONFIG, LAYER_TYPES, OCI_CONFIG};
 use super::reference::Reference;
 use super::spool::{Fetched, Spool};
+use super::stream::{End, Stream};
 use cairn_engine::{EngineHandle, ImportOptions};
 use cairn_layer::Digest;
 use cairn_state::MAX_LAYER_DEPTH;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// How to pull.
 #[derive(Clone, Debug)]
@@ -222,7 +224,8 @@ pub fn pull(
 }
 
 /// Fetch layers `present..` on `options.jobs` threads, at most `jobs + 1` ahead of the
-/// import, and import each in order as soon as it and the ones below it are in.
+/// import, and import each in order while it downloads: the import reads the spool file behind
+/// the fetch (stream.rs), and sees the blob's end only once its digest is checked.
 #[allow(clippy::too_many_arguments)]
 fn fetch_and_import(
     engine: &EngineHandle,
@@ -242,7 +245,8 @@ fn fetch_and_import(
     }
     let jobs = options.jobs.clamp(1, 16);
     let window = jobs + 1;
-    let cancel = AtomicBool::new(false);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let streams: Vec<Arc<Stream>> = (0..count).map(|_| Arc::default()).collect();
     let (job_tx, job_rx) = crossbeam_channel::bounded::<usize>(count);
     let (done_tx, done_rx) =
         crossbeam_channel::unbounded::<(usize, Result<Fetched, RegistryError>)>();
@@ -250,7 +254,8 @@ fn fetch_and_import(
         for _ in 0..jobs.min(count - present) {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
-            let cancel = &cancel;
+            let cancel = &*cancel;
+            let streams = &streams;
             s.spawn(move || {
                 for index in job_rx {
                     if cancel.load(Ordering::Relaxed) {
@@ -258,8 +263,15 @@ fn fetch_and_import(
                     }
                     let p = &planned[index];
                     let bytes = |n| progress(Event::Bytes { index, bytes: n });
-                    let result =
-                        spool.fetch(client, &r.repo, &p.digest, p.size_bytes, &bytes, cancel);
+                    let result = spool.fetch(
+                        client,
+                        &r.repo,
+                        &p.digest,
+                        p.size_bytes,
+                        &bytes,
+                        cancel,
+                        &streams[index],
+                    );
                     if done_tx.send((index, result)).is_err() {
                         break;
                     }
@@ -274,8 +286,8 @@ fn fetch_and_import(
                 next += 1;
             }
             let mut done: BTreeMap<usize, Fetched> = BTreeMap::new();
-            let mut parent = present.checked_sub(1).map(|i| planned[i].chain_id.clone());
-            for (index, p) in planned.iter().enumerate().skip(present) {
+            // The fetch result of layer `index` (an error of any layer ends the pull).
+            let mut wait = |index: usize| -> Result<(), RegistryError> {
                 while !done.contains_key(&index) {
                     let (i, fetched) = done_rx.recv().map_err(|_| RegistryError::Cancelled)?;
                     let fetched = fetched?;
@@ -283,23 +295,51 @@ fn fetch_and_import(
                     totals.1.fetch_add(fetched.resumed_bytes, Ordering::Relaxed);
                     done.insert(i, fetched);
                 }
-                let path = spool.complete(&p.digest);
-                let file = std::fs::File::open(&path).map_err(RegistryError::io("open", &path))?;
-                // The blob was hashed on its way into the spool; the import checks the
-                // uncompressed stream against the config's DiffID.
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let imported = engine.import_layer(
-                    Box::new(reader),
-                    ImportOptions {
-                        parent: parent.clone(),
-                        pin: false,
-                        expected_diff_id: Some(p.diff_id),
-                    },
-                )?;
+                Ok(())
+            };
+            let mut parent = present.checked_sub(1).map(|i| planned[i].chain_id.clone());
+            for (index, p) in planned.iter().enumerate().skip(present) {
+                let import = |input: Box<dyn std::io::Read + Send>| {
+                    // 1 MiB reads: the extractor's input comes from the page cache.
+                    let reader = std::io::BufReader::with_capacity(1 << 20, input);
+                    // The hold keeps the layer (and those below) through a crash until the
+                    // image is recorded: it is recorded in the import's completion record.
+                    engine.import_layer_held(
+                        Box::new(reader),
+                        ImportOptions {
+                            parent: parent.clone(),
+                            pin: false,
+                            expected_diff_id: Some(p.diff_id),
+                        },
+                        hold,
+                    )
+                };
+                let (input, reset) = streams[index]
+                    .follow(spool.complete(&p.digest), Arc::clone(&cancel))
+                    .boxed();
+                // The import checks the uncompressed stream against the config's DiffID.
+                let imported = match import(input) {
+                    Ok(imported) => {
+                        wait(index)?;
+                        imported
+                    }
+                    // The fetch failed: its error says why (digest, truncation, the registry).
+                    Err(_) if streams[index].end() == Some(End::Failed) => {
+                        wait(index)?;
+                        return Err(RegistryError::Cancelled);
+                    }
+                    // The fetch started over under the import (a registry that ignored
+                    // `Range`): import again from the verified spool file.
+                    Err(_) if reset.get() => {
+                        wait(index)?;
+                        let path = spool.blob(&p.digest);
+                        let file =
+                            std::fs::File::open(&path).map_err(RegistryError::io("open", &path))?;
+                        import(Box::new(file))?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 debug_assert_eq!(imported.chain_id, p.chain_id);
-                // The hold keeps the layer (and those below) through a crash until the image
-                // is recorded.
-                engine.put_image(hold, &imported.chain_id, "", "")?;
                 spool.remove(&p.digest)?;
                 progress(Event::Imported { index });
                 parent = Some(imported.chain_id);

@@ -12,6 +12,7 @@
 
 use super::client::{Body, Client};
 use super::error::RegistryError;
+use super::stream::{End, Stream};
 use cairn_layer::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
@@ -63,6 +64,17 @@ impl Spool {
     /// The path of a whole, verified blob.
     pub fn complete(&self, d: &Digest) -> PathBuf {
         self.dir.join(file_name(d))
+    }
+
+    /// A verified blob's bytes: under its whole name, or (when an import read it as it came)
+    /// still under its partial one.
+    pub(crate) fn blob(&self, d: &Digest) -> PathBuf {
+        let complete = self.complete(d);
+        if complete.exists() {
+            complete
+        } else {
+            self.partial(d)
+        }
     }
 
     fn partial(&self, d: &Digest) -> PathBuf {
@@ -118,7 +130,9 @@ impl Spool {
 
     /// Fetch blob `digest` (`size_bytes` long, from `repo`) into the spool, continuing a
     /// partial one, checking its digest as it streams; whole and verified when this returns.
-    pub fn fetch(
+    /// `stream` follows the bytes as they land, for an import that reads behind the fetch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fetch(
         &self,
         client: &Client,
         repo: &str,
@@ -126,6 +140,27 @@ impl Spool {
         size_bytes: u64,
         progress: &dyn Fn(u64),
         cancel: &AtomicBool,
+        stream: &Stream,
+    ) -> Result<Fetched, RegistryError> {
+        let result = self.fetch_blob(client, repo, digest, size_bytes, progress, cancel, stream);
+        stream.finish(if result.is_ok() {
+            End::Verified
+        } else {
+            End::Failed
+        });
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_blob(
+        &self,
+        client: &Client,
+        repo: &str,
+        digest: &Digest,
+        size_bytes: u64,
+        progress: &dyn Fn(u64),
+        cancel: &AtomicBool,
+        stream: &Stream,
     ) -> Result<Fetched, RegistryError> {
         let complete = self.complete(digest);
         if fs::metadata(&complete).is_ok_and(|m| m.len() == size_bytes) {
@@ -149,6 +184,7 @@ impl Spool {
                 &mut fetched,
                 progress,
                 cancel,
+                stream,
             )?;
             if got < size_bytes {
                 return Err(RegistryError::Truncated {
@@ -159,6 +195,12 @@ impl Spool {
                 });
             }
             if &found == digest {
+                if stream.attached() {
+                    // An import is reading these bytes as they came and removes them when it
+                    // is done; if it is cut short, the next pull re-hashes the partial. No
+                    // whole name, so no sync is owed.
+                    return Ok(fetched);
+                }
                 // Invariant: a blob under its whole name is on disk in full before the rename
                 // gives it that name, so a resumed pull never imports a torn blob.
                 File::open(&partial)
@@ -196,6 +238,7 @@ impl Spool {
         fetched: &mut Fetched,
         progress: &dyn Fn(u64),
         cancel: &AtomicBool,
+        stream: &Stream,
     ) -> Result<(Digest, u64), RegistryError> {
         let mut file = OpenOptions::new()
             .create(true)
@@ -213,6 +256,7 @@ impl Spool {
         }
         file.set_len(offset)
             .map_err(RegistryError::io("truncate", partial))?;
+        stream.start(&file, offset);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK_BYTES];
         // The bytes kept from before count towards the digest: hash them again.
@@ -259,6 +303,7 @@ impl Spool {
                 // The registry sent the whole blob: start the file and the digest over.
                 offset = 0;
                 hasher = Sha256::new();
+                stream.restart();
                 file.set_len(0)
                     .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
                     .map_err(RegistryError::io("truncate", partial))?;
@@ -290,6 +335,7 @@ impl Spool {
                     .map_err(RegistryError::io("write", partial))?;
                 hasher.update(&buf[..n]);
                 offset += n as u64;
+                stream.advance(offset);
                 fetched.fetched_bytes += n as u64;
                 progress(n as u64);
             }

@@ -421,6 +421,21 @@ impl Draft<'_> {
             Op::Mount { key, target } => self.mount(txid, key, target),
             Op::Unmount { target } => self.unmount(txid, target),
             Op::MountGone { target } => self.mount_gone(target),
+            Op::CompleteImportHeld {
+                of,
+                diff_id,
+                chain_id,
+                size_bytes,
+                usage,
+                hold,
+                time_ns,
+            } => {
+                // Both on one draft: a hold that is refused drops the completion with it.
+                let mut effects =
+                    self.complete_import(*of, diff_id, chain_id, *size_bytes, *usage)?;
+                effects.extend(self.put_image(hold, chain_id, "", "", *time_ns)?);
+                Ok(effects)
+            }
             Op::Update {
                 key,
                 labels,

@@ -192,6 +192,16 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
         Op::Unmount { target } | Op::MountGone { target } => {
             check_len("target", target, super::mounts::MAX_TARGET_BYTES)
         }
+        Op::CompleteImportHeld {
+            diff_id,
+            chain_id,
+            hold,
+            ..
+        } => {
+            check_len("diff_id", diff_id, digest)?;
+            check_len("chain_id", chain_id, digest)?;
+            key_len(hold, key)
+        }
     }
 }
 
@@ -252,6 +262,20 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
         Op::BeginContainer { name, layer, .. } => string(name) + string(layer) + 2 * VARINT,
         Op::Mount { key, target } => string(key) + string(target),
         Op::Unmount { target } | Op::MountGone { target } => string(target),
+        Op::CompleteImportHeld {
+            diff_id,
+            chain_id,
+            hold,
+            ..
+        } => {
+            VARINT
+                + string(diff_id)
+                + string(chain_id)
+                + VARINT
+                + 2 * VARINT
+                + string(hold)
+                + VARINT
+        }
     };
     VARINT + TAG + body
 }

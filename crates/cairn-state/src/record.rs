@@ -115,4 +115,15 @@ pub enum Op {
     MountGone {
         target: String,
     },
+    /// `CompleteImport`, and image `hold` recorded on the new layer in the same record (a
+    /// pull's `NAME#partial`): no crash can leave the layer completed but unheld.
+    CompleteImportHeld {
+        of: TxId,
+        diff_id: String,
+        chain_id: String,
+        size_bytes: u64,
+        usage: Usage,
+        hold: String,
+        time_ns: i64,
+    },
 }

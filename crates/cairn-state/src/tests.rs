@@ -737,6 +737,48 @@ fn a_refused_import_completion_leaves_the_import_pending() {
     assert_eq!(effects, vec![Effect::Discard { txid }]);
 }
 
+#[test]
+fn a_held_import_completion_is_both_steps_or_neither() {
+    let mut m = Machine::new();
+    let begin = |m: &mut Machine| {
+        let id = SnapshotId(m.state.next_id);
+        m.apply(Op::BeginImport {
+            id,
+            parent: None,
+            pin: false,
+            time_ns: 1,
+        })
+        .expect("begin")
+        .0
+    };
+    let held = |of, hold: &str| Op::CompleteImportHeld {
+        of,
+        diff_id: CHAIN.into(),
+        chain_id: CHAIN.into(),
+        size_bytes: 1,
+        usage: Usage {
+            size_bytes: 1,
+            inodes: 1,
+        },
+        hold: hold.into(),
+        time_ns: 2,
+    };
+    // A hold that is not a valid image name refuses the whole record: no layer, still pending.
+    let txid = begin(&mut m);
+    assert!(m.apply(held(txid, "")).is_err());
+    assert!(m.state.pending.contains_key(&txid), "still pending");
+    assert!(m.state.layers.is_empty());
+    m.apply(Op::Abort { of: txid }).expect("abort");
+    // Accepted: the layer exists and the hold image holds it, in one step.
+    let txid = begin(&mut m);
+    m.apply(held(txid, "img#partial")).expect("held completion");
+    assert_eq!(m.state.images["img#partial"].top, CHAIN);
+    assert_eq!(m.state.layers[CHAIN].holders, 1);
+    // Nothing to collect: the layer is held.
+    let (_, effects) = m.apply(Op::CollectLayers).expect("collect");
+    assert!(effects.is_empty(), "{effects:?}");
+}
+
 fn invalid_reason(r: Result<(TxId, Vec<Effect>), StateError>) -> Invalid {
     match r {
         Err(StateError::InvalidArgument { reason }) => reason,

@@ -5,6 +5,9 @@
 #[path = "registry_support/mod.rs"]
 mod support;
 
+#[path = "serve_support/mod.rs"]
+mod serve_support;
+
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -399,7 +402,119 @@ fn basic_auth_with_htpasswd_and_docker_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(image_names(&root2), [target]);
+    assert_eq!(image_names(&root2), std::slice::from_ref(&target));
+
+    // Credential helpers: `credHelpers` for this host, else `credsStore`, each a
+    // `docker-credential-NAME get` on PATH that reads the host on stdin and answers JSON.
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let asked = d.path().join("asked");
+    let helper = |name: &str, secret: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r host\necho \"$host\" > {}\n\
+                 if [ \"$host\" = {} ]; then\n  echo '{{\"ServerURL\":\"'$host'\",\"Username\":\"bob\",\"Secret\":\"{secret}\"}}'\n\
+                 else\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+                asked.display(),
+                reg.addr
+            ),
+        )
+        .expect("helper");
+        let mut perms = std::fs::metadata(&path).expect("helper").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).expect("chmod helper");
+    };
+    helper("good", "hunter2");
+    helper("bad", "wrong");
+    let path_env = std::ffi::OsString::from(format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    ));
+    let path_env = Path::new(&path_env);
+    let configs = [
+        // The host's own helper wins over the store's (and over auths).
+        (
+            format!(
+                r#"{{"credsStore":"bad","credHelpers":{{"{}":"good"}},"auths":{{"{}":{{}}}}}}"#,
+                reg.addr, reg.addr
+            ),
+            true,
+        ),
+        (r#"{"credsStore":"good"}"#.to_owned(), true),
+        (r#"{"credsStore":"bad"}"#.to_owned(), false),
+        // A helper for another host is not asked: anonymous, so 401.
+        (
+            r#"{"credHelpers":{"other.example":"good"}}"#.to_owned(),
+            false,
+        ),
+    ];
+    for (i, (config, works)) in configs.iter().enumerate() {
+        std::fs::write(config_dir.join("config.json"), config).expect("config.json");
+        let _ = std::fs::remove_file(&asked);
+        let root = d.path().join(format!("helper-{i}"));
+        let out = cairn_with(
+            &root,
+            &["pull", &target],
+            None,
+            &[("DOCKER_CONFIG", &config_dir), ("PATH", path_env)],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        if *works {
+            assert!(out.status.success(), "{config}: {err}");
+            assert_eq!(
+                image_names(&root),
+                std::slice::from_ref(&target),
+                "{config}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(7), "{config}: {err}");
+            assert!(image_names(&root).is_empty(), "{config}");
+        }
+        if i < 3 {
+            // The helper was given the registry's host on stdin.
+            let host = std::fs::read_to_string(&asked).expect("the helper ran");
+            assert_eq!(host.trim(), reg.addr, "{config}");
+        } else {
+            assert!(!asked.exists(), "{config}: a helper for another host ran");
+        }
+    }
+}
+
+/// `--password-stdin` while `cairn serve` holds the root: the client reads the line and sends
+/// it with the command through the control socket; the server never reads its own stdin.
+#[test]
+fn password_stdin_through_cairn_serve() {
+    let Some(corpus) = shared() else { return };
+    if !ready() {
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let reg = Registry::start(d.path(), Some(("bob", "hunter2")));
+    let src = format!("oci:{}", corpus.join("images/chain-oci").display());
+    let target = reg.skopeo_copy(&src, "auth/chain:1", &["--dest-creds", "bob:hunter2"]);
+    let root = d.path().join("root");
+    let server = serve_support::Server::start(&root, &d.path().join("s.sock"), "vfs", "warn");
+    let pull = |password: &str| {
+        cairn_with(
+            &root,
+            &["pull", &target, "--username", "bob", "--password-stdin"],
+            Some(password),
+            &[],
+        )
+    };
+    let out = pull("wrong\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("held by cairn serve"), "{err}");
+    let out = pull("hunter2\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("held by cairn serve"), "{err}");
+    assert_eq!(image_names(&root), [target]);
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// A corpus layer's bytes and its DiffID from MANIFEST.tsv.
@@ -508,6 +623,30 @@ fn hostile_registries_give_typed_errors_and_change_nothing() {
     }
 }
 
+/// Add the imports whose completion the journal of `root` holds: ChainID → txids.
+fn completed_imports(root: &Path, imports: &mut std::collections::BTreeMap<String, BTreeSet<u64>>) {
+    if !root.join("wal").exists() {
+        return;
+    }
+    let out = cairn(root, &["wal", "dump"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_slice(line).expect("wal dump JSON line");
+        if matches!(
+            v["op"].as_str(),
+            Some("CompleteImport" | "CompleteImportHeld")
+        ) {
+            let chain_id = v["chain_id"].as_str().expect("chain_id").to_owned();
+            let txid = v["txid"].as_u64().expect("txid");
+            imports.entry(chain_id).or_default().insert(txid);
+        }
+    }
+}
+
 /// kill -9 at random moments during a pull of a 120 MB image (a layer of 104 MiB), then pull
 /// again: no layer imported twice, fewer than 1.5 × the image's bytes fetched over all
 /// attempts, fsck clean after every kill. Seeded: CAIRN_SEED=N replays a run.
@@ -555,6 +694,7 @@ fn kill_during_pull_then_resume() {
     };
     let root = d.path().join("root");
     let mut seen = BTreeSet::new();
+    let mut imports = std::collections::BTreeMap::new();
     let kills = 4;
     for k in 0..kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -573,6 +713,8 @@ fn kill_during_pull_then_resume() {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = child.wait();
+        // Before anything opens the root again (recovery may checkpoint and cut the log).
+        completed_imports(&root, &mut imports);
         fsck_clean(&root);
         let now = layer_ids(&root);
         // A layer in the store stays there: it is never imported a second time.
@@ -599,6 +741,13 @@ fn kill_during_pull_then_resume() {
         Some(seen.len() as u64),
         "{pulled}"
     );
+    completed_imports(&root, &mut imports);
+    // No layer imported twice: every ChainID was completed by one transaction over all the
+    // attempts (a layer completed but left unheld would be collected and imported again).
+    assert_eq!(imports.len(), 2, "{imports:?}");
+    for (chain_id, txids) in &imports {
+        assert_eq!(txids.len(), 1, "{chain_id} imported by {txids:?}");
+    }
     let fetched = proxy.bytes();
     println!("image: {image_bytes} bytes, fetched over all attempts: {fetched} bytes");
     assert!(

@@ -141,12 +141,23 @@ impl Core {
                     size_bytes: done.size_bytes,
                     existed: self.state.layers.contains_key(&done.chain_id.to_string()),
                 };
-                let op = Op::CompleteImport {
-                    of: txid,
-                    diff_id: imported.diff_id.clone(),
-                    chain_id: imported.chain_id.clone(),
-                    size_bytes: done.size_bytes,
-                    usage: done.usage,
+                let op = match done.hold {
+                    None => Op::CompleteImport {
+                        of: txid,
+                        diff_id: imported.diff_id.clone(),
+                        chain_id: imported.chain_id.clone(),
+                        size_bytes: done.size_bytes,
+                        usage: done.usage,
+                    },
+                    Some(hold) => Op::CompleteImportHeld {
+                        of: txid,
+                        diff_id: imported.diff_id.clone(),
+                        chain_id: imported.chain_id.clone(),
+                        size_bytes: done.size_bytes,
+                        usage: done.usage,
+                        hold,
+                        time_ns: super::now_ns(),
+                    },
                 };
                 (op, Ok(imported))
             }

@@ -97,8 +97,9 @@ impl Core {
             Request::ImportLayer {
                 input,
                 options,
+                hold,
                 reply,
-            } => self.begin_import(input, options, reply, batch),
+            } => self.begin_import(input, options, hold, reply, batch),
             Request::RemoveLayer { chain_id, reply } => {
                 self.remove_op(Op::RemoveLayer { chain_id }, reply, batch)
             }
@@ -256,9 +257,16 @@ impl Core {
         &mut self,
         input: Input,
         options: ImportOptions,
+        hold: Option<String>,
         reply: Reply<Imported>,
         batch: &mut Batch,
     ) {
+        // A hold is checked now, before any byte is read (and again at completion).
+        if let Some(h) = &hold {
+            if let Err(e) = cairn_state::validate_key(h) {
+                return batch.reply(reply, Err(e.into()));
+            }
+        }
         let parent = match &options.parent {
             None => Ok(None),
             Some(p) => self
@@ -269,8 +277,9 @@ impl Core {
             Ok(p) => p,
             Err(e) => return batch.reply(reply, Err(e)),
         };
-        // A known DiffID whose layer exists: nothing to read, nothing to write.
-        if let Some(expected) = &options.expected_diff_id {
+        // A known DiffID whose layer exists: nothing to read, nothing to write (with a hold,
+        // the completion record still has to carry it).
+        if let (Some(expected), None) = (&options.expected_diff_id, &hold) {
             let chain =
                 cairn_layer::chain_id(parent.as_ref().map(|(_, d)| d), expected).to_string();
             if let Ok(layer) = self.state.layer(&chain) {
@@ -298,6 +307,7 @@ impl Core {
                     input,
                     expected: options.expected_diff_id,
                     parent,
+                    hold,
                 });
                 for e in effects {
                     let with = match (&e, job.take()) {

@@ -161,6 +161,9 @@ pub struct Ctx {
     pub out: Output,
     /// Set when the command runs inside `cairn serve` (its control socket): that engine.
     pub engine: Option<EngineHandle>,
+    /// Inside `cairn serve`: the `--password-stdin` line the client read from its own
+    /// standard input and sent with the command (the server's stdin is not the user's).
+    pub password: Option<String>,
 }
 
 impl Ctx {
@@ -264,6 +267,7 @@ where
         lock_timeout: cli.lock_timeout,
         out: Output::new(cli.json),
         engine: None,
+        password: None,
     };
     let serving = matches!(cli.command, Command::Serve(_));
     // A root held by a live `cairn serve` runs the command there, without waiting for its lock.

@@ -79,13 +79,23 @@ fn registry_error(e: RegistryError) -> CliError {
     CliError::new(kind, message)
 }
 
-fn client_options(access: &Access, reference: &str) -> Result<ClientOptions, CliError> {
+fn client_options(ctx: &Ctx, access: &Access, reference: &str) -> Result<ClientOptions, CliError> {
     let credentials = if let Some(username) = &access.username {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
+        let password = match (&ctx.password, &ctx.engine) {
+            (Some(p), _) => p.clone(),
+            // Inside `cairn serve` without the client's line: never read the server's stdin.
+            (None, Some(_)) => return Err(CliError::invalid(
+                "--password-stdin: no password came with the command through cairn serve's socket",
+            )),
+            (None, None) => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\n', '\r']).to_owned()
+            }
+        };
         Some(Credentials {
             username: username.clone(),
-            password: line.trim_end_matches(['\n', '\r']).to_owned(),
+            password,
         })
     } else {
         let host = cairn_registry::Reference::parse(reference)
@@ -166,7 +176,7 @@ pub fn pull(ctx: &Ctx, args: PullArgs) -> Result<(), CliError> {
         None => None,
     };
     let options = PullOptions {
-        client: client_options(&args.access, &args.reference)?,
+        client: client_options(ctx, &args.access, &args.reference)?,
         platform,
         jobs: usize::from(args.jobs),
         root: ctx.root.clone(),
@@ -194,7 +204,7 @@ pub fn pull(ctx: &Ctx, args: PullArgs) -> Result<(), CliError> {
 
 pub fn push(ctx: &Ctx, args: PushArgs) -> Result<(), CliError> {
     let options = PushOptions {
-        client: client_options(&args.access, &args.reference)?,
+        client: client_options(ctx, &args.access, &args.reference)?,
         root: ctx.root.clone(),
         mount_from: args.mount_from.clone(),
     };

@@ -24,10 +24,23 @@ const MAX_CLIENTS: usize = 16;
 /// The request line, at most.
 const MAX_REQUEST_BYTES: u64 = 1 << 20;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Request {
     args: Vec<String>,
     cwd: PathBuf,
+    /// `pull`/`push --password-stdin`: the first line of the client's standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, not even in a debug log.
+        f.debug_struct("Request")
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +183,7 @@ fn run_one(conn: &UnixStream, root: &Path, engine: EngineHandle) -> Result<u8, C
         lock_timeout: cli.lock_timeout,
         out: Output::remote(cli.json, Arc::new(Mutex::new(conn))),
         engine: Some(engine),
+        password: request.password,
     };
     match dispatch(&ctx, cli.command) {
         Ok(code) => Ok(code),
@@ -235,8 +249,21 @@ pub fn forward(
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let request = serde_json::to_string(&Request { args, cwd })
-        .map_err(|e| CliError::new(ErrorKind::Other, format!("encode request: {e}")))?;
+    // `--password-stdin` reads this process's standard input, not the server's: the line
+    // travels with the command (the socket is the root's, mode 0600).
+    let password = if args.iter().any(|a| a == "--password-stdin") {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Some(line.trim_end_matches(['\n', '\r']).to_owned())
+    } else {
+        None
+    };
+    let request = serde_json::to_string(&Request {
+        args,
+        cwd,
+        password,
+    })
+    .map_err(|e| CliError::new(ErrorKind::Other, format!("encode request: {e}")))?;
     writeln!(conn, "{request}")
         .map_err(|e| CliError::new(ErrorKind::Other, format!("{}: {e}", path.display())))?;
     for line in BufReader::new(conn).lines() {
