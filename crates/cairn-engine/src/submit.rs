@@ -109,7 +109,7 @@ impl Command<CleanupReport> {
 /// A submitted command the engine's bounded queue had no room for, not sent yet:
 /// [`EngineHandle::send_blocking`] sends it, waiting (on a thread that may block) for room.
 #[derive(Debug)]
-pub struct QueueFull(Msg);
+pub struct QueueFull(Box<Msg>);
 
 impl EngineHandle {
     /// Queue `command` without waiting for its answer; the engine thread calls `on_reply`
@@ -124,7 +124,7 @@ impl EngineHandle {
         let msg = Msg::Request(command.into_request(Reply::callback(on_reply)));
         match self.sender().try_send(msg) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(msg)) => Err(QueueFull(msg)),
+            Err(TrySendError::Full(msg)) => Err(QueueFull(Box::new(msg))),
             // Dropping the message drops `on_reply` unanswered.
             Err(TrySendError::Disconnected(_)) => Ok(()),
         }
@@ -133,6 +133,6 @@ impl EngineHandle {
     /// Send what [`submit`](Self::submit) found no room for, blocking until there is.
     pub fn send_blocking(&self, full: QueueFull) {
         // A disconnected queue drops the message, and with it its callback, unanswered.
-        let _ = self.sender().send(full.0);
+        let _ = self.sender().send(*full.0);
     }
 }
