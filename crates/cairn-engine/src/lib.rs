@@ -65,6 +65,7 @@ pub mod mountref;
 pub mod recovery;
 mod rootmeta;
 pub mod rows;
+mod submit;
 mod verify;
 mod workers;
 
@@ -80,6 +81,7 @@ pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
 pub use rows::Row;
+pub use submit::{Command, QueueFull};
 
 // What an embedder needs from the crates below, so it depends on this crate alone.
 pub use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};

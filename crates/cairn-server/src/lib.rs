@@ -3,7 +3,7 @@
 //! See docs/serve.md.
 //!
 //! ```text
-//! containerd ──gRPC/unix──► tonic handler ──permit──► blocking pool ──► EngineHandle ──► engine thread
+//! containerd ──gRPC/unix──► tonic handler ──permit──► EngineHandle::submit ──► engine thread ──oneshot──► handler
 //! ```
 
 mod bridge;
