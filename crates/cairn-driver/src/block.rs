@@ -1,5 +1,5 @@
 //! The block driver, after devicemapper's thin pool: every snapshot is one sparse file-system
-//! image (ext4), cloned from its parent's with a reflink (FICLONE) in constant time. A base
+//! image (ext4, or xfs if the root was created so: `block_options`), cloned from its parent's with a reflink (FICLONE) in constant time. A base
 //! image, made once with mkfs when the root is created, is what a snapshot without a parent
 //! is cloned from, as devicemapper's base device was.
 //!
@@ -17,6 +17,7 @@
 //! (`attach_staged` .. `sync_staged`), and read-only, privately, to read a tree
 //! (`open_tree`). Loop devices auto-clear, so a crash leaves none bound.
 
+use super::block_options::{BlockFs, BlockOptions};
 use super::error::DriverError;
 use super::layout::{create_tree_root, Inventory, Layout, SYNC_FAILED, TREE};
 use super::loopdev::{self, attached, reflink};
@@ -26,7 +27,7 @@ use super::sync::{fsync_dir, fsync_open, syncfs};
 use super::view::TreeView;
 use super::{Driver, WhiteoutStyle};
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -44,53 +45,16 @@ const BASE_TMP: &str = "block.base.tmp";
 const VIEWS: &str = "block.views";
 const PROBE: &str = "block.probe";
 const PROBE_CLONE: &str = "block.probe.clone";
-/// The file system type of the images.
-const FS_TYPE: &str = "ext4";
-/// Set at root creation by CAIRN_BLOCK_SIZE_BYTES, else 10 GiB (sparse: costs nothing).
-pub const DEFAULT_IMAGE_SIZE_BYTES: u64 = 10 << 30;
-const MIN_IMAGE_SIZE_BYTES: u64 = 64 << 20;
-const SIZE_ENV: &str = "CAIRN_BLOCK_SIZE_BYTES";
-
-/// Options for a block root; they only matter when the root (its base image) is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockOptions {
-    /// The apparent size of every image (its file system's size).
-    pub size_bytes: u64,
-}
-
-impl Default for BlockOptions {
-    fn default() -> Self {
-        BlockOptions {
-            size_bytes: DEFAULT_IMAGE_SIZE_BYTES,
-        }
-    }
-}
-
-impl BlockOptions {
-    /// The default, with the size from `CAIRN_BLOCK_SIZE_BYTES` if set.
-    pub fn from_env() -> Result<BlockOptions, DriverError> {
-        match std::env::var(SIZE_ENV) {
-            Err(_) => Ok(BlockOptions::default()),
-            Ok(v) => match v.trim().parse::<u64>() {
-                Ok(size_bytes) if size_bytes >= MIN_IMAGE_SIZE_BYTES => {
-                    Ok(BlockOptions { size_bytes })
-                }
-                _ => Err(DriverError::BadImageSize {
-                    value: v,
-                    min_bytes: MIN_IMAGE_SIZE_BYTES,
-                }),
-            },
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct BlockDriver {
     layout: Layout,
+    /// The file system inside the images, as recorded by the base.
+    fs: BlockFs,
     base: PathBuf,
     views: PathBuf,
-    /// Staged transactions whose image is mounted on their tree by `attach_staged`.
-    attached: Mutex<BTreeSet<TxId>>,
+    /// Staged transactions whose image is mounted on their tree by `attach_staged`, each with
+    /// a descriptor of the image opened before the mount (see `sync_staged`).
+    attached: Mutex<BTreeMap<TxId, File>>,
     next_view: AtomicU64,
 }
 
@@ -102,32 +66,15 @@ fn exists(path: &Path) -> Result<bool, DriverError> {
     }
 }
 
-fn ext4(image: &Path, read_only: bool) -> Mount {
-    let mut options = vec![
-        "loop".to_string(),
-        if read_only { "ro" } else { "rw" }.to_string(),
-    ];
-    if !read_only {
-        // The base is made with lazy inode tables (its file is sparse, they read as zeros):
-        // without this every writable mount would start zeroing them, unsharing the clone.
-        options.push("noinit_itable".to_string());
-    }
-    Mount {
-        kind: FS_TYPE.to_string(),
-        source: image.to_path_buf(),
-        options,
-    }
-}
-
 /// Unmounts whatever is mounted on `target` (lazily); nothing mounted is not an error. Used
 /// on trees a killed process may have left mounted, before they are deleted.
 fn detach(target: &Path) {
     let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
 }
 
-/// Allocated bytes of the image and, from its ext4 superblock, the inodes in use (as of its
-/// last unmount), not counting the reserved ones but counting the root directory, as a walk
-/// of the tree would.
+/// Allocated bytes of the image and, from its superblock, the inodes in use (as of its last
+/// unmount), not counting the file system's own but counting the root directory, as a walk of
+/// the tree would.
 fn image_usage(image: &Path) -> Result<Usage, DriverError> {
     let mut file = File::open(image).map_err(|e| DriverError::io("open", image, e))?;
     let meta = file
@@ -138,7 +85,19 @@ fn image_usage(image: &Path) -> Result<Usage, DriverError> {
         .and_then(|_| file.read_exact(&mut sb))
         .map_err(|e| DriverError::io("read superblock", image, e))?;
     let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]) as u64;
-    let inodes = if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
+    let mut xfs = [0u8; 144];
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut xfs))
+        .map_err(|e| DriverError::io("read superblock", image, e))?;
+    let be64 = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&xfs[o..o + 8]);
+        u64::from_be_bytes(b)
+    };
+    let inodes = if xfs[0..4] == *b"XFSB" {
+        // sb_icount - sb_ifree, less the realtime bitmap and summary inodes (xfs's own).
+        be64(128).saturating_sub(be64(136)).saturating_sub(2)
+    } else if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
         let used = u32_at(0).saturating_sub(u32_at(16));
         // Inodes 1..first_ino are reserved (counted used); the root (2) is one of them.
         used.saturating_sub(u32_at(84).saturating_sub(1)) + 1
@@ -152,11 +111,24 @@ fn image_usage(image: &Path) -> Result<Usage, DriverError> {
 }
 
 impl BlockDriver {
-    /// Opens a block root, creating its base image (`options.size_bytes`, sparse) if it has
-    /// none. Fails with `ReflinkUnsupported` when the root's file system cannot reflink.
+    /// Opens a block root, creating its base image (`options`: size, sparse, and file system)
+    /// if it has none; an existing root keeps the options its base records. Fails with
+    /// `ReflinkUnsupported` when the root's file system cannot reflink.
     pub fn open(root: &Path, options: BlockOptions) -> Result<BlockDriver, DriverError> {
+        BlockDriver::open_with(root, options, false)
+    }
+
+    /// `open`; with `required`, an existing root whose base records other options than
+    /// `options` is refused (`BlockOptionsMismatch`) instead of opened with its own.
+    pub fn open_with(
+        root: &Path,
+        options: BlockOptions,
+        required: bool,
+    ) -> Result<BlockDriver, DriverError> {
+        let options = options.validate()?;
         let layout = Layout::open(root)?;
-        let driver = BlockDriver {
+        let mut driver = BlockDriver {
+            fs: options.fs,
             base: root.join(BASE),
             views: root.join(VIEWS),
             layout,
@@ -168,7 +140,21 @@ impl BlockDriver {
         if !exists(&driver.base)? {
             driver.make_base(options)?;
         }
+        let recorded = BlockOptions::recorded(&driver.base)?;
+        if required && recorded != options {
+            return Err(DriverError::BlockOptionsMismatch {
+                root: root.to_path_buf(),
+                recorded: describe(recorded),
+                asked: describe(options),
+            });
+        }
+        driver.fs = recorded.fs;
         Ok(driver)
+    }
+
+    /// The file system inside this root's images.
+    pub fn fs(&self) -> BlockFs {
+        self.fs
     }
 
     pub fn layout(&self) -> &Layout {
@@ -180,7 +166,7 @@ impl BlockDriver {
         self.layout.snapshot_dir(id).join(IMAGE)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<TxId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxId, File>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -243,16 +229,29 @@ impl BlockDriver {
         let file = File::create(&tmp).map_err(|e| DriverError::io("create", &tmp, e))?;
         file.set_len(options.size_bytes)
             .map_err(|e| DriverError::io("truncate", &tmp, e))?;
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "cairn", "-E"])
-            .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1")
-            .arg(&tmp)
-            .output()
-            .map_err(|e| DriverError::io("run mkfs.ext4", &tmp, e))?;
+        let (program, out) = match options.fs {
+            BlockFs::Ext4 => (
+                "mkfs.ext4",
+                Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-L", "cairn", "-E"])
+                    .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1")
+                    .arg(&tmp)
+                    .output(),
+            ),
+            // -K: no discard of the sparse file. xfs makes no lost+found.
+            BlockFs::Xfs => (
+                "mkfs.xfs",
+                Command::new("mkfs.xfs")
+                    .args(["-q", "-f", "-K", "-L", "cairn"])
+                    .arg(&tmp)
+                    .output(),
+            ),
+        };
+        let out = out.map_err(|e| DriverError::io("run mkfs", &tmp, e))?;
         if !out.status.success() {
             return Err(DriverError::Mkfs {
                 image: tmp,
-                program: "mkfs.ext4",
+                program,
                 detail: format!(
                     "{}: {}",
                     out.status,
@@ -260,17 +259,19 @@ impl BlockDriver {
                 ),
             });
         }
-        let target = self.views.join("base");
-        fs::create_dir_all(&target).map_err(|e| DriverError::io("mkdir", &target, e))?;
-        mount_all(&[ext4(&tmp, false)], &target)?;
-        let lost = target.join("lost+found");
-        let removed = fs::remove_dir(&lost).map_err(|e| DriverError::io("rmdir", &lost, e));
-        // The unmount flushes the file system into the image (the loop device's flush
-        // fsyncs its backing file); the fsync below makes sure of it.
-        let unmounted = unmount(&target);
-        let _ = fs::remove_dir(&target);
-        removed?;
-        unmounted?;
+        if options.fs == BlockFs::Ext4 {
+            let target = self.views.join("base");
+            fs::create_dir_all(&target).map_err(|e| DriverError::io("mkdir", &target, e))?;
+            mount_all(&[options.fs.mount(&tmp, false)], &target)?;
+            let lost = target.join("lost+found");
+            let removed = fs::remove_dir(&lost).map_err(|e| DriverError::io("rmdir", &lost, e));
+            // The unmount flushes the file system into the image (the loop device's flush
+            // fsyncs its backing file); the fsync below makes sure of it.
+            let unmounted = unmount(&target);
+            let _ = fs::remove_dir(&target);
+            removed?;
+            unmounted?;
+        }
         // Invariant: the base's contents are on disk before its name says it is complete.
         fsync_open(&file, &tmp, false)?;
         fs::rename(&tmp, &self.base).map_err(|e| DriverError::io("rename", &tmp, e))?;
@@ -305,6 +306,23 @@ impl BlockDriver {
             });
         }
         Ok(())
+    }
+}
+
+/// Options as an error names them.
+fn describe(o: BlockOptions) -> String {
+    format!("{} images of {} bytes", o.fs.name(), o.size_bytes)
+}
+
+impl Drop for BlockDriver {
+    /// An import the engine never finished (it stopped after a failed sync, or closed in the
+    /// middle) leaves its staged image mounted: let go of it, so a closed engine holds nothing
+    /// on the root. The staging itself is discarded by the next open's recovery.
+    fn drop(&mut self) {
+        let attached = std::mem::take(&mut *self.lock());
+        for txid in attached.into_keys() {
+            detach(&self.layout.staged_tree(txid));
+        }
     }
 }
 
@@ -348,11 +366,18 @@ impl Driver for BlockDriver {
             return Err(DriverError::StagingMissing { txid, path: image });
         }
         let mut attached = self.lock();
-        if attached.contains(&txid) {
+        if attached.contains_key(&txid) {
             return Ok(());
         }
-        mount_all(&[ext4(&image, false)], &dir.join(TREE))?;
-        attached.insert(txid);
+        // Opened before anything is written through the mount: a write-back error of the
+        // image's pages from now on (the loop device's own flushes, at the unmount, consume
+        // it for their descriptor) is still reported to this one's fsync in `sync_staged`.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| DriverError::io("open", &image, e))?;
+        mount_all(&[self.fs.mount(&image, false)], &dir.join(TREE))?;
+        attached.insert(txid, file);
         Ok(())
     }
 
@@ -363,7 +388,8 @@ impl Driver for BlockDriver {
             return Err(DriverError::StagingMissing { txid, path: image });
         }
         fail::fail_point!("driver::sync_staged::before_sync");
-        if self.lock().remove(&txid) {
+        let opened_before = self.lock().remove(&txid);
+        if opened_before.is_some() {
             let tree = dir.join(TREE);
             // Invariant: everything the import wrote is in the image before install can
             // publish it. Never retried: on failure the engine discards the staging and a new
@@ -373,12 +399,16 @@ impl Driver for BlockDriver {
             unmount(&tree)?;
             synced?;
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .map_err(|e| DriverError::io("open", &image, e))?;
+        let file = match opened_before {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| DriverError::io("open", &image, e))?,
+        };
         // Invariant: the image's blocks (written through the loop device into its page cache)
-        // are on disk before the import's completion is journaled.
+        // are on disk before the import's completion is journaled; the descriptor predates
+        // the import's writes, so an error their write-back hit is not lost (fsyncgate).
         fsync_open(&file, &image, false)?;
         // Invariant: layer.meta, written beside the image, is durable in staging/<txid>.
         fsync_dir(&dir)?;
@@ -439,7 +469,7 @@ impl Driver for BlockDriver {
         _parents: &[SnapshotId],
     ) -> Result<Vec<Mount>, DriverError> {
         let image = self.layout.require_installed(id)?.join(IMAGE);
-        Ok(vec![ext4(&image, kind != Kind::Active)])
+        Ok(vec![self.fs.mount(&image, kind != Kind::Active)])
     }
 
     fn remove(&self, id: SnapshotId) -> Result<(), DriverError> {
@@ -468,7 +498,7 @@ impl Driver for BlockDriver {
         let n = self.next_view.fetch_add(1, Ordering::Relaxed);
         let target = self.views.join(format!("{id}.{n}"));
         fs::create_dir(&target).map_err(|e| DriverError::io("mkdir", &target, e))?;
-        if let Err(e) = mount_all(&[ext4(&image, true)], &target) {
+        if let Err(e) = mount_all(&[self.fs.mount(&image, true)], &target) {
             let _ = fs::remove_dir(&target);
             return Err(e);
         }

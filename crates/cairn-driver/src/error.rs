@@ -153,8 +153,27 @@ pub enum DriverError {
         limit: usize,
     },
 
-    #[error("CAIRN_BLOCK_SIZE_BYTES={value:?} is not a size in bytes of at least {min_bytes}")]
+    #[error(
+        "block image size {value:?} is not a size of at least {min_bytes} bytes (bytes, or a \
+         number with K, M, G or T: 512M, 10GiB)"
+    )]
     BadImageSize { value: String, min_bytes: u64 },
+
+    #[error("block image file system {value:?} is not one of ext4, xfs")]
+    BadBlockFs { value: String },
+
+    #[error("the block driver's base image {image} holds neither ext4 nor xfs")]
+    BadBaseImage { image: PathBuf },
+
+    #[error(
+        "the block root {root} was created with {recorded}; it cannot be reopened with {asked} \
+         (block options only apply when a root is created)"
+    )]
+    BlockOptionsMismatch {
+        root: PathBuf,
+        recorded: String,
+        asked: String,
+    },
 
     #[error("attach {image} to a loop device: {source}")]
     LoopAttach {

@@ -11,6 +11,7 @@
 
 mod batch;
 mod block;
+mod block_options;
 mod btrfs;
 mod copy;
 mod digest;
@@ -30,7 +31,8 @@ mod view;
 mod walk;
 
 pub use batch::NewTree;
-pub use block::{BlockDriver, BlockOptions};
+pub use block::BlockDriver;
+pub use block_options::{parse_size, BlockFs, BlockOptions, DEFAULT_IMAGE_SIZE_BYTES};
 pub use btrfs::BtrfsDriver;
 pub use copy::{copy_tree, CopyStats};
 pub use digest::tree_digest;
@@ -161,10 +163,24 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
 /// Opens (creating if needed) the driver directories under `root`. The overlay driver probes
 /// overlay support first and fails with `DriverError::OverlayUnsupported` when it cannot mount.
 pub fn open_driver(kind: DriverKind, root: &Path) -> Result<Box<dyn Driver>, DriverError> {
+    open_driver_with(kind, root, None)
+}
+
+/// `open_driver`, with the block driver's options for a new root (`None`: the default, with
+/// `CAIRN_BLOCK_SIZE_BYTES`). Given for an existing block root, they must be the ones its
+/// base image records (`BlockOptionsMismatch`).
+pub fn open_driver_with(
+    kind: DriverKind,
+    root: &Path,
+    block: Option<BlockOptions>,
+) -> Result<Box<dyn Driver>, DriverError> {
     Ok(match kind {
         DriverKind::Vfs => Box::new(VfsDriver::open(root)?),
         DriverKind::Overlay => Box::new(OverlayDriver::open(root)?),
-        DriverKind::Block => Box::new(BlockDriver::open(root, BlockOptions::from_env()?)?),
+        DriverKind::Block => Box::new(match block {
+            Some(options) => BlockDriver::open_with(root, options, true)?,
+            None => BlockDriver::open(root, BlockOptions::from_env()?)?,
+        }),
         DriverKind::Btrfs => Box::new(BtrfsDriver::open(root)?),
     })
 }

@@ -3,7 +3,7 @@
 
 use cairn_driver::loopdev::attached;
 use cairn_driver::scratch::{unavailable, ReflinkFs};
-use cairn_driver::{mount, BlockDriver, BlockOptions, Driver, DriverError};
+use cairn_driver::{mount, BlockDriver, BlockFs, BlockOptions, Driver, DriverError};
 use cairn_state::types::{Kind, SnapshotId, TxId};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ fn open(fs: &ReflinkFs) -> Result<BlockDriver, DriverError> {
         &fs.path().join("root"),
         BlockOptions {
             size_bytes: IMAGE_BYTES,
+            ..BlockOptions::default()
         },
     )
 }
@@ -235,4 +236,112 @@ fn prepare_time_does_not_grow_with_the_parent() -> TestResult {
 fn fs4_free(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
     let s = nix::sys::statvfs::statvfs(path)?;
     Ok(s.blocks_free() as u64 * s.fragment_size() as u64)
+}
+
+/// An import the engine never finished (it stopped, or closed, between `attach_staged` and
+/// `sync_staged`) leaves its staged image mounted; dropping the driver lets go of it, and the
+/// loop device with it, so a closed engine holds nothing on the root.
+#[test]
+fn dropping_the_driver_unmounts_an_unfinished_import() -> TestResult {
+    let Some(x) = scratch("drop-attached") else {
+        return Ok(());
+    };
+    let d = open(&x)?;
+    d.stage(TxId(7), Kind::Active, None)?;
+    d.attach_staged(TxId(7))?;
+    let tree = d.staged_tree(TxId(7));
+    fs::write(tree.join("half"), b"an import in progress")?;
+    let image = x.path().join("root/staging/7/image");
+    assert_eq!(attached(&image)?, Some(true), "the staged image is mounted");
+    drop(d);
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let tree = fs::canonicalize(&tree)?;
+    assert!(
+        !info
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(tree.to_string_lossy().as_ref())),
+        "the staged tree is still mounted after the driver was dropped"
+    );
+    let mut bound = attached(&image)?;
+    for _ in 0..50 {
+        if bound.is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        bound = attached(&image)?;
+    }
+    assert_eq!(bound, None, "a loop device is still bound to the image");
+    // The next open's recovery (here: the driver's discard) removes the staging.
+    let d = open(&x)?;
+    d.discard(TxId(7))?;
+    assert!(images(&x.path().join("root")).is_empty());
+    Ok(())
+}
+
+/// A root created with xfs images: its mounts are `{type: xfs, options: [loop, rw|ro,
+/// nouuid]}` (every clone carries the base's UUID), clones read and write as with ext4, usage
+/// counts the inodes in use, and a reopen uses the recorded file system and size whatever it
+/// is asked, unless asked strictly, which is refused with a clear error.
+#[test]
+fn xfs_images_are_recorded_at_creation_and_used_on_reopen() -> TestResult {
+    let Some(x) = scratch("xfs-images") else {
+        return Ok(());
+    };
+    let root = x.path().join("root");
+    let xfs = BlockOptions {
+        size_bytes: 320 << 20,
+        fs: BlockFs::Xfs,
+    };
+    let d = BlockDriver::open(&root, xfs)?;
+    assert_eq!(d.fs(), BlockFs::Xfs);
+    add(&d, 1, None, &[("a", b"one")])?;
+    let usage = d.seal(SnapshotId(1), TxId(11))?;
+    assert_eq!(usage.inodes, 2, "root and a: {usage:?}");
+    d.stage(TxId(2), Kind::Active, Some(SnapshotId(1)))?;
+    d.install(TxId(2), SnapshotId(2))?;
+    let mounts = d.mounts(SnapshotId(2), Kind::Active, &[SnapshotId(1)])?;
+    assert_eq!(mounts[0].kind, "xfs");
+    assert_eq!(&mounts[0].options[..], ["loop", "rw", "nouuid"]);
+    // The parent's view and the child's writable mount at once: two file systems, one UUID.
+    let parent = d.open_tree(SnapshotId(1))?;
+    let target = x.path().join("target");
+    fs::create_dir(&target)?;
+    mount::mount_all(&mounts, &target)?;
+    assert_eq!(fs::read(target.join("a"))?, b"one");
+    fs::write(target.join("b"), b"new")?;
+    mount::unmount(&target)?;
+    assert!(!parent.path().join("b").exists(), "the parent is unchanged");
+    drop(parent);
+    assert_eq!(
+        &d.mounts(SnapshotId(2), Kind::View, &[])?[0].options[..],
+        ["loop", "ro", "nouuid"]
+    );
+    drop(d);
+    // Reopened with the default options: the recorded ones win.
+    let d = BlockDriver::open(&root, BlockOptions::default())?;
+    assert_eq!(d.fs(), BlockFs::Xfs);
+    assert_eq!(fs::metadata(root.join("block.base"))?.len(), 320 << 20);
+    assert_eq!(BlockOptions::recorded(&root.join("block.base"))?, xfs);
+    drop(d);
+    // Asked strictly for other options (the CLI's flags on an existing root): refused.
+    let refused = BlockDriver::open_with(&root, BlockOptions::default(), true);
+    assert!(
+        matches!(&refused, Err(DriverError::BlockOptionsMismatch { recorded, .. }) if recorded.contains("xfs")),
+        "{refused:?}"
+    );
+    BlockDriver::open_with(&root, xfs, true)?;
+    // Too small for xfs: a clear error before anything is made.
+    let small = BlockDriver::open(
+        &x.path().join("small"),
+        BlockOptions {
+            size_bytes: 100 << 20,
+            fs: BlockFs::Xfs,
+        },
+    );
+    assert!(
+        matches!(small, Err(DriverError::BadImageSize { min_bytes, .. }) if min_bytes == 300 << 20),
+        "{small:?}"
+    );
+    assert!(!x.path().join("small").exists());
+    Ok(())
 }

@@ -20,6 +20,7 @@ fn open(root: &Path) -> Result<BlockDriver, cairn_driver::DriverError> {
         root,
         BlockOptions {
             size_bytes: 128 << 20,
+            ..BlockOptions::default()
         },
     )
 }

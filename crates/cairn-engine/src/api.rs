@@ -188,9 +188,51 @@ pub struct CleanupReport {
     pub staging_removed: Vec<TxId>,
 }
 
-/// The channel a request is answered on: of the request's own result type, so a reply can
-/// only be the one its caller waits for.
-pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
+/// Where a request is answered: of the request's own result type, so a reply can only be the
+/// one its caller waits for. Either a channel a blocking caller waits on, or a callback the
+/// engine thread runs with the answer (an async caller's: it completes a future and must not
+/// block). Dropped unanswered (only by a panicking engine), the channel disconnects and the
+/// callback is dropped without running; both tell the caller the engine is gone.
+pub(crate) struct Reply<T>(ReplyTo<T>);
+
+enum ReplyTo<T> {
+    Channel(Sender<Result<T, EngineError>>),
+    Callback(Box<dyn FnOnce(Result<T, EngineError>) + Send>),
+}
+
+impl<T> Reply<T> {
+    pub(crate) fn channel(tx: Sender<Result<T, EngineError>>) -> Reply<T> {
+        Reply(ReplyTo::Channel(tx))
+    }
+
+    pub(crate) fn callback(f: impl FnOnce(Result<T, EngineError>) + Send + 'static) -> Reply<T> {
+        Reply(ReplyTo::Callback(Box::new(f)))
+    }
+
+    /// Answer. `Err` when the caller has gone away and nothing waits for the answer.
+    pub(crate) fn send(self, answer: Result<T, EngineError>) -> Result<(), NobodyWaits> {
+        match self.0 {
+            ReplyTo::Channel(tx) => tx.send(answer).map_err(|_| NobodyWaits),
+            ReplyTo::Callback(f) => {
+                f(answer);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            ReplyTo::Channel(_) => "Reply::Channel",
+            ReplyTo::Callback(_) => "Reply::Callback",
+        })
+    }
+}
+
+/// A reply's caller went away before the answer came.
+#[derive(Debug)]
+pub(crate) struct NobodyWaits;
 
 /// One command to the engine thread, with the channel its answer goes back on.
 #[derive(Debug)]

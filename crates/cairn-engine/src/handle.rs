@@ -8,6 +8,7 @@ use super::api::{
 use super::core::Core;
 use super::error::EngineError;
 use super::fsck::FsckReport;
+use super::submit::Command;
 use cairn_state::types::{Kind, Mount, Usage};
 use cairn_state::Labels;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
@@ -78,13 +79,31 @@ impl EngineHandle {
     pub(crate) fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, EngineError> {
         let (reply, rx) = bounded(1);
         self.tx
-            .send(Msg::Request(make(reply)))
+            .send(Msg::Request(make(Reply::channel(reply))))
             .map_err(|_| self.gone())?;
         self.wait(&rx).ok_or_else(|| self.gone())?
     }
 
+    /// Run `command` and wait for its answer (the blocking form of [`submit`](Self::submit)).
+    pub fn run<T: 'static>(&self, command: Command<T>) -> Result<T, EngineError> {
+        self.call(|reply| command.into_request(reply))
+    }
+
+    pub(crate) fn sender(&self) -> &Sender<Msg> {
+        &self.tx
+    }
+
+    /// A function that blocks until the engine thread has exited, holding no handle (so it
+    /// does not keep the engine open): for a watcher thread.
+    pub fn stopped_waiter(&self) -> impl FnOnce() + Send + 'static {
+        let stopped = self.stopped.clone();
+        move || {
+            let _ = stopped.recv();
+        }
+    }
+
     /// Why the engine no longer answers: it was shut down, or its thread panicked.
-    fn gone(&self) -> EngineError {
+    pub fn gone(&self) -> EngineError {
         match self.panicked.get() {
             Some(message) => EngineError::EnginePanicked {
                 message: message.clone(),
@@ -120,79 +139,57 @@ impl EngineHandle {
         kind: Kind,
         labels: Labels,
     ) -> Result<Vec<Mount>, EngineError> {
-        self.call(|reply| Request::Create {
-            key: key.to_owned(),
-            parent: parent.map(str::to_owned),
+        self.run(Command::create(
+            key.to_owned(),
+            parent.map(str::to_owned),
             kind,
             labels,
-            reply,
-        })
+        ))
     }
 
     /// Commit Active `key` as `name`; `key` is gone afterwards.
     pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), EngineError> {
-        self.call(|reply| Request::Commit {
-            name: name.to_owned(),
-            key: key.to_owned(),
-            labels,
-            reply,
-        })
+        self.run(Command::commit(name.to_owned(), key.to_owned(), labels))
     }
 
     /// Remove snapshot `key` (refused while a child or a container holds it); its tree is
     /// deleted before this returns.
     pub fn remove(&self, key: &str) -> Result<(), EngineError> {
-        self.call(|reply| Request::Remove {
-            key: key.to_owned(),
-            reply,
-        })
+        self.run(Command::remove(key.to_owned()))
     }
 
     /// containerd's Stat: the snapshot's info.
     pub fn stat(&self, key: &str) -> Result<Info, EngineError> {
-        self.call(|reply| Request::Stat {
-            key: key.to_owned(),
-            reply,
-        })
+        self.run(Command::stat(key.to_owned()))
     }
 
     /// containerd's update: `fieldpaths` are `labels` or `labels.<key>`; none means all labels.
     pub fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info, EngineError> {
         let fieldpaths = fieldpaths.iter().map(|s| (*s).to_owned()).collect();
-        self.call(|reply| Request::Update {
-            info,
-            fieldpaths,
-            reply,
-        })
+        self.run(Command::update(info, fieldpaths))
     }
 
     /// Disk usage of snapshot `key`: recorded at commit for a committed one, measured now for
     /// an Active or View one.
     pub fn usage(&self, key: &str) -> Result<Usage, EngineError> {
-        self.call(|reply| Request::Usage {
-            key: key.to_owned(),
-            reply,
-        })
+        self.run(Command::usage(key.to_owned()))
     }
 
     /// The mounts of Active or View snapshot `key` (a Committed one has none:
     /// `FailedPrecondition`).
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, EngineError> {
-        self.call(|reply| Request::Mounts {
-            key: key.to_owned(),
-            reply,
-        })
+        self.run(Command::mounts(key.to_owned()))
     }
 
     /// Every snapshot matching any of `filters` (all when empty), ordered by key.
     pub fn walk(&self, filters: &[&str]) -> Result<Vec<Info>, EngineError> {
         let filters = filters.iter().map(|s| (*s).to_owned()).collect();
-        self.call(|reply| Request::Walk { filters, reply })
+        self.run(Command::walk(filters))
     }
 
     /// Remove anything on disk the engine does not own.
     pub fn cleanup(&self) -> Result<CleanupReport, EngineError> {
-        self.call(|reply| Request::Cleanup { reply })
+        self.run(Command::cleanup())
     }
 
     /// Check the root: journal against state, index, trees and markers, staging, trash. With

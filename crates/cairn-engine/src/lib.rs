@@ -66,6 +66,7 @@ pub mod mountref;
 pub mod recovery;
 mod rootmeta;
 pub mod rows;
+mod submit;
 mod verify;
 mod workers;
 
@@ -82,6 +83,7 @@ pub use lock::LockNotice;
 pub use recovery::RecoveryReport;
 pub use rootmeta::RootMeta;
 pub use rows::Row;
+pub use submit::{Command, QueueFull};
 
 // What an embedder needs from the crates below, so it depends on this crate alone.
 pub use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
@@ -113,6 +115,10 @@ pub struct EngineOptions {
     pub lock_notice: LockNotice,
     /// Options of the root's write-ahead log (segment size, record limit).
     pub wal: WalOptions,
+    /// The block driver's options (image file system and size) for a new root; `None`: the
+    /// default (ext4, 10 GiB, or `CAIRN_BLOCK_SIZE_BYTES`). For an existing block root, if
+    /// set, they must be the ones its base image records.
+    pub block: Option<cairn_driver::BlockOptions>,
 }
 
 /// The engine's default WAL segment size.
@@ -122,6 +128,7 @@ impl Default for EngineOptions {
     fn default() -> EngineOptions {
         EngineOptions {
             driver: None,
+            block: None,
             checkpoint_every_records: 10_000,
             max_batch: 256,
             workers: 8,
@@ -237,8 +244,11 @@ impl Engine {
                 (meta, true)
             }
         };
-        let driver: Arc<dyn cairn_driver::Driver> =
-            Arc::from(cairn_driver::open_driver(meta.driver, &root)?);
+        let driver: Arc<dyn cairn_driver::Driver> = Arc::from(cairn_driver::open_driver_with(
+            meta.driver,
+            &root,
+            options.block,
+        )?);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
         let mut temporaries = false;

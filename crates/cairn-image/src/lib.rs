@@ -152,21 +152,13 @@ fn load_one(
     })
 }
 
-/// A layer's blob as a stream checked against its blob digest (when the format has one), with
+/// A layer's blob as a stream checked against its blob digest (`verify::layer_reader`), with
 /// its size.
 fn open_layer(
     source: &Source,
     layer: &PlannedLayer,
 ) -> Result<(Box<dyn std::io::Read + Send>, u64), ImageError> {
     let (reader, size) = source.open_file(&layer.path)?;
-    let reader: Box<dyn std::io::Read + Send> = match &layer.blob {
-        Some(blob) => Box::new(verify::Verifying::new(
-            reader,
-            size,
-            *blob,
-            layer.path.clone(),
-        )),
-        None => reader,
-    };
+    let reader = verify::layer_reader(reader, size, layer);
     Ok((reader, size))
 }

@@ -5,6 +5,29 @@ use cairn_layer::Digest;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 
+use super::plan::PlannedLayer;
+
+/// The stream to import for `layer`: checked against its blob digest as it is read, unless
+/// that check is the import's own. An uncompressed blob's digest is its DiffID, which the
+/// import computes over the same bytes and compares before anything is journaled (and the
+/// stream is the archive entry, `size` bytes, either way): hashing it twice would only double
+/// the cost of the load's largest CPU item.
+pub fn layer_reader(
+    reader: Box<dyn Read + Send>,
+    size_bytes: u64,
+    layer: &PlannedLayer,
+) -> Box<dyn Read + Send> {
+    match &layer.blob {
+        Some(blob) if *blob != layer.diff_id => Box::new(Verifying::new(
+            reader,
+            size_bytes,
+            *blob,
+            layer.path.clone(),
+        )),
+        _ => reader,
+    }
+}
+
 pub struct Verifying<R> {
     inner: R,
     hasher: Sha256,

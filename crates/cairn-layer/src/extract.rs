@@ -19,6 +19,7 @@ use super::digest::Digest;
 use super::error::{LayerError, NO_ENTRY};
 use super::header::{self, Header, Pax, TypeFlag, BLOCK};
 use super::meta::{MetaWriter, Record, RAW_CHUNK};
+use super::prefetch::Prefetched;
 use super::safepath::{self, Root};
 use super::whiteout::WhiteoutStyle;
 
@@ -48,9 +49,10 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The uncompressed stream: counts and hashes every byte read.
+/// The uncompressed stream (read, decompressed and hashed ahead on the reader thread):
+/// counts every byte read and hands file content to the per-file hashing.
 struct TarIn<R: Read> {
-    r: Decoder<R>,
+    r: R,
     hash: super::hashpipe::HashPipe,
     offset: u64,
     format: Compression,
@@ -160,7 +162,7 @@ struct Ex<'o, R: Read> {
 /// Imports a layer (plain, gzip or zstd tar) into `target`, writing the export metadata to
 /// `meta`. `target` must exist; it may hold the parent's tree. On error the target may hold
 /// part of the layer and must be discarded; nothing outside it is created or changed.
-pub fn extract<R: Read>(
+pub fn extract<R: Read + Send>(
     input: R,
     target: &Path,
     opts: &ExtractOptions,
@@ -181,30 +183,49 @@ pub fn extract<R: Read>(
         source,
     })?;
     let format = r.format();
-    let mut ex = Ex {
-        tin: TarIn {
-            r,
-            hash: super::hashpipe::HashPipe::new(),
-            offset: 0,
-            format,
-        },
-        root,
-        opts,
-        is_root: nix::unistd::geteuid().is_root(),
-        raw: Vec::new(),
-        spill: MetaWriter::new(BufWriter::new(spill_file))?,
-        content,
-        content_len: 0,
-        tracked: BTreeMap::new(),
-        inlined: HashMap::new(),
-        touched: HashSet::new(),
-        dirs: Vec::new(),
-        dir_index: HashMap::new(),
-        next_file: 0,
-        entries: 0,
-        file_digests: Vec::new(),
-        fresh_dirs: HashSet::new(),
-        io_buf: vec![0u8; RAW_CHUNK],
+    // The reader thread lives in this scope: it borrows nothing past the import, and an import
+    // that fails hangs up on it, so the scope's join waits only for its current read.
+    std::thread::scope(|scope| {
+        let r = Prefetched::start(scope, r).map_err(|e| fs_err("start the reader thread", e))?;
+        let ex = Ex {
+            tin: TarIn {
+                r,
+                hash: super::hashpipe::HashPipe::new(),
+                offset: 0,
+                format,
+            },
+            root,
+            opts,
+            is_root: nix::unistd::geteuid().is_root(),
+            raw: Vec::new(),
+            spill: MetaWriter::new(BufWriter::new(spill_file))?,
+            content,
+            content_len: 0,
+            tracked: BTreeMap::new(),
+            inlined: HashMap::new(),
+            touched: HashSet::new(),
+            dirs: Vec::new(),
+            dir_index: HashMap::new(),
+            next_file: 0,
+            entries: 0,
+            file_digests: Vec::new(),
+            fresh_dirs: HashSet::new(),
+            io_buf: vec![0u8; RAW_CHUNK],
+        };
+        import(ex, target, meta)
+    })
+}
+
+fn import(
+    mut ex: Ex<'_, Prefetched<'_>>,
+    target: &Path,
+    meta: &mut impl Write,
+) -> Result<Extracted, LayerError> {
+    let fs_err = |op, source| LayerError::Fs {
+        path: target.display().to_string(),
+        offset: 0,
+        op,
+        source,
     };
     // A target with nothing in it (a base layer's, or an overlay upper directory) is fresh:
     // the scratch files are unnamed, so they do not count.
@@ -218,12 +239,22 @@ pub fn extract<R: Read>(
     ex.run()?;
     ex.finish_dirs()?;
     ex.flush_raw()?;
-    let hash = std::mem::replace(&mut ex.tin.hash, super::hashpipe::HashPipe::new());
-    let (diff_id, file_digests) = hash.finalize().ok_or_else(|| LayerError::Read {
+    let failed = |what: &str| LayerError::Read {
         path: NO_ENTRY.to_string(),
         offset: ex.tin.offset,
-        source: std::io::Error::other("the DiffID hashing thread failed"),
-    })?;
+        source: std::io::Error::other(format!("the {what} thread failed")),
+    };
+    let file_digests = ex
+        .tin
+        .hash
+        .finalize()
+        .ok_or_else(|| failed("file hashing"))?;
+    // The DiffID is the reader's hash of every byte it delivered; the import read them all
+    // (it only succeeds at EOF), and the counts agreeing says so.
+    let (diff_id, read_bytes) = ex.tin.r.finish().ok_or_else(|| failed("reader"))?;
+    if read_bytes != ex.tin.offset {
+        return Err(failed("reader"));
+    }
     let diff_id = Digest(diff_id);
     ex.file_digests = file_digests;
     let done = Extracted {

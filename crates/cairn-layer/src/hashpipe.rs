@@ -1,8 +1,6 @@
-//! sha256 of a stream on a helper thread, so the DiffID of a layer is computed while the
-//! caller goes on writing files; and, in the same pass over the same bytes, the sha256 of each
-//! file's content (a span of the stream) for the metadata records. The import's own thread
-//! then does no hashing at all: both hashes of every byte run beside the file writes, not
-//! after them.
+//! The sha256 of each file's content (a span of the layer's stream) for the metadata records,
+//! on a helper thread, so it runs beside the file writes, not after them. (The stream's own
+//! sha256, the DiffID, is taken by the reader thread in `prefetch`.)
 
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
@@ -17,14 +15,13 @@ const IN_FLIGHT: usize = 4;
 
 /// A batch: stream bytes, and the file spans `(stream offset, length)` that start in it.
 type Batch = (Vec<u8>, Vec<(u64, u64)>);
-/// The stream's digest, and one digest per span in the order the spans were given.
-type Digests = ([u8; 32], Vec<[u8; 32]>);
+/// One digest per span in the order the spans were given.
+type Digests = Vec<[u8; 32]>;
 /// The channel to the hashing thread, the buffers it gives back, and the thread.
 type Pipe = (Sender<Batch>, Receiver<Vec<u8>>, JoinHandle<Digests>);
 
 /// The hashing itself, the same on the thread and inline.
 struct Hashes {
-    stream: Sha256,
     offset: u64,
     /// Spans not yet complete: (end offset, hasher), in stream order.
     open: VecDeque<(u64, u64, Sha256)>,
@@ -34,7 +31,6 @@ struct Hashes {
 impl Hashes {
     fn new() -> Hashes {
         Hashes {
-            stream: Sha256::new(),
             offset: 0,
             open: VecDeque::new(),
             done: Vec::new(),
@@ -47,7 +43,6 @@ impl Hashes {
                 .iter()
                 .map(|&(start, len)| (start, start + len, Sha256::new())),
         );
-        self.stream.update(bytes);
         let (from, to) = (self.offset, self.offset + bytes.len() as u64);
         while let Some((start, end, h)) = self.open.front_mut() {
             let (a, b) = ((*start).max(from), (*end).min(to));
@@ -70,7 +65,7 @@ impl Hashes {
         while let Some((_, _, h)) = self.open.pop_front() {
             self.done.push(h.finalize().into());
         }
-        (self.stream.finalize().into(), self.done)
+        self.done
     }
 }
 
@@ -149,9 +144,8 @@ impl HashPipe {
         }
     }
 
-    /// The sha256 of everything given, and of each file span in order; `None` if the hashing
-    /// thread failed.
-    pub(crate) fn finalize(mut self) -> Option<Digests> {
+    /// The sha256 of each file span in order; `None` if the hashing thread failed.
+    pub(crate) fn finalize(&mut self) -> Option<Digests> {
         if self.broken {
             return None;
         }
@@ -205,8 +199,7 @@ mod tests {
                 p.file_span(len as u64);
             }
             p.update(&data[at..]);
-            let (stream, files) = p.finalize().expect("digests");
-            assert_eq!(stream, <[u8; 32]>::from(Sha256::digest(&data)));
+            let files = p.finalize().expect("digests");
             assert_eq!(files.len(), spans.len());
             for (&(start, len), got) in spans.iter().zip(&files) {
                 let want: [u8; 32] = Sha256::digest(&data[start..start + len]).into();

@@ -19,6 +19,7 @@ pub mod extract;
 mod hashpipe;
 pub mod header;
 pub mod meta;
+mod prefetch;
 pub mod safepath;
 pub mod whiteout;
 

@@ -3,7 +3,7 @@
 //! See docs/serve.md.
 //!
 //! ```text
-//! containerd ──gRPC/unix──► tonic handler ──permit──► blocking pool ──► EngineHandle ──► engine thread
+//! containerd ──gRPC/unix──► tonic handler ──permit──► EngineHandle::submit ──► engine thread ──oneshot──► handler
 //! ```
 
 mod bridge;
@@ -33,6 +33,8 @@ pub const DEFAULT_ADDRESS: &str = "/run/cairn/cairn.sock";
 pub struct ServeOptions {
     pub root: PathBuf,
     pub driver: Option<DriverKind>,
+    /// The block driver's options for a new root (see `EngineOptions::block`).
+    pub block: Option<cairn_driver::BlockOptions>,
     pub address: PathBuf,
     /// Engine calls queued or running at once, at most; more wait (asynchronously) for a slot.
     pub max_in_flight: usize,
@@ -50,6 +52,7 @@ impl ServeOptions {
         ServeOptions {
             root,
             driver: None,
+            block: None,
             address: PathBuf::from(DEFAULT_ADDRESS),
             max_in_flight: 256,
             max_connections: 1024,
@@ -102,6 +105,7 @@ async fn run<G: Send + 'static>(
 
     let engine_options = EngineOptions {
         driver: options.driver,
+        block: options.block,
         queue_capacity: options.max_in_flight.max(1) + 8,
         ..EngineOptions::default()
     };

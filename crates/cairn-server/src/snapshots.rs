@@ -2,6 +2,8 @@
 
 use crate::bridge::Bridge;
 use crate::convert;
+use cairn_engine::Command;
+use cairn_state::types::Kind;
 use containerd_snapshots::api::snapshots::v1 as pb;
 use containerd_snapshots::api::snapshots::v1::snapshots_server::Snapshots;
 use containerd_snapshots::tonic::{self, Request, Response, Status};
@@ -137,10 +139,9 @@ impl Snapshots for SnapshotService {
             if let Some(exists) = self.already_held(parent.as_deref(), &labels).await? {
                 return Err(exists);
             }
-            let key = r.key;
             let mounts = self
                 .bridge
-                .call(move |e| e.prepare(&key, parent.as_deref(), labels))
+                .submit(Command::create(r.key, parent, Kind::Active, labels))
                 .await?;
             Ok(Response::new(pb::PrepareSnapshotResponse {
                 mounts: convert::mounts(mounts),
@@ -157,10 +158,9 @@ impl Snapshots for SnapshotService {
         self.logged("view", &r.key.clone(), async {
             let parent = convert::parent(&r.parent).map(str::to_owned);
             let labels = convert::labels(r.labels);
-            let key = r.key;
             let mounts = self
                 .bridge
-                .call(move |e| e.view(&key, parent.as_deref(), labels))
+                .submit(Command::create(r.key, parent, Kind::View, labels))
                 .await?;
             Ok(Response::new(pb::ViewSnapshotResponse {
                 mounts: convert::mounts(mounts),
@@ -175,7 +175,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let key = request.into_inner().key;
         self.logged("mounts", &key.clone(), async {
-            let mounts = self.bridge.call(move |e| e.mounts(&key)).await?;
+            let mounts = self.bridge.submit(Command::mounts(key)).await?;
             Ok(Response::new(pb::MountsResponse {
                 mounts: convert::mounts(mounts),
             }))
@@ -190,10 +190,9 @@ impl Snapshots for SnapshotService {
         let r = request.into_inner();
         self.logged("commit", &r.key.clone(), async {
             let labels = convert::labels(r.labels);
-            let (name, key) = (r.name, r.key);
-            tracing::debug!(name = %name, "committing");
+            tracing::debug!(name = %r.name, "committing");
             self.bridge
-                .call(move |e| e.commit(&name, &key, labels))
+                .submit(Command::commit(r.name, r.key, labels))
                 .await?;
             Ok(Response::new(()))
         })
@@ -206,7 +205,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
         self.logged("remove", &key.clone(), async {
-            self.bridge.call(move |e| e.remove(&key)).await?;
+            self.bridge.submit(Command::remove(key)).await?;
             Ok(Response::new(()))
         })
         .await
@@ -218,7 +217,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let key = request.into_inner().key;
         self.logged("stat", &key.clone(), async {
-            let info = self.bridge.call(move |e| e.stat(&key)).await?;
+            let info = self.bridge.submit(Command::stat(key)).await?;
             Ok(Response::new(pb::StatSnapshotResponse {
                 info: Some(convert::info(info)),
             }))
@@ -236,24 +235,17 @@ impl Snapshots for SnapshotService {
         };
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         self.logged("update", &info.name.clone(), async {
-            let key = info.name.clone();
-            let updated = self
-                .bridge
-                .call(move |e| {
-                    // Only labels are mutable: the engine reads the key and the labels, and
-                    // refuses any other field path.
-                    let wanted = cairn_engine::Info {
-                        key,
-                        parent: None,
-                        kind: cairn_state::types::Kind::Active,
-                        labels: convert::labels(info.labels),
-                        created_ns: 0,
-                        updated_ns: 0,
-                    };
-                    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-                    e.update(wanted, &paths)
-                })
-                .await?;
+            // Only labels are mutable: the engine reads the key and the labels, and refuses any
+            // other field path.
+            let wanted = cairn_engine::Info {
+                key: info.name,
+                parent: None,
+                kind: Kind::Active,
+                labels: convert::labels(info.labels),
+                created_ns: 0,
+                updated_ns: 0,
+            };
+            let updated = self.bridge.submit(Command::update(wanted, paths)).await?;
             Ok(Response::new(pb::UpdateSnapshotResponse {
                 info: Some(convert::info(updated)),
             }))
@@ -269,13 +261,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<Self::ListStream>, Status> {
         let filters = request.into_inner().filters;
         self.logged("list", "", async {
-            let infos = self
-                .bridge
-                .call(move |e| {
-                    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
-                    e.walk(&filters)
-                })
-                .await?;
+            let infos = self.bridge.submit(Command::walk(filters)).await?;
             let mut batches = Vec::with_capacity(infos.len().div_ceil(LIST_BATCH));
             let mut infos = infos.into_iter().map(convert::info).peekable();
             while infos.peek().is_some() {
@@ -294,7 +280,7 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let key = request.into_inner().key;
         self.logged("usage", &key.clone(), async {
-            let u = self.bridge.call(move |e| e.usage(&key)).await?;
+            let u = self.bridge.submit(Command::usage(key)).await?;
             Ok(Response::new(pb::UsageResponse {
                 size: i64::try_from(u.size_bytes).unwrap_or(i64::MAX),
                 inodes: i64::try_from(u.inodes).unwrap_or(i64::MAX),
@@ -305,7 +291,7 @@ impl Snapshots for SnapshotService {
 
     async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
         self.logged("cleanup", "", async {
-            let report = self.bridge.call(|e| e.cleanup()).await?;
+            let report = self.bridge.submit(Command::cleanup()).await?;
             tracing::debug!(
                 snapshots = report.snapshots_removed.len(),
                 staging = report.staging_removed.len(),

@@ -366,7 +366,11 @@ impl TestDisk {
                     dev.as_str(),
                 ],
             ),
-            FsKind::Xfs => run("mkfs.xfs", &["-q", "-f", "-K", dev.as_str()]),
+            // reflink=1 (the default since xfsprogs 5.1, said here): the block driver needs it.
+            FsKind::Xfs => run(
+                "mkfs.xfs",
+                &["-q", "-f", "-K", "-m", "reflink=1", dev.as_str()],
+            ),
             // -K: no discard of the whole device (the log would hold it as one zeroed range).
             FsKind::Btrfs => run("mkfs.btrfs", &["-q", "-f", "-K", dev.as_str()]),
         };

@@ -141,6 +141,100 @@ pub fn own_dir(mounts: &[Mount]) -> Option<PathBuf> {
         .find_map(|o| o.strip_prefix("upperdir=").map(PathBuf::from))
 }
 
+/// A snapshot's own files as a directory: a bind's source or an overlay's upperdir as they
+/// are, or a block image loop-mounted at a private point for as long as this lives.
+#[derive(Debug)]
+pub enum OwnTree {
+    Dir(PathBuf),
+    Image(tempfile::TempDir),
+}
+
+impl OwnTree {
+    pub fn path(&self) -> &Path {
+        match self {
+            OwnTree::Dir(d) => d,
+            OwnTree::Image(t) => t.path(),
+        }
+    }
+}
+
+impl Drop for OwnTree {
+    fn drop(&mut self) {
+        if let OwnTree::Image(t) = self {
+            // The unmount drops the loop device's last user: it detaches itself (autoclear).
+            if let Err(e) = cairn_driver::mount::unmount(t.path()) {
+                panic!("unmount image view {}: {e}", t.path().display());
+            }
+        }
+    }
+}
+
+/// True when the mounts are one image attached through a loop device (block driver).
+pub fn is_image(mounts: &[Mount]) -> bool {
+    matches!(mounts, [m] if m.options.iter().any(|o| o == "loop"))
+}
+
+/// The snapshot's own tree from its mounts (see `own_dir`); a block image is mounted as its
+/// mounts say (Active read-write, View read-only), as a user would, at a temporary point
+/// outside the root.
+pub fn own_tree(mounts: &[Mount]) -> Option<OwnTree> {
+    try_own_tree(mounts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `own_tree`, with a failed mount of the image as an error.
+pub fn try_own_tree(mounts: &[Mount]) -> Result<Option<OwnTree>, String> {
+    if !is_image(mounts) {
+        return Ok(own_dir(mounts).map(OwnTree::Dir));
+    }
+    let point = tempfile::Builder::new()
+        .prefix("crashkit-image-")
+        .tempdir()
+        .map_err(|e| format!("mount point: {e}"))?;
+    cairn_driver::mount::mount_all(mounts, point.path())
+        .map_err(|e| format!("mount {mounts:?}: {e}"))?;
+    Ok(Some(OwnTree::Image(point)))
+}
+
+/// No mount under `root` and no loop device backed by a file under it: recovery and the
+/// engine's close left nothing attached (block's images, views and staged trees).
+pub fn check_nothing_attached(root: &Path) {
+    let root = std::fs::canonicalize(root).expect("canonical root");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounted: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(&root))
+        .collect();
+    assert!(
+        mounted.is_empty(),
+        "mounts left under the root: {mounted:?}"
+    );
+    // An auto-clearing loop device detaches when its last user goes; give it a moment.
+    let mut bound = Vec::new();
+    for _ in 0..50 {
+        bound.clear();
+        if let Ok(entries) = std::fs::read_dir("/sys/block") {
+            for e in entries.flatten() {
+                let backing = e.path().join("loop/backing_file");
+                if let Ok(file) = std::fs::read_to_string(&backing) {
+                    if Path::new(file.trim()).starts_with(&root) {
+                        bound.push(format!(
+                            "{}: {}",
+                            e.file_name().to_string_lossy(),
+                            file.trim()
+                        ));
+                    }
+                }
+            }
+        }
+        if bound.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("loop devices left bound to images under the root: {bound:?}");
+}
+
 /// Run one operation through the handle. `Close` consumes nothing here: the caller closes.
 pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
     match op {
@@ -159,9 +253,9 @@ pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
         }
         Op::Write { key, file, data } => {
             let mounts = h.mounts(key).map_err(|e| e.to_string())?;
-            let dir = own_dir(&mounts).ok_or("no own dir")?;
+            let dir = own_tree(&mounts).ok_or("no own dir")?;
             // One write call: a kill leaves the file absent, empty or a prefix.
-            let mut f = std::fs::File::create(dir.join(file)).map_err(|e| e.to_string())?;
+            let mut f = std::fs::File::create(dir.path().join(file)).map_err(|e| e.to_string())?;
             f.write_all(data).map_err(|e| e.to_string())
         }
         Op::Commit { name, key, labels } => h
@@ -365,7 +459,7 @@ pub struct Model {
     pub images: BTreeMap<String, String>,
     /// Container name -> layer.
     pub containers: BTreeMap<String, String>,
-    /// vfs: a child's tree starts as a copy of its parent's.
+    /// vfs, btrfs, block: a child's tree starts as a copy (clone) of its parent's.
     pub full_copy: bool,
 }
 
@@ -376,7 +470,10 @@ impl Model {
             layers: BTreeMap::new(),
             images: BTreeMap::new(),
             containers: BTreeMap::new(),
-            full_copy: matches!(driver, DriverKind::Vfs | DriverKind::Btrfs),
+            full_copy: matches!(
+                driver,
+                DriverKind::Vfs | DriverKind::Btrfs | DriverKind::Block
+            ),
         }
     }
 
@@ -727,6 +824,16 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
         let p = e.path();
         match name.as_str() {
             "LOCK" | "cairn.meta" | "checkpoint" | "index" => {}
+            // The block driver's base image; its private views are all unmounted and gone.
+            "block.base" if e.file_type().expect("type").is_file() => {}
+            "block.views" => {
+                for s in std::fs::read_dir(&p).expect("read views") {
+                    bad.push(format!(
+                        "block.views/{}",
+                        s.expect("entry").file_name().to_string_lossy()
+                    ));
+                }
+            }
             "wal" => {
                 for w in std::fs::read_dir(&p).expect("read wal") {
                     let w = w.expect("entry").file_name().to_string_lossy().into_owned();
@@ -766,7 +873,7 @@ pub fn check_root_names(root: &Path, snapshots: usize) {
                             .into_owned();
                         if !matches!(
                             inner.as_str(),
-                            "fs" | "txid" | "work" | "layer.meta" | "sync-failed"
+                            "fs" | "txid" | "work" | "layer.meta" | "sync-failed" | "image"
                         ) {
                             bad.push(format!("snapshots/{sn}/{inner}"));
                         }
@@ -857,8 +964,10 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
                 .unwrap_or_else(|e| panic!("mounts of {key}: {e}"));
             (mounts, None)
         };
-        let dir = own_dir(&mounts);
+        let tree = own_tree(&mounts);
+        let dir = tree.as_ref().map(|t| t.path().to_path_buf());
         let on_disk = dir.as_ref().map(|d| (d.is_dir(), read_tree(d)));
+        drop(tree);
         if let Some(probe) = &probe {
             h.remove(probe)
                 .unwrap_or_else(|e| panic!("remove probe view {probe}: {e}"));
@@ -940,6 +1049,7 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
     assert!(fsck.is_clean(), "fsck after recovery: {fsck:?}");
     h.close().expect("close");
     check_root_names(root, infos.len());
+    check_nothing_attached(root);
     // Recovery is done: a second open finds the same state and nothing to do.
     let (h, report2) = Engine::open(root, options(driver)).expect("second reopen");
     assert!(

@@ -50,6 +50,14 @@ pub struct Cli {
     /// The driver of a new root; for an existing root it must be the one it was created with.
     #[arg(long, global = true, value_enum, value_name = "DRIVER")]
     pub driver: Option<DriverArg>,
+    /// block driver: the file system inside every image of a new root (default ext4). For an
+    /// existing root, if given, it must be the one it was created with.
+    #[arg(long, global = true, value_enum, value_name = "FS")]
+    pub block_fs: Option<BlockFsArg>,
+    /// block driver: the apparent (sparse) size of every image of a new root, in bytes or
+    /// with K, M, G, T (default 10G; at least 64M for ext4, 300M for xfs).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_block_size)]
+    pub block_size_bytes: Option<u64>,
     /// Machine-readable output: one JSON value per line on stdout, errors as
     /// {"error": {"kind", "message"}} on stderr.
     #[arg(long, global = true)]
@@ -75,6 +83,36 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     std::time::Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a number of seconds from 0 up"))
+}
+
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    cairn_driver::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BlockFsArg {
+    Ext4,
+    Xfs,
+}
+
+impl Cli {
+    /// The block options the flags ask for; `None` when neither flag is given.
+    pub fn block_options(&self) -> Option<cairn_driver::BlockOptions> {
+        if self.block_fs.is_none() && self.block_size_bytes.is_none() {
+            return None;
+        }
+        let mut o = cairn_driver::BlockOptions::default();
+        if let Some(fs) = self.block_fs {
+            o.fs = match fs {
+                BlockFsArg::Ext4 => cairn_driver::BlockFs::Ext4,
+                BlockFsArg::Xfs => cairn_driver::BlockFs::Xfs,
+            };
+        }
+        if let Some(size_bytes) = self.block_size_bytes {
+            o.size_bytes = size_bytes;
+        }
+        Some(o)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -157,6 +195,8 @@ pub enum Command {
 pub struct Ctx {
     pub root: PathBuf,
     pub driver: Option<DriverKind>,
+    /// The block driver's options from `--block-fs` / `--block-size-bytes`.
+    pub block: Option<cairn_driver::BlockOptions>,
     pub lock_timeout: std::time::Duration,
     pub out: Output,
     /// Set when the command runs inside `cairn serve` (its control socket): that engine.
@@ -177,6 +217,7 @@ impl Ctx {
         }
         let options = EngineOptions {
             driver: self.driver,
+            block: self.block,
             workers: 2,
             lock_timeout_ms: u64::try_from(self.lock_timeout.as_millis()).unwrap_or(u64::MAX),
             // In JSON mode stderr carries only the JSON error.
@@ -262,6 +303,7 @@ where
     };
     init_tracing();
     let ctx = Ctx {
+        block: cli.block_options(),
         root: cli.root,
         driver: cli.driver.map(Into::into),
         lock_timeout: cli.lock_timeout,

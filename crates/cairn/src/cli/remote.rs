@@ -179,6 +179,7 @@ fn run_one(conn: &UnixStream, root: &Path, engine: EngineHandle) -> Result<u8, C
     let ctx = Ctx {
         root: root.to_path_buf(),
         driver: cli.driver.map(Into::into),
+        block: cli.block_options(),
         // The server already holds the root: nothing to wait for.
         lock_timeout: cli.lock_timeout,
         out: Output::remote(cli.json, Arc::new(Mutex::new(conn))),

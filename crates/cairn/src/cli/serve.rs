@@ -23,6 +23,7 @@ pub struct ServeArgs {
 pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<(), CliError> {
     let mut options = ServeOptions::new(ctx.root.clone());
     options.driver = ctx.driver;
+    options.block = ctx.block;
     options.address = args.address;
     options.max_in_flight = args.max_in_flight;
     options.max_connections = args.max_connections;
