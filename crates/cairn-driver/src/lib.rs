@@ -91,6 +91,13 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
             .map(|&(id, txid)| self.seal(id, txid))
             .collect()
     }
+    /// True when extracting a layer never reads its parent's tree (overlay: the diff goes into
+    /// the layer's own directory, whiteouts as overlay whiteouts), so a layer can be extracted
+    /// before its parent is a layer: the engine's detached imports (docs/parallel-import.md).
+    /// vfs, btrfs and block copy or clone the parent first, so they cannot.
+    fn extracts_without_parent(&self) -> bool {
+        false
+    }
     /// The directory a layer import extracts into for a staged snapshot: staging/<txid>/fs.
     fn staged_tree(&self, txid: TxId) -> PathBuf;
     /// Make staging/<txid>/fs durable after someone (layer import) wrote into it.

@@ -122,6 +122,11 @@ impl Driver for OverlayDriver {
         true
     }
 
+    fn extracts_without_parent(&self) -> bool {
+        // Staging on a parent only checks it is installed; the tree starts empty either way.
+        true
+    }
+
     fn create_many(&self, items: &[super::NewTree]) -> Vec<Result<(), DriverError>> {
         self.layout.create_many(items, |kind| kind == Kind::Active)
     }

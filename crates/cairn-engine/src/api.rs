@@ -294,6 +294,8 @@ pub(crate) enum Request {
         hold: Option<String>,
         reply: Reply<Imported>,
     },
+    /// Detached layer imports (crate::detached).
+    Detached(crate::detached::DetachedRequest),
     ExportLayer {
         chain_id: String,
         out: Output,
@@ -389,6 +391,7 @@ impl Request {
             Request::Cleanup { reply } => send(reply, error),
             Request::Fsck { reply, .. } => send(reply, error),
             Request::ImportLayer { reply, .. } => send(reply, error),
+            Request::Detached(d) => d.refuse(error),
             Request::ExportLayer { reply, .. } | Request::Diff { reply, .. } => send(reply, error),
             Request::Layers { reply } => send(reply, error),
             Request::Images { reply } => send(reply, error),

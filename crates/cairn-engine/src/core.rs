@@ -19,6 +19,7 @@
 mod aufs;
 mod batch;
 mod completions;
+mod detached;
 mod dispatch;
 mod effects;
 mod inline;
@@ -60,6 +61,8 @@ pub(crate) struct Core {
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     waiting: BTreeMap<TxId, Waiter>,
+    /// Detached imports extracted and durable in staging, waiting for their attach (or abort).
+    parked: BTreeMap<TxId, crate::layers::LayerDone>,
     /// Snapshots whose trees a worker is deleting right now: cleanup and fsck leave them to it,
     /// so two deletions of one tree never race.
     deleting: Arc<std::sync::Mutex<BTreeSet<SnapshotId>>>,
@@ -105,6 +108,7 @@ impl Core {
             done_tx,
             done_rx,
             waiting: BTreeMap::new(),
+            parked: BTreeMap::new(),
             deleting: Arc::default(),
             failed: None,
             index_stale: false,

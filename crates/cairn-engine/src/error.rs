@@ -148,6 +148,9 @@ pub enum EngineError {
         /// The earlier failure.
         cause: String,
     },
+    /// A detached layer import the engine cannot take (crate::StagedLayer).
+    #[error("detached layer import: {0}")]
+    Detached(#[from] super::detached::DetachedRefusal),
     /// The engine was closed.
     #[error("the engine has shut down")]
     ShutDown,

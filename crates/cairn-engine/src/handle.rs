@@ -76,7 +76,7 @@ impl EngineHandle {
     }
 
     /// Send the request `make` builds around a reply channel of its own type, and wait.
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, EngineError> {
+    pub(crate) fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, EngineError> {
         let (reply, rx) = bounded(1);
         self.tx
             .send(Msg::Request(make(Reply::channel(reply))))

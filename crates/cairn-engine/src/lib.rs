@@ -52,6 +52,7 @@ mod api;
 mod atomic;
 pub mod checkpoint;
 mod core;
+mod detached;
 pub mod dump;
 mod error;
 mod filter;
@@ -73,6 +74,7 @@ pub use api::{
     Change, CleanupReport, ContainerInfo, DiffUsage, ImageInfo, ImportOptions, Imported, Info,
     LayerInfo, MountRefInfo, Verified,
 };
+pub use detached::{DetachedRefusal, StageOptions, StagedLayer, MAX_DETACHED_IMPORTS};
 pub use dump::{read_journal, JournalDump, JournalEntry, JournalTail};
 pub use error::{CheckpointProblem, EngineError, RecordProblem, RootProblem, SequenceProblem};
 pub use fsck::{Finding, FsckReport, Problem};

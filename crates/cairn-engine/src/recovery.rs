@@ -285,6 +285,7 @@ pub(crate) fn recover(
             let row = match p {
                 cairn_state::Pending::Commit { .. } => Row::R17,
                 cairn_state::Pending::Import { .. } => Row::R33,
+                cairn_state::Pending::DetachedImport { .. } => Row::R41,
                 // R15 or R16, told apart once the inventory is known.
                 cairn_state::Pending::Create { .. } => Row::R16,
                 // Decided above; none is left pending here.

@@ -53,11 +53,12 @@ pub enum Row {
     R38,
     R39,
     R40,
+    R41,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 40] = [
+    pub const ALL: [Row; 41] = [
         Row::R1,
         Row::R2,
         Row::R3,
@@ -98,6 +99,7 @@ impl Row {
         Row::R38,
         Row::R39,
         Row::R40,
+        Row::R41,
     ];
 
     /// What recovery finds on disk.
@@ -143,6 +145,7 @@ impl Row {
             Row::R38 => "`Unmount` of a last reference pending (crash between journaling it and its umount(2), or between the umount(2) and its `Complete`)",
             Row::R39 => "A counted mount whose target is not a mount point in `/proc/self/mountinfo` (a reboot, or an unmount behind cairn's back)",
             Row::R40 => "`snapshots/<id>` of an inline creation whose `Complete` is not journaled (a crash between the batch's shared tree sync and its journal sync): its `BeginCreate` pending, or lost with it (the id is not yet allocated)",
+            Row::R41 => "`BeginDetachedImport` without `CompleteDetachedImport`/`Abort` (a layer of a parallel image load, extracted or extracting in a staging area of its own, whose parent's completion, or its own, is not durable), with or without `staging/<txid>`",
         }
     }
 
@@ -189,6 +192,7 @@ impl Row {
             Row::R38 => "Target still a mount point: journal `Abort` (the mount and its reference stay); else journal `Complete` (the reference is gone)",
             Row::R39 => "Journal `MountGone`: its references are dropped, so the snapshot can be removed again",
             Row::R40 => "Remove it (via trash), as R20; a pending `BeginCreate` is aborted first (R16). Nothing was acknowledged: the client is answered after the journal sync",
+            Row::R41 => "Journal `Abort`, then discard `staging/<txid>` as a stray (R21); no layer is recorded. A durable child completion always has its parent's before it in the log (the state refuses it otherwise), so no child survives without its parent",
         }
     }
 
@@ -235,6 +239,7 @@ impl Row {
             Row::R38 => "`mount_steps_completed` or `mount_steps_aborted`",
             Row::R39 => "`mounts_gone`",
             Row::R40 => "`orphans_removed` (R20 fires too)",
+            Row::R41 => "`dropped`, `staging_removed`",
         }
     }
 

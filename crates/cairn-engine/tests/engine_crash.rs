@@ -86,6 +86,9 @@ mod crash {
             "L1" => Some("L0"),
             "L2" => Some("L1"),
             "T1" => Some("B0"),
+            "P1" => Some("P0"),
+            "P2" => Some("P1"),
+            "P3" => Some("P2"),
             _ => None,
         }
     }
@@ -123,6 +126,12 @@ mod crash {
             parent_chain: parent.map(chain),
             entries: layer_entries(name),
             pin,
+        }
+    }
+    /// The layers `names` (base first) imported as a parallel image load does (overlay).
+    fn chain_imp(names: &[&str]) -> Op {
+        Op::ImportChain {
+            layers: names.iter().map(|n| imp(n, true)).collect(),
         }
     }
     fn lrm(name: &str) -> Op {
@@ -273,6 +282,15 @@ mod crash {
                     imp("L2", true),
                 ],
             ),
+            // Overlay only (vfs copies the parent, so it refuses detached imports).
+            workload(
+                "import_parallel",
+                vec![],
+                vec![
+                    chain_imp(&["P0", "P1", "P2"]),
+                    chain_imp(&["P0", "P1", "P2", "P3"]),
+                ],
+            ),
             workload(
                 "layer_rm_cascade",
                 vec![imp("B0", true)],
@@ -357,6 +375,12 @@ mod crash {
             (
                 "pending_import",
                 vec![imp("L0", true), imp("L1", true)],
+                "engine::import::after_tree_sync",
+            ),
+            // Several detached imports in flight, some staged and durable (row R41).
+            (
+                "pending_parallel_import",
+                vec![chain_imp(&["P0", "P1", "P2"])],
                 "engine::import::after_tree_sync",
             ),
             (
@@ -676,6 +700,11 @@ mod crash {
                         "recover_pending_create" | "recover_staged_install"
                     )
             })
+            // Detached imports need a driver that extracts without the parent (overlay).
+            .filter(|w| {
+                !w.name.contains("parallel_import") && w.name != "import_parallel"
+                    || driver == DriverKind::Overlay
+            })
             .filter(|w| {
                 only.as_ref()
                     .map_or(true, |o| o.split(',').any(|x| x == w.name))
@@ -844,6 +873,8 @@ mod crash {
                 "layer_rm_cascade",
                 "container",
                 "recover_pending_import",
+                "import_parallel",
+                "recover_pending_parallel_import",
             ]),
             1,
         );

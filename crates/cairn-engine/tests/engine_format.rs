@@ -353,6 +353,29 @@ fn journal_records() -> Vec<Record> {
             hold: "hello:2#partial".into(),
             time_ns: T0 + 16,
         },
+        // A parallel image load (txids 50-52): two detached imports, the first completed on
+        // the base layer, the second left in flight.
+        Op::BeginDetachedImport {
+            id: SnapshotId(14),
+            pin: false,
+            time_ns: T0 + 17,
+        },
+        Op::BeginDetachedImport {
+            id: SnapshotId(15),
+            pin: true,
+            time_ns: T0 + 18,
+        },
+        Op::CompleteDetachedImport {
+            of: TxId(50),
+            parent: Some(digest(0x11)),
+            diff_id: digest(0xa6),
+            chain_id: digest(0x66),
+            size_bytes: 256,
+            usage: Usage {
+                size_bytes: 4096,
+                inodes: 1,
+            },
+        },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -364,7 +387,7 @@ fn journal_records() -> Vec<Record> {
 }
 
 /// How many records the fixture journal has: the LSN and txid of the last.
-const JOURNAL_RECORDS: u64 = 49;
+const JOURNAL_RECORDS: u64 = 52;
 
 /// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
 /// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
@@ -393,9 +416,11 @@ fn journal_fixture_has_every_op() {
             Op::Unmount { .. } => "Unmount",
             Op::MountGone { .. } => "MountGone",
             Op::CompleteImportHeld { .. } => "CompleteImportHeld",
+            Op::BeginDetachedImport { .. } => "BeginDetachedImport",
+            Op::CompleteDetachedImport { .. } => "CompleteDetachedImport",
         });
     }
-    assert_eq!(seen.len(), 18, "one of each of the 18 variants: {seen:?}");
+    assert_eq!(seen.len(), 20, "one of each of the 20 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -525,12 +550,12 @@ fn fixture_checkpoint() -> Checkpoint {
 fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     let cp = fixture_checkpoint();
     // The state covers every shape: committed, active, view, pending create, pending commit
-    // and pending mount, layers (one pinned, one an image holds, one a pull's hold image holds),
-    // images and a counted mount.
-    assert_eq!(cp.state.snapshots.len(), 6);
-    assert_eq!(cp.state.pending.len(), 3);
+    // and pending mount, a detached import in flight, layers (one pinned, one an image holds,
+    // one a pull's hold image holds, one a detached import made), images and a counted mount.
+    assert_eq!(cp.state.snapshots.len(), 7);
+    assert_eq!(cp.state.pending.len(), 4);
     assert_eq!(cp.state.mounts.len(), 1);
-    assert_eq!(cp.state.layers.len(), 3);
+    assert_eq!(cp.state.layers.len(), 4);
     assert_eq!(cp.state.images.len(), 2);
     assert!(cp.state.containers.is_empty());
     let bytes = check_fixture("checkpoint", &checkpoint::encode(STORE, &cp));
@@ -543,8 +568,8 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(le_u16(&bytes, 8), 3, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 49, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 49, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 52, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 52, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -555,9 +580,9 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 49, next_id 14 (varints).
-    assert_eq!(&bytes[64..66], [49, 14]);
-    assert_eq!(bytes[66], 6, "six snapshots");
+    // The payload starts with State's first two fields: last_txid 52, next_id 16 (varints).
+    assert_eq!(&bytes[64..66], [52, 16]);
+    assert_eq!(bytes[66], 7, "seven snapshots");
 }
 
 #[test]

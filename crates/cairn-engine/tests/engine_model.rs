@@ -658,7 +658,7 @@ fn import_pending(state: &State) -> Option<TxId> {
 fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
     let next = SnapshotId(state.next_id);
     let chain = || CHAINS.to_vec();
-    match rng.gen_range(0..16) {
+    match rng.gen_range(0..18) {
         0..=2 => Op::BeginCreate {
             key: any_key(rng),
             parent: rng.gen_bool(0.6).then(|| any_key(rng)),
@@ -736,6 +736,33 @@ fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
             init_id: next,
             time_ns: 6,
         },
+        // A parallel image load's layers: staged without a parent, completed naming one.
+        16 => Op::BeginDetachedImport {
+            id: next,
+            pin: rng.gen_bool(0.5),
+            time_ns: 7,
+        },
+        17 => {
+            let detached = state
+                .pending
+                .iter()
+                .find(|(_, p)| matches!(p, Pending::DetachedImport { .. }))
+                .map(|(t, _)| *t);
+            let chain_id = chain().choose(rng).expect("chain").to_string();
+            Op::CompleteDetachedImport {
+                of: detached.unwrap_or_else(|| any_txid(rng, state)),
+                parent: rng
+                    .gen_bool(0.6)
+                    .then(|| chain().choose(rng).expect("chain").to_string()),
+                diff_id: chain_id.clone(),
+                chain_id,
+                size_bytes: 1,
+                usage: Usage {
+                    size_bytes: 1,
+                    inodes: 1,
+                },
+            }
+        }
         _ => {
             if rng.gen_bool(0.2) {
                 Op::CollectLayers
@@ -783,6 +810,15 @@ fn run_state_case(seed: u64) {
             Ok(applied) => {
                 accepted += 1;
                 state.assert_refcounts();
+                // No child without its parent: every layer's parent is a layer.
+                for (chain, layer) in &state.layers {
+                    if let Some(p) = &layer.parent {
+                        assert!(
+                            state.layers.contains_key(p),
+                            "seed {seed} step {step}: layer {chain} on {p}, which is no layer"
+                        );
+                    }
+                }
                 let changed = changed_keys(&copy, &state);
                 assert!(
                     changed.iter().all(|k| applied.snapshots.contains(k)),

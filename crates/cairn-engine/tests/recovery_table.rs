@@ -1356,3 +1356,59 @@ fn r39_counted_mount_with_nothing_mounted_is_dropped() {
     let (_h, report) = open(&root).unwrap();
     assert!(report.mounts_gone.is_empty(), "dropped once");
 }
+
+fn begin_detached(txid: u64, id: u64) -> Record {
+    Record {
+        txid: TxId(txid),
+        op: Op::BeginDetachedImport {
+            id: SnapshotId(id),
+            pin: false,
+            time_ns: 3,
+        },
+    }
+}
+
+#[test]
+fn r41_pending_detached_imports_are_dropped_and_no_child_outlives_its_parent() {
+    // Two layers of a parallel load in flight: one extracted and durable, one half written.
+    let (_t, root) = new_root();
+    root_with_base(&root);
+    append(&root, &[begin_detached(5, 2), begin_detached(6, 3)]);
+    std::fs::create_dir_all(root.join("staging/5/fs/etc")).unwrap();
+    std::fs::write(root.join("staging/5/fs/etc/whole"), b"a whole layer").unwrap();
+    std::fs::create_dir_all(root.join("staging/6/fs/usr")).unwrap();
+    std::fs::write(root.join("staging/6/fs/usr/half"), b"half a layer").unwrap();
+    let (h, report) = open(&root).unwrap();
+    fired(&report, Row::R41);
+    assert_eq!(report.dropped, vec![TxId(5), TxId(6)]);
+    assert_eq!(report.staging_removed, vec![TxId(5), TxId(6)]);
+    assert!(h.layers().unwrap().is_empty());
+    assert!(names(&root.join("staging")).is_empty());
+    clean(&h);
+    h.close().unwrap();
+
+    // A child's completion naming a parent that never became a layer cannot be in a log the
+    // engine wrote (the state refuses it); found anyway, the open refuses it (R13).
+    let (_t2, root2) = new_root();
+    root_with_base(&root2);
+    let parent = format!("sha256:{}", "a".repeat(64));
+    let child = Record {
+        txid: TxId(6),
+        op: Op::CompleteDetachedImport {
+            of: TxId(5),
+            parent: Some(parent.clone()),
+            diff_id: format!("sha256:{}", "b".repeat(64)),
+            chain_id: format!("sha256:{}", "c".repeat(64)),
+            size_bytes: 1,
+            usage: cairn_state::types::Usage {
+                size_bytes: 1,
+                inodes: 1,
+            },
+        },
+    };
+    append(&root2, &[begin_detached(5, 2), child]);
+    let before = durable_files(&root2);
+    let e = refused(open(&root2), Row::R13);
+    assert!(e.to_string().contains(&parent), "{e}");
+    assert_eq!(durable_files(&root2), before);
+}

@@ -6,11 +6,13 @@
 mod docker;
 mod error;
 mod oci;
+mod parallel;
 mod plan;
 mod source;
 mod verify;
 
 pub use error::ImageError;
+pub use parallel::{max_extractions, MAX_PARALLEL_EXTRACTIONS};
 pub use plan::{diff_ids, Plan, PlannedLayer};
 use source::Source;
 
@@ -39,10 +41,34 @@ pub enum Event<'a> {
     },
 }
 
+/// How to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Extract the layers of a multi-layer image side by side where the driver allows it
+    /// (overlay), recording them in chain order; `false`: one after another.
+    pub parallel: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { parallel: true }
+    }
+}
+
 /// Load every image in the file or directory at `path`.
 pub fn load(
     engine: &EngineHandle,
     path: &std::path::Path,
+    progress: &dyn Fn(Event<'_>),
+) -> Result<Vec<Loaded>, ImageError> {
+    load_with(engine, path, LoadOptions::default(), progress)
+}
+
+/// [`load`] with options.
+pub fn load_with(
+    engine: &EngineHandle,
+    path: &std::path::Path,
+    options: LoadOptions,
     progress: &dyn Fn(Event<'_>),
 ) -> Result<Vec<Loaded>, ImageError> {
     let source = Source::open(path)?;
@@ -55,7 +81,7 @@ pub fn load(
     }
     plans
         .iter()
-        .map(|p| load_one(engine, &source, p, progress))
+        .map(|p| load_one(engine, &source, p, options, progress))
         .collect()
 }
 
@@ -63,6 +89,7 @@ fn load_one(
     engine: &EngineHandle,
     source: &Source,
     plan: &Plan,
+    options: LoadOptions,
     progress: &dyn Fn(Event<'_>),
 ) -> Result<Loaded, ImageError> {
     let image = plan.names.first().cloned().unwrap_or_default();
@@ -82,15 +109,27 @@ fn load_one(
     let mut parent: Option<String> = None;
     let mut layers = Vec::new();
     let mut reused = 0;
+    let parallel_from = if options.parallel {
+        parallel::start(engine, plan)?
+    } else {
+        None
+    };
     for (index, layer) in plan.layers.iter().enumerate() {
-        let (reader, size) = source.open_file(&layer.path)?;
+        if Some(index) == parallel_from {
+            let (rest, found) =
+                parallel::import(engine, source, plan, index, parent, &image, progress)?;
+            reused += found;
+            parent = rest.last().cloned();
+            layers.extend(rest);
+            break;
+        }
+        let (reader, size) = open_layer(source, layer)?;
         progress(Event::Layer {
             image: &image,
             index,
             count: plan.layers.len(),
             size_bytes: size,
         });
-        let reader = verify::layer_reader(reader, size, layer);
         let options = ImportOptions {
             parent: parent.clone(),
             pin: false,
@@ -111,4 +150,15 @@ fn load_one(
         layers,
         reused,
     })
+}
+
+/// A layer's blob as a stream checked against its blob digest (`verify::layer_reader`), with
+/// its size.
+fn open_layer(
+    source: &Source,
+    layer: &PlannedLayer,
+) -> Result<(Box<dyn std::io::Read + Send>, u64), ImageError> {
+    let (reader, size) = source.open_file(&layer.path)?;
+    let reader = verify::layer_reader(reader, size, layer);
+    Ok((reader, size))
 }

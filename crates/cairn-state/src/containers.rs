@@ -182,7 +182,9 @@ impl Draft<'_> {
         let busy = self.pending.values().any(|p| match p {
             Pending::Create { key, .. } => *key == container.key || *key == container.init_key,
             Pending::Commit { key, .. } => *key == container.key,
-            Pending::Import { .. } | Pending::Unmount { .. } => false,
+            Pending::Import { .. } | Pending::DetachedImport { .. } | Pending::Unmount { .. } => {
+                false
+            }
             Pending::Mount { key, .. } => *key == container.key || *key == container.init_key,
         });
         if busy {

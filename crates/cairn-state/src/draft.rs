@@ -166,7 +166,10 @@ pub(super) trait Read {
                 Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
                     snapshot.parent.as_deref() == Some(key)
                 }
-                Pending::Commit { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => false,
+                Pending::Commit { .. }
+                | Pending::Mount { .. }
+                | Pending::Unmount { .. }
+                | Pending::DetachedImport { .. } => false,
             })
     }
 
@@ -177,7 +180,10 @@ pub(super) trait Read {
             || self.pending_values().any(|p| match p {
                 Pending::Create { key: k, .. } => k == key,
                 Pending::Commit { name, .. } => name == key,
-                Pending::Import { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => false,
+                Pending::Import { .. }
+                | Pending::DetachedImport { .. }
+                | Pending::Mount { .. }
+                | Pending::Unmount { .. } => false,
             })
     }
 

@@ -23,6 +23,15 @@ pub struct Layer {
     pub holders: u64,
 }
 
+/// What a finished import found: the layer's digests and sizes, as its completion names them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ImportDone<'a> {
+    pub diff_id: &'a str,
+    pub chain_id: &'a str,
+    pub size_bytes: u64,
+    pub usage: Usage,
+}
+
 impl Layer {
     pub fn refcount(&self) -> u64 {
         u64::from(self.pinned) + self.children + self.holders
@@ -117,13 +126,34 @@ impl Draft<'_> {
         usage: Usage,
     ) -> Result<Vec<Effect>, StateError> {
         let Some(Pending::Import {
-            mut snapshot,
+            snapshot,
             parent,
             pin,
         }) = self.pending.remove(&of)
         else {
             return Err(StateError::NotPending { txid: of });
         };
+        let done = ImportDone {
+            diff_id,
+            chain_id,
+            size_bytes,
+            usage,
+        };
+        self.record_layer(of, snapshot, parent, pin, done)
+    }
+
+    /// Record the layer an import `of` made (its pending entry already taken), or discard the
+    /// copy when the layer exists. `parent` is a layer, held by the import until now or checked
+    /// by the caller in this draft.
+    pub(super) fn record_layer(
+        &mut self,
+        of: TxId,
+        mut snapshot: Snapshot,
+        parent: Option<String>,
+        pin: bool,
+        done: ImportDone<'_>,
+    ) -> Result<Vec<Effect>, StateError> {
+        let chain_id = done.chain_id;
         if let Some(layer) = self.layers.get_mut(chain_id) {
             // The same layer again: keep the one we have, drop the new copy.
             layer.pinned |= pin;
@@ -143,15 +173,15 @@ impl Draft<'_> {
                 .expect("a parent with a pending child is never removed");
             hold(&mut parent_layer.children, p);
         }
-        snapshot.usage = Some(usage);
+        snapshot.usage = Some(done.usage);
         let id = snapshot.id;
         self.snapshots.insert(chain_id.to_owned(), snapshot);
         self.layers.insert(
             chain_id.to_owned(),
             Layer {
-                diff_id: diff_id.to_owned(),
+                diff_id: done.diff_id.to_owned(),
                 parent,
-                size_bytes,
+                size_bytes: done.size_bytes,
                 pinned: pin,
                 children: 0,
                 holders: 0,

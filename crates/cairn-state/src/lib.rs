@@ -10,6 +10,7 @@
 //! changes nothing, by construction.
 
 mod containers;
+mod detached;
 mod draft;
 mod effect;
 mod error;
@@ -87,6 +88,12 @@ pub enum Pending {
     /// The last reference on `target` was released: the umount(2) is in flight.
     Unmount {
         target: String,
+    },
+    /// A layer import staged without a parent; the parent is named when it completes
+    /// (`CompleteDetachedImport`). Until then it holds nothing and nothing depends on it.
+    DetachedImport {
+        snapshot: Snapshot,
+        pin: bool,
     },
 }
 
@@ -308,7 +315,9 @@ impl Draft<'_> {
             }
             Op::Complete { of, usage, digest } => match self.pending.remove(of) {
                 // An import completes with CompleteImport, which names its layer.
-                None | Some(Pending::Import { .. }) => Err(StateError::NotPending { txid: *of }),
+                None | Some(Pending::Import { .. } | Pending::DetachedImport { .. }) => {
+                    Err(StateError::NotPending { txid: *of })
+                }
                 Some(Pending::Create { key, snapshot }) => {
                     let id = snapshot.id;
                     self.snapshots.insert(key.clone(), snapshot);
@@ -358,7 +367,9 @@ impl Draft<'_> {
                         effects.extend(self.container_aborted(&key));
                         Ok(effects)
                     }
-                    Pending::Import { .. } => Ok(vec![Effect::Discard { txid: *of }]),
+                    Pending::Import { .. } | Pending::DetachedImport { .. } => {
+                        Ok(vec![Effect::Discard { txid: *of }])
+                    }
                     Pending::Commit { .. } | Pending::Mount { .. } | Pending::Unmount { .. } => {
                         Ok(Vec::new())
                     }
@@ -401,6 +412,17 @@ impl Draft<'_> {
                 size_bytes,
                 usage,
             } => self.complete_import(*of, diff_id, chain_id, *size_bytes, *usage),
+            Op::BeginDetachedImport { id, pin, time_ns } => {
+                self.begin_detached_import(txid, *id, *pin, *time_ns)
+            }
+            Op::CompleteDetachedImport {
+                of,
+                parent,
+                diff_id,
+                chain_id,
+                size_bytes,
+                usage,
+            } => self.complete_detached_import(*of, parent, diff_id, chain_id, *size_bytes, *usage),
             Op::RemoveLayer { chain_id } => self.remove_layer(chain_id),
             Op::PutImage {
                 name,

@@ -166,6 +166,17 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             check_len("diff_id", diff_id, digest)?;
             check_len("chain_id", chain_id, digest)
         }
+        Op::BeginDetachedImport { .. } => Ok(()),
+        Op::CompleteDetachedImport {
+            parent,
+            diff_id,
+            chain_id,
+            ..
+        } => {
+            opt("parent", parent, digest)?;
+            check_len("diff_id", diff_id, digest)?;
+            check_len("chain_id", chain_id, digest)
+        }
         Op::RemoveLayer { chain_id } => check_len("chain_id", chain_id, digest),
         Op::PutImage {
             name,
@@ -250,6 +261,13 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
         Op::CompleteImport {
             diff_id, chain_id, ..
         } => VARINT + string(diff_id) + string(chain_id) + VARINT + 2 * VARINT,
+        Op::BeginDetachedImport { .. } => VARINT + 1 + VARINT,
+        Op::CompleteDetachedImport {
+            parent,
+            diff_id,
+            chain_id,
+            ..
+        } => VARINT + opt_string(parent) + string(diff_id) + string(chain_id) + VARINT + 2 * VARINT,
         Op::RemoveLayer { chain_id } => string(chain_id),
         Op::PutImage {
             name,

@@ -126,4 +126,23 @@ pub enum Op {
         hold: String,
         time_ns: i64,
     },
+    /// Begin importing a layer tar whose parent is named only when it completes: extracted in
+    /// a staging area of its own, on a driver whose extraction does not read the parent
+    /// (overlay), so the layers of one image extract side by side (docs/parallel-import.md).
+    /// Completed by `CompleteDetachedImport`, in chain order.
+    BeginDetachedImport {
+        id: SnapshotId,
+        pin: bool,
+        time_ns: i64,
+    },
+    /// The layer of detached import `of` is durable in staging and goes on `parent` (a layer
+    /// now: its own completion came first). Its snapshot is named by its ChainID.
+    CompleteDetachedImport {
+        of: TxId,
+        parent: Option<String>,
+        diff_id: String,
+        chain_id: String,
+        size_bytes: u64,
+        usage: Usage,
+    },
 }

@@ -944,3 +944,128 @@ fn a_plan_changes_nothing_until_committed() {
     assert_eq!(applied.snapshots, vec!["a".to_owned()]);
     assert!(m.state.snapshots.is_empty());
 }
+
+fn usage10() -> Usage {
+    Usage {
+        size_bytes: 10,
+        inodes: 1,
+    }
+}
+
+fn complete_detached(of: TxId, parent: Option<&str>, chain: &str) -> Op {
+    Op::CompleteDetachedImport {
+        of,
+        parent: parent.map(Into::into),
+        diff_id: format!("diff-{chain}"),
+        chain_id: chain.into(),
+        size_bytes: 10,
+        usage: usage10(),
+    }
+}
+
+#[test]
+fn detached_imports_complete_in_chain_order_only() {
+    let mut m = Machine::new();
+    let mut begun = Vec::new();
+    for _ in 0..3 {
+        let (txid, effects) = m
+            .apply(Op::BeginDetachedImport {
+                id: SnapshotId(m.state.next_id),
+                pin: false,
+                time_ns: 1,
+            })
+            .expect("begin");
+        assert_eq!(
+            effects,
+            vec![Effect::Stage {
+                txid,
+                stage: Stage::Import { parent: None }
+            }]
+        );
+        begun.push(txid);
+    }
+    // The child cannot be recorded before its parent is a layer.
+    assert!(matches!(
+        m.apply(complete_detached(begun[1], Some("A"), "AB")),
+        Err(StateError::NotFound { .. })
+    ));
+    // Nor completed as a plain import or snapshot.
+    assert!(matches!(
+        m.apply(Op::Complete {
+            of: begun[0],
+            usage: None,
+            digest: None
+        }),
+        Err(StateError::NotPending { .. })
+    ));
+    assert!(matches!(
+        m.apply(Op::CompleteImport {
+            of: begun[0],
+            diff_id: "diff-A".into(),
+            chain_id: "A".into(),
+            size_bytes: 10,
+            usage: usage10(),
+        }),
+        Err(StateError::NotPending { .. })
+    ));
+    let (_, effects) = m.apply(complete_detached(begun[0], None, "A")).expect("A");
+    assert!(matches!(effects[..], [Effect::Install { .. }]));
+    m.apply(complete_detached(begun[1], Some("A"), "AB"))
+        .expect("AB");
+    m.apply(complete_detached(begun[2], Some("AB"), "ABC"))
+        .expect("ABC");
+    assert_eq!(m.refs("A"), (false, 1, 0));
+    assert_eq!(m.refs("AB"), (false, 1, 0));
+    assert_eq!(
+        m.state.get("ABC").expect("snap").parent.as_deref(),
+        Some("AB")
+    );
+    assert_eq!(m.state.layer_chain("ABC").expect("chain").len(), 3);
+    assert!(m.state.pending.is_empty());
+}
+
+#[test]
+fn a_detached_child_of_a_failed_parent_is_refused_then_aborted_whole() {
+    let mut m = Machine::new();
+    let (parent, _) = m
+        .apply(Op::BeginDetachedImport {
+            id: SnapshotId(m.state.next_id),
+            pin: false,
+            time_ns: 1,
+        })
+        .expect("parent");
+    let (child, _) = m
+        .apply(Op::BeginDetachedImport {
+            id: SnapshotId(m.state.next_id),
+            pin: false,
+            time_ns: 1,
+        })
+        .expect("child");
+    let (_, effects) = m.apply(Op::Abort { of: parent }).expect("abort parent");
+    assert_eq!(effects, vec![Effect::Discard { txid: parent }]);
+    // The parent never became a layer: the child's completion is refused, changing nothing.
+    assert!(matches!(
+        m.apply(complete_detached(child, Some("P"), "PC")),
+        Err(StateError::NotFound { .. })
+    ));
+    assert!(m.state.pending.contains_key(&child));
+    let (_, effects) = m.apply(Op::Abort { of: child }).expect("abort child");
+    assert_eq!(effects, vec![Effect::Discard { txid: child }]);
+    assert!(m.state.pending.is_empty() && m.state.layers.is_empty());
+}
+
+#[test]
+fn a_detached_import_of_a_layer_present_discards_its_copy() {
+    let mut m = Machine::new();
+    m.import("A", None, false).expect("a");
+    let (txid, _) = m
+        .apply(Op::BeginDetachedImport {
+            id: SnapshotId(m.state.next_id),
+            pin: true,
+            time_ns: 1,
+        })
+        .expect("begin");
+    let (_, effects) = m.apply(complete_detached(txid, None, "A")).expect("again");
+    assert_eq!(effects, vec![Effect::Discard { txid }]);
+    assert_eq!(m.refs("A"), (true, 0, 0));
+}

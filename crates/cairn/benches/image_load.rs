@@ -17,9 +17,10 @@
 //! same layer. Peak RSS is the largest VmHWM of those `cairn` processes. Every `cairn` command
 //! returns only once what it wrote is durable.
 //!
-//! Part `multi` (root only: overlayfs): the same kind of root over four layers in one `docker
-//! save` archive, loaded on the overlay driver and on vfs, beside GNU tar extracting the four
-//! layers one after the other + syncfs.
+//! Part `multi` (root only: overlayfs): the same kind of root over four layers (~50 MB each) in
+//! one `docker save` archive, loaded on the overlay driver with its layers extracted side by
+//! side (the default, docs/parallel-import.md) and one after another (`--serial`), and on vfs,
+//! beside GNU tar extracting the four layers one after the other + syncfs.
 //!
 //! Each timed figure is the best of [`ROUNDS`] runs, the peers alternating with cairn.
 
@@ -303,6 +304,13 @@ fn multi_figures(d: &Path) {
                         .arg(&docker),
                 )
             }),
+            ("cairn-image-load-4-overlay-serial", &mut |out: &Path| {
+                timed(
+                    cairn(&fresh_root(out, "overlay"), "overlay")
+                        .args(["image", "load", "--serial"])
+                        .arg(&docker),
+                )
+            }),
             ("cairn-image-load-4-vfs", &mut |out: &Path| {
                 timed(
                     cairn(&fresh_root(out, "vfs"), "vfs")
@@ -312,8 +320,8 @@ fn multi_figures(d: &Path) {
             }),
         ],
     );
-    let [tar_x, overlay, vfs] = best[..] else {
-        unreachable!("three runners")
+    let [tar_x, overlay, serial, vfs] = best[..] else {
+        unreachable!("four runners")
     };
     figure("gnu_tar_extract_4_layers_ms", tar_x, 0);
     figure("image_load_4_layers_overlay_ms", overlay, 0);
@@ -325,4 +333,14 @@ fn multi_figures(d: &Path) {
         2,
     );
     figure("ratio_image_load_4_layers_overlay_vs_vfs", overlay / vfs, 2);
+    // The same overlay load, layers one after another against side by side.
+    figure("image_load_4layer_serial_ms", serial, 0);
+    figure("image_load_4layer_parallel_ms", overlay, 0);
+    figure("image_load_4layer_serial_cpu_ms", cpu[2], 0);
+    figure("image_load_4layer_parallel_cpu_ms", cpu[1], 0);
+    figure(
+        "ratio_image_load_4layer_parallel_vs_serial",
+        overlay / serial,
+        2,
+    );
 }

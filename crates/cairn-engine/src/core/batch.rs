@@ -51,6 +51,10 @@ pub(crate) enum Waiter {
     Done { reply: Reply<()> },
     /// A layer import.
     Layer { reply: Reply<Imported> },
+    /// A detached import's extraction: answered when it is durable in staging.
+    Staged {
+        reply: Reply<crate::detached::Staged>,
+    },
     /// A mount's first reference or last release: answered with the references left.
     MountRef {
         key: String,
@@ -65,6 +69,7 @@ impl Waiter {
             Waiter::Mounts { reply, .. } => drop(reply.send(Err(error))),
             Waiter::Done { reply } => drop(reply.send(Err(error))),
             Waiter::Layer { reply } => drop(reply.send(Err(error))),
+            Waiter::Staged { reply } => drop(reply.send(Err(error))),
             Waiter::MountRef { reply, .. } => drop(reply.send(Err(error))),
         }
     }

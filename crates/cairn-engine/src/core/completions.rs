@@ -110,7 +110,7 @@ impl Core {
             }
             // Imports complete through `handle_imported`; a staging or seal result for one is
             // an engine bug, answered as a failure rather than a made-up layer.
-            (Ok(()), w @ Waiter::Layer { .. }) => Completion::Failed(
+            (Ok(()), w @ (Waiter::Layer { .. } | Waiter::Staged { .. })) => Completion::Failed(
                 w,
                 EngineError::Failed {
                     cause: format!("{txid} completed without its layer"),
@@ -126,6 +126,9 @@ impl Core {
         result: Result<crate::layers::LayerDone, EngineError>,
         batch: &mut Batch,
     ) {
+        if let Some(cairn_state::Pending::DetachedImport { .. }) = self.state.pending.get(&txid) {
+            return self.handle_staged(txid, result, batch);
+        }
         let waiter = self.waiting.remove(&txid);
         if let Some(e) = self.failed_error() {
             if let Some(w) = waiter {

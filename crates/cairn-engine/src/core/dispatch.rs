@@ -100,6 +100,7 @@ impl Core {
                 hold,
                 reply,
             } => self.begin_import(input, options, hold, reply, batch),
+            Request::Detached(d) => self.handle_detached(d, batch),
             Request::RemoveLayer { chain_id, reply } => {
                 self.remove_op(Op::RemoveLayer { chain_id }, reply, batch)
             }

@@ -52,6 +52,12 @@ pub enum Op {
         entries: Vec<(String, Vec<u8>)>,
         pin: bool,
     },
+    /// Import `layers` (each an `ImportLayer`, base first) as a parallel image load does on
+    /// overlay: all staged at once as detached imports, then attached in chain order. A crash
+    /// leaves a prefix of them, never a layer without its parent.
+    ImportChain {
+        layers: Vec<Op>,
+    },
     RemoveLayer {
         chain: String,
     },
@@ -284,6 +290,7 @@ pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
             }
             Ok(())
         }
+        Op::ImportChain { layers } => import_chain(h, layers),
         Op::RemoveLayer { chain } => h.remove_layer(chain).map_err(|e| e.to_string()),
         Op::PutImage { image, top } => h
             .put_image(
@@ -300,6 +307,55 @@ pub fn exec(h: &EngineHandle, op: &Op) -> Result<(), String> {
             .map_err(|e| e.to_string()),
         Op::RemoveContainer { name } => h.remove_container(name).map_err(|e| e.to_string()),
     }
+}
+
+/// Stage every layer of `layers` at once (detached imports), then attach them in order.
+fn import_chain(h: &EngineHandle, layers: &[Op]) -> Result<(), String> {
+    let mut wanted = Vec::new();
+    for layer in layers {
+        let Op::ImportLayer {
+            parent_chain,
+            entries,
+            pin,
+            ..
+        } = layer
+        else {
+            return Err(format!("not a layer: {layer:?}"));
+        };
+        let tar = layer_tar(entries);
+        let (diff, chain) = layer_ids(&tar, parent_chain.as_deref());
+        wanted.push((tar, *pin, parent_chain.clone(), diff, chain));
+    }
+    let staged: Vec<Result<cairn_engine::StagedLayer, String>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = wanted
+            .iter()
+            .map(|(tar, pin, ..)| {
+                let h = h.clone();
+                let options = cairn_engine::StageOptions {
+                    pin: *pin,
+                    expected_diff_id: None,
+                };
+                let input = Box::new(std::io::Cursor::new(tar.clone()));
+                s.spawn(move || h.stage_layer(input, options).map_err(|e| e.to_string()))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err("a stage thread panicked".into()))
+            })
+            .collect()
+    });
+    let staged: Vec<cairn_engine::StagedLayer> = staged.into_iter().collect::<Result<_, _>>()?;
+    for (s, (_, _, parent, diff, chain)) in staged.into_iter().zip(&wanted) {
+        let got = h
+            .attach_layer(s, parent.as_deref())
+            .map_err(|e| e.to_string())?;
+        if &got.chain_id != chain || &got.diff_id != diff {
+            return Err(format!("attach answered {got:?}, expected {chain} {diff}"));
+        }
+    }
+    Ok(())
 }
 
 /// The child's acknowledgement log.
@@ -498,6 +554,11 @@ impl Model {
                         files: BTreeMap::new(),
                     },
                 );
+            }
+            Op::ImportChain { layers } => {
+                for layer in layers {
+                    self.apply(layer);
+                }
             }
             Op::RemoveLayer { chain } => {
                 if self.children(chain) > 0 || self.holders(chain) > 0 {
@@ -845,14 +906,27 @@ pub fn check_after_crash(root: &Path, driver: DriverKind, model: &Model, infligh
     let actual_layers = actual_store(&h);
     // Each in-flight operation happened wholly or not at all: find the combination that
     // matches (operations of different threads touch different keys, so order is free).
-    let n = inflight.len();
+    // An interrupted chain import happened for a prefix of its layers.
+    let outcomes: Vec<Vec<Vec<Op>>> = inflight
+        .iter()
+        .map(|op| match op {
+            Op::Write { .. } => vec![vec![]],
+            Op::ImportChain { layers } => {
+                (0..=layers.len()).map(|k| layers[..k].to_vec()).collect()
+            }
+            op => vec![vec![], vec![op.clone()]],
+        })
+        .collect();
+    let combinations: usize = outcomes.iter().map(Vec::len).product();
     let mut found = None;
-    for mask in 0..(1u32 << n) {
+    for combination in 0..combinations {
         let mut m = model.clone();
-        for (i, op) in inflight.iter().enumerate() {
-            if mask & (1 << i) != 0 && !matches!(op, Op::Write { .. }) {
+        let mut pick = combination;
+        for choices in &outcomes {
+            for op in &choices[pick % choices.len()] {
                 m.apply(op);
             }
+            pick /= choices.len();
         }
         m.collect_unheld();
         if m.meta() == actual && m.store() == actual_layers {
@@ -1017,6 +1091,10 @@ fn op_text(o: &Op) -> String {
         Op::ImportLayer {
             name, parent, pin, ..
         } => format!("ImportLayer {name} on {parent:?} pin {pin}"),
+        Op::ImportChain { layers } => {
+            let names: Vec<String> = layers.iter().map(op_text).collect();
+            format!("ImportChain [{}]", names.join(", "))
+        }
         o => format!("{o:?}"),
     }
 }

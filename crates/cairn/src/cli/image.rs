@@ -9,7 +9,13 @@ use std::path::PathBuf;
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
     /// Load every image in a `docker save` archive, an OCI archive or an OCI layout directory.
-    Load { path: PathBuf },
+    Load {
+        path: PathBuf,
+        /// Extract the layers one after another, even where the driver could extract them side
+        /// by side (overlay).
+        #[arg(long)]
+        serial: bool,
+    },
     /// List images: NAME TOP LAYERS CREATED.
     #[command(alias = "list")]
     Ls,
@@ -20,7 +26,7 @@ pub enum ImageCmd {
 
 pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
     match cmd {
-        ImageCmd::Load { path } => {
+        ImageCmd::Load { path, serial } => {
             let bar = progress::bytes(ctx.out.json, 0, "load");
             let loaded = ctx.with_engine(|e| {
                 let progress = |event: cairn_image::Event<'_>| {
@@ -33,7 +39,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                     bar.set_message(format!("{image}: layer {}/{count}", index + 1));
                     bar.inc(size_bytes);
                 };
-                Ok(cairn_image::load(e, &path, &progress)?)
+                let options = cairn_image::LoadOptions { parallel: !serial };
+                Ok(cairn_image::load_with(e, &path, options, &progress)?)
             });
             bar.finish_and_clear();
             let loaded = loaded?;

@@ -210,7 +210,7 @@ fn for_the_server(command: &mut super::Command, cwd: &Path) -> Result<(), CliErr
         ))
     };
     match command {
-        Command::Image(ImageCmd::Load { path }) => absolute(path),
+        Command::Image(ImageCmd::Load { path, .. }) => absolute(path),
         Command::Layer(LayerCmd::Import { file, .. }) => {
             if file.as_os_str() == "-" {
                 return Err(no_stdio("standard input"));
