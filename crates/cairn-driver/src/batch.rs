@@ -11,7 +11,7 @@ use super::error::DriverError;
 use super::layout::{create_tree_root, exists, Layout, TREE, WORK};
 use super::marker;
 use super::remove::remove_tree;
-use super::sync::{collect_tree, fsync_each};
+use super::sync::{collect_tree, fsync_dir, fsync_each, more_entries_than};
 use cairn_state::types::{Kind, SnapshotId, TxId, Usage};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,25 @@ fn drop_tmp(dir: &Path, cause: DriverError) -> DriverError {
     }
 }
 
+/// A commit's seal made by [`Driver::durable_many`](super::Driver::durable_many) in the batch
+/// that begins it: the sealed tree's usage and digest, or why it failed; `None` when the tree is
+/// too big to seal there (then a worker's `seal_many` seals it).
+pub type SealedInline = Option<Result<(Usage, String), DriverError>>;
+
+/// A tree with at most this many inodes (its root included) and [`INLINE_SEAL_MAX_BYTES`] is
+/// sealed on the engine thread: finding out costs a few readdirs, digesting it a few reads.
+pub const INLINE_SEAL_MAX_INODES: u64 = 16;
+/// See [`INLINE_SEAL_MAX_INODES`].
+pub const INLINE_SEAL_MAX_BYTES: u64 = 64 * 1024;
+
+/// A batch's durable step is made with one fsync per file and directory when it needs at most
+/// this many, else with one syncfs for all. Each fsync costs about one device flush (a clean
+/// inode's fsync still flushes), a syncfs one journal commit and flush plus the write-back of
+/// every other process's dirty pages on the file system: a commit of one or two empty trees
+/// (one fsync each) is cheaper per file, a creation (marker, tree, directory, `snapshots/`)
+/// shares the syncfs.
+pub const PER_FILE_MAX_SYNCS: usize = 2;
+
 impl Layout {
     /// Creates each tree in `snapshots/<id>` (fs/, work/ if `work(kind)`, the marker), then
     /// makes all of them durable with one syncfs. Nothing is journaled yet: until the caller
@@ -75,16 +94,121 @@ impl Layout {
         work: impl Fn(Kind) -> bool,
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
     ) -> Vec<Result<(), DriverError>> {
+        self.durable_many_with(items, &[], work, make_tree).0
+    }
+
+    /// The durable step of one engine batch: each creation's tree made in `snapshots/<id>`
+    /// (as `create_many`), each small commit's tree checked (at most
+    /// [`INLINE_SEAL_MAX_INODES`] and [`INLINE_SEAL_MAX_BYTES`], else `None`: a worker seals
+    /// it), then everything made durable together, by per-file fsyncs when that is at most
+    /// [`PER_FILE_MAX_SYNCS`] calls, else by one syncfs; then each sealed tree is digested.
+    ///
+    /// Nothing is journaled yet. A creation is an orphan until its completion is journaled
+    /// (row R40). A seal here does not rewrite the marker: its commit is journaled (begin and
+    /// completion together) only after this returns, so a marker naming the commit's txid
+    /// could survive a crash that loses the txid; the creation's txid stays, which fsck's
+    /// check (`created_txid ≤ marker ≤ last_txid`) accepts for the snapshot's whole life.
+    pub fn durable_many(
+        &self,
+        items: &[NewTree],
+        seals: &[(SnapshotId, TxId)],
+        work: impl Fn(Kind) -> bool,
+    ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
+        self.durable_many_with(items, seals, work, |_, tree| create_tree_root(tree))
+    }
+
+    /// `durable_many` with each creation's tree made by `make_tree` (see `create_many_with`).
+    /// A creation always counts more than [`PER_FILE_MAX_SYNCS`] files, so a batch with
+    /// creations is always made durable by the syncfs (which on btrfs also commits the
+    /// transaction a subvolume or snapshot is made in).
+    fn durable_many_with(
+        &self,
+        items: &[NewTree],
+        seals: &[(SnapshotId, TxId)],
+        work: impl Fn(Kind) -> bool,
+        make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
+    ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
         let start = self.watch().errors();
         let mut results: Vec<Result<(), DriverError>> = items
             .iter()
             .map(|item| self.create_one(item, work(item.kind), &make_tree))
             .collect();
-        fail::fail_point!("driver::create::before_sync");
-        if results.iter().any(Result::is_ok) {
+        let mut sealing: Vec<Option<Result<Sealing, DriverError>>> =
+            seals.iter().map(|&(id, _)| self.small_seal(id)).collect();
+        // What a per-file sync of the batch fsyncs, per creation (parents first) and once for
+        // `snapshots/`.
+        let created: Vec<Vec<(PathBuf, bool)>> = items
+            .iter()
+            .zip(&results)
+            .map(|(item, r)| match r {
+                Ok(()) => {
+                    let dir = self.snapshot_dir(item.id);
+                    let mut files = vec![(dir.clone(), true), (dir.join(TREE), true)];
+                    if work(item.kind) {
+                        files.push((dir.join(WORK), true));
+                    }
+                    files.push((dir.join(marker::MARKER_NAME), false));
+                    files
+                }
+                Err(_) => Vec::new(),
+            })
+            .collect();
+        let any_created = results.iter().any(Result::is_ok);
+        let calls = usize::from(any_created)
+            + created.iter().map(Vec::len).sum::<usize>()
+            + sealing
+                .iter()
+                .map(|s| match s {
+                    Some(Ok((_, _, files))) => files.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+        if any_created {
+            fail::fail_point!("driver::create::before_sync");
+        }
+        if sealing.iter().any(|s| matches!(s, Some(Ok(_)))) {
+            fail::fail_point!("driver::seal::before_sync");
+        }
+        if calls > 0 && calls <= PER_FILE_MAX_SYNCS {
+            // Invariant (as the syncfs below): every tree, marker and `snapshots/<id>` entry of
+            // the batch's creations, and every byte of its sealed trees, is on disk before the
+            // batch journals their completions. Children before parents: each directory's
+            // fsync then makes its new entries durable.
+            for (r, files) in results.iter_mut().zip(&created) {
+                if r.is_ok() {
+                    *r = fsync_each(files);
+                }
+            }
+            if any_created {
+                if let Err(e) = fsync_dir(self.snapshots_root()) {
+                    // Any creation's entry in snapshots/ may be lost: all of them fail.
+                    for r in results.iter_mut().filter(|r| r.is_ok()) {
+                        *r = Err(DriverError::SyncFailed {
+                            op: "fsync",
+                            path: self.snapshots_root().to_path_buf(),
+                            source: std::io::Error::other(e.to_string()),
+                        });
+                    }
+                }
+            }
+            for (&(id, _), slot) in seals.iter().zip(sealing.iter_mut()) {
+                if let Some(Ok((dir, _, files))) = slot {
+                    if let Err(e) = fsync_each(files) {
+                        let dir = dir.clone();
+                        let e = if e.is_sync_failure() {
+                            self.taint(id, &dir, e)
+                        } else {
+                            e
+                        };
+                        *slot = Some(Err(e));
+                    }
+                }
+            }
+        } else if calls > 0 {
             // Invariant: every tree, its marker and its entry in snapshots/ are on disk before
-            // the batch journals the creations complete (syncfs commits every metadata change
-            // of the file system, the new directories and their entries included).
+            // the batch journals the creations complete, and every byte of every sealed tree
+            // before its commit is (syncfs commits every metadata change of the file system,
+            // the new directories and their entries included, and writes back every page).
             let errors = self.watch().sync_batch();
             if errors != start {
                 for (item, r) in items.iter().zip(results.iter_mut()) {
@@ -96,8 +220,39 @@ impl Layout {
                     }
                 }
             }
+            for (&(id, _), slot) in seals.iter().zip(sealing.iter_mut()) {
+                let Some(Ok((dir, _, files))) = slot else {
+                    continue;
+                };
+                let failed = if errors != start {
+                    // Reported during this batch's sync: any of its pages, and a new fsync
+                    // would return 0 over them.
+                    Some(batch_sync_failed(dir, errors - start))
+                } else if start != 0 {
+                    // Reported earlier in the driver's life: maybe this tree's (written through
+                    // mounts at any time), so each of its files must fsync cleanly.
+                    tracing::warn!(%id, "write-back error on the file system earlier; checking this tree file by file");
+                    fsync_each(files).err()
+                } else {
+                    None
+                };
+                if let Some(e) = failed {
+                    let dir = dir.clone();
+                    let e = if e.is_sync_failure() {
+                        self.taint(id, &dir, e)
+                    } else {
+                        e
+                    };
+                    *slot = Some(Err(e));
+                }
+            }
         }
-        fail::fail_point!("driver::create::after_sync");
+        if any_created {
+            fail::fail_point!("driver::create::after_sync");
+        }
+        if sealing.iter().any(|s| matches!(s, Some(Ok(_)))) {
+            fail::fail_point!("driver::seal::after_sync");
+        }
         for (item, r) in items.iter().zip(&results) {
             if r.is_err() {
                 // Not journaled, so nothing names it: remove it now (recovery or cleanup
@@ -105,7 +260,45 @@ impl Layout {
                 self.drop_created(item);
             }
         }
-        results
+        let sealed = sealing
+            .into_iter()
+            .map(|slot| {
+                slot.map(|r| {
+                    r.and_then(|(dir, usage, _)| {
+                        super::digest::tree_digest(&dir.join(TREE)).map(|d| (usage, d))
+                    })
+                })
+            })
+            .collect();
+        (results, sealed)
+    }
+
+    /// A commit's tree checked for an inline seal: `None` if it is too big (a worker seals it),
+    /// an error if it cannot be sealed at all (missing, or tainted by an earlier failed sync).
+    fn small_seal(&self, id: SnapshotId) -> Option<Result<Sealing, DriverError>> {
+        let dir = self.snapshot_dir(id);
+        let checked = (|| {
+            if !exists(&dir)? {
+                return Err(DriverError::SnapshotMissing {
+                    id,
+                    path: dir.clone(),
+                });
+            }
+            let tainted = dir.join(super::layout::SYNC_FAILED);
+            if exists(&tainted)? {
+                return Err(DriverError::TreeSyncFailed { id, path: tainted });
+            }
+            // The root is one of the inodes: at most MAX - 1 entries below it.
+            if more_entries_than(&dir.join(TREE), INLINE_SEAL_MAX_INODES - 1)? {
+                return Ok(None);
+            }
+            let (usage, files) = collect_tree(&dir.join(TREE))?;
+            if usage.size_bytes > INLINE_SEAL_MAX_BYTES {
+                return Ok(None);
+            }
+            Ok(Some((dir.clone(), usage, files)))
+        })();
+        checked.transpose()
     }
 
     fn create_one(

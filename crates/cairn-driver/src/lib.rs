@@ -30,7 +30,7 @@ mod vfs;
 mod view;
 mod walk;
 
-pub use batch::NewTree;
+pub use batch::{NewTree, SealedInline, INLINE_SEAL_MAX_BYTES, INLINE_SEAL_MAX_INODES};
 pub use block::BlockDriver;
 pub use block_options::{parse_size, BlockFs, BlockOptions, DEFAULT_IMAGE_SIZE_BYTES};
 pub use btrfs::BtrfsDriver;
@@ -82,6 +82,26 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
                 })
             })
             .collect()
+    }
+    /// True when a commit's seal may be made on the engine thread by `durable_many`, in the
+    /// batch that begins the commit (a tree too big for it is left to a worker's `seal_many`).
+    fn seals_inline(&self) -> bool {
+        false
+    }
+    /// The durable step of one engine batch: the inline creations (as `create_many`) and the
+    /// seals of small commits' trees, all made durable by shared syncs; each seal's usage and
+    /// digest, or `None` for a tree too big to seal here. A seal here keeps the snapshot's
+    /// marker (its creation's txid). Nothing is journaled: the caller journals the completions
+    /// after this returns (docs/drivers.md, "Batched syncs").
+    fn durable_many(
+        &self,
+        items: &[NewTree],
+        seals: &[(SnapshotId, TxId)],
+    ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
+        (
+            self.create_many(items),
+            seals.iter().map(|_| None).collect(),
+        )
     }
     /// `seal` of several snapshots with their syncs shared (two syncfs for the batch); a
     /// failed shared sync fails and taints every snapshot it covered.

@@ -131,6 +131,19 @@ impl Driver for OverlayDriver {
         self.layout.create_many(items, |kind| kind == Kind::Active)
     }
 
+    fn seals_inline(&self) -> bool {
+        true
+    }
+
+    fn durable_many(
+        &self,
+        items: &[super::NewTree],
+        seals: &[(SnapshotId, TxId)],
+    ) -> (Vec<Result<(), DriverError>>, Vec<super::SealedInline>) {
+        self.layout
+            .durable_many(items, seals, |kind| kind == Kind::Active)
+    }
+
     fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
         self.layout.seal_many(items)
     }

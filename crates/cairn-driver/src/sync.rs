@@ -321,7 +321,7 @@ fn sync_tree_with(
 /// True when the tree under `root` holds more than `limit` entries. Reads directories only
 /// until the answer is known (entry types come from readdir), so a big tree costs a few
 /// readdirs, not the full walk with an lstat per entry.
-fn more_entries_than(root: &Path, limit: u64) -> Result<bool, DriverError> {
+pub(crate) fn more_entries_than(root: &Path, limit: u64) -> Result<bool, DriverError> {
     let mut count = 0u64;
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {

@@ -84,6 +84,18 @@ impl Driver for VfsDriver {
         self.layout.create_many(items, |_| false)
     }
 
+    fn seals_inline(&self) -> bool {
+        true
+    }
+
+    fn durable_many(
+        &self,
+        items: &[super::NewTree],
+        seals: &[(SnapshotId, TxId)],
+    ) -> (Vec<Result<(), DriverError>>, Vec<super::SealedInline>) {
+        self.layout.durable_many(items, seals, |_| false)
+    }
+
     fn seal_many(&self, items: &[(SnapshotId, TxId)]) -> Vec<Result<Usage, DriverError>> {
         self.layout.seal_many(items)
     }

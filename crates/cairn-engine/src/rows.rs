@@ -121,7 +121,7 @@ impl Row {
             Row::R14 => "Torn WAL tail (a write the crash cut: bad CRC / partial record at the end)",
             Row::R15 => "`BeginCreate` without `Complete`/`Abort`, `staging/<txid>` present (stage interrupted or done but not journaled)",
             Row::R16 => "`BeginCreate` pending, no staging (crash before the stage began)",
-            Row::R17 => "`BeginCommit` pending (seal interrupted, or sealed but not journaled)",
+            Row::R17 => "`BeginCommit` pending (a worker's seal interrupted, or sealed but not journaled; or a torn append that kept an inline seal's `BeginCommit` but not its `Complete`)",
             Row::R18 => "`Complete` of a create, tree still in `staging/<txid>` (crash before or inside install)",
             Row::R19 => "Snapshot in the state, tree neither installed nor staged",
             Row::R20 => "`snapshots/<id>` that no snapshot names (a removal journaled but not yet moved to trash, or a foreign tree with a decimal name)",

@@ -63,6 +63,21 @@ mod crash {
             data,
         }
     }
+    /// A file over the inline seal's limit (`cairn_driver::INLINE_SEAL_MAX_BYTES`): the
+    /// commit of its snapshot is sealed by a worker (marker rewrite and all), not inline.
+    fn wbig(key: &str, file: &str) -> Op {
+        let data = format!("{key}/{file}: ")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(cairn_driver::INLINE_SEAL_MAX_BYTES as usize + 4096)
+            .collect();
+        Op::Write {
+            key: key.into(),
+            file: file.into(),
+            data,
+        }
+    }
     fn c(name: &str, key: &str) -> Op {
         Op::Commit {
             name: name.into(),
@@ -232,6 +247,18 @@ mod crash {
                 ],
                 vec![c("C0", "c0"), c("C1", "c1"), c("C2", "c2")],
             ),
+            // Commits sealed by a worker (trees over the inline limit), one beside an inline one.
+            workload(
+                "commit_big",
+                vec![
+                    p("g0", None),
+                    wbig("g0", "g"),
+                    p("g1", Some("base")),
+                    wbig("g1", "g"),
+                    p("g2", None),
+                ],
+                vec![c("G0", "g0"), c("G1", "g1"), c("G2", "g2")],
+            ),
             workload(
                 "remove",
                 vec![
@@ -367,10 +394,18 @@ mod crash {
                 "driver::create::after_sync",
             ),
             ("trash", vec![rm("act")], "driver::remove::after_rename"),
+            // A worker's seal (a tree over the inline limit): its BeginCommit journaled, the
+            // new marker durable, no completion (rows R17, R23's neighbour).
             (
                 "pending_commit",
-                vec![c("X", "act")],
+                vec![wbig("act", "big"), c("X", "act")],
                 "driver::seal::after_marker",
+            ),
+            // An inline seal: the tree durable, nothing of the commit journaled yet.
+            (
+                "inline_commit",
+                vec![c("X", "act")],
+                "driver::seal::after_sync",
             ),
             (
                 "pending_import",

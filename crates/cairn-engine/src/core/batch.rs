@@ -165,6 +165,9 @@ pub(super) struct Batch {
     /// Creations begun in this batch whose trees copy nothing: made and completed before the
     /// batch is journaled (core/inline.rs).
     pub inline: Vec<(cairn_driver::NewTree, Waiter)>,
+    /// Commits begun in this batch whose seals the driver may make inline: sealed (if their
+    /// trees are small) before the batch is journaled, in the same durable step as `inline`.
+    pub inline_seals: Vec<(SnapshotId, TxId, Waiter)>,
 }
 
 impl Batch {
@@ -225,6 +228,7 @@ impl Core {
             done_effects,
             outbox,
             inline: _,
+            inline_seals: _,
         } = batch;
         let (mut completed, mut deferred, mut ready, mut checkpoint) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());

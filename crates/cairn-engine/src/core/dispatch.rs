@@ -36,6 +36,12 @@ impl Core {
                 };
                 match self.accept(op, batch) {
                     Ok((txid, effects)) => {
+                        // A small tree is sealed in this batch, on this thread, and the
+                        // completion journaled with the beginning (core/inline.rs).
+                        if let Some(id) = self.inline_seal(txid, &effects) {
+                            batch.inline_seals.push((id, txid, Waiter::Done { reply }));
+                            return;
+                        }
                         batch.effects(effects);
                         batch
                             .outbox
