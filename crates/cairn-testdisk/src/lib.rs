@@ -589,7 +589,8 @@ impl Drop for TestDisk {
 pub enum Fate {
     Kept,
     Dropped,
-    /// Some of its 512-byte sectors reached the disk (those marked true).
+    /// Some of its sectors (of the images' tear unit, 512 bytes by default) reached the disk
+    /// (those marked true).
     Torn(Vec<bool>),
 }
 
@@ -602,6 +603,8 @@ pub struct CrashImages {
     durable_file: File,
     /// Flushes replayed into `durable`.
     at_flush: usize,
+    /// The device's atomic write unit: a torn write keeps or loses whole units of this size.
+    sector_bytes: usize,
 }
 
 impl CrashImages {
@@ -627,7 +630,19 @@ impl CrashImages {
             durable,
             durable_file,
             at_flush: 0,
+            sector_bytes: SECTOR_BYTES,
         })
+    }
+
+    /// The same images from a device whose atomic write unit is `sector_bytes` (a multiple of
+    /// 512: a disk with 4 KiB physical sectors tears a write only at 4 KiB boundaries).
+    pub fn with_sector_bytes(mut self, sector_bytes: usize) -> CrashImages {
+        assert!(
+            sector_bytes >= SECTOR_BYTES && sector_bytes % SECTOR_BYTES == 0,
+            "a tear unit of {sector_bytes} bytes is not a multiple of {SECTOR_BYTES}"
+        );
+        self.sector_bytes = sector_bytes;
+        self
     }
 
     pub fn log(&self) -> &Log {
@@ -652,7 +667,7 @@ impl CrashImages {
         );
         while self.at_flush < k {
             for w in &self.log.epochs[self.at_flush] {
-                self.log.apply(&self.durable_file, w, None)?;
+                self.log.apply(&self.durable_file, w, None, self.sector_bytes)?;
             }
             self.at_flush += 1;
         }
@@ -674,14 +689,14 @@ impl CrashImages {
                     0..=3 => Fate::Kept,
                     4..=7 => Fate::Dropped,
                     _ => {
-                        let sectors = (w.len_bytes as usize).div_ceil(SECTOR_BYTES);
+                        let sectors = (w.len_bytes as usize).div_ceil(self.sector_bytes);
                         Fate::Torn((0..sectors).map(|_| rng.gen_bool(0.5)).collect())
                     }
                 }
             };
             match &fate {
-                Fate::Kept => self.log.apply(&img, w, None)?,
-                Fate::Torn(mask) => self.log.apply(&img, w, Some(mask))?,
+                Fate::Kept => self.log.apply(&img, w, None, self.sector_bytes)?,
+                Fate::Torn(mask) => self.log.apply(&img, w, Some(mask), self.sector_bytes)?,
                 Fate::Dropped => {}
             }
             fates.push(fate);

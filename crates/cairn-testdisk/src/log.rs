@@ -127,13 +127,14 @@ impl Log {
         self.epochs.iter().map(Vec::len).sum()
     }
 
-    /// Applies `sectors` of write `w` (all when `None`; else a mask over its 512-byte sectors) to
-    /// `image`.
+    /// Applies `sectors` of write `w` (all when `None`; else a mask over its sectors of
+    /// `sector_bytes` each) to `image`.
     pub fn apply(
         &self,
         image: &File,
         w: &Write,
         sectors: Option<&[bool]>,
+        sector_bytes: usize,
     ) -> Result<(), DiskError> {
         let io = |e| DiskError::Io {
             op: "replay a write into a crash image",
@@ -153,9 +154,9 @@ impl Log {
         match sectors {
             None => image.write_all_at(&data, w.offset_bytes).map_err(io)?,
             Some(mask) => {
-                for (i, chunk) in data.chunks(crate::SECTOR_BYTES).enumerate() {
+                for (i, chunk) in data.chunks(sector_bytes).enumerate() {
                     if mask.get(i).copied().unwrap_or(false) {
-                        let off = w.offset_bytes + (i * crate::SECTOR_BYTES) as u64;
+                        let off = w.offset_bytes + (i * sector_bytes) as u64;
                         image.write_all_at(chunk, off).map_err(io)?;
                     }
                 }

@@ -4,7 +4,8 @@
 //! subvolume or into a snapshot of its parent, a commit's read-only flag and transaction commit,
 //! a removal's rename and subvolume deletion — runs through the engine handle, and a crash
 //! image is cut after **every** flush of the disk (and at seeded random ones, with another
-//! subset of the unflushed writes kept, dropped or torn at 512 bytes).
+//! subset of the unflushed writes kept, dropped or torn at 4 KiB: btrfs needs its device to
+//! write its 4 KiB superblock whole, docs/drivers.md "Known limits").
 //!
 //! Each image is mounted on its own (the live disk is unmounted first and every btrfs loop
 //! device is forgotten by the kernel as it is released: the images share one fsid), the root

@@ -8,6 +8,9 @@ use cairn_state::types::DriverKind;
 use cairn_testdisk::{missing, CrashImages, FsKind, TestDisk};
 use rand::{Rng, SeedableRng};
 
+/// The tear unit of btrfs crash images: 4 KiB, a disk with 4 KiB physical sectors.
+const BTRFS_TEAR_BYTES: usize = 4096;
+
 /// Cuts after every `stride`-th flush (from a seeded phase); 1 cuts after every flush (soak).
 /// `CAIRN_POWER_CUT_STRIDE`, else the suite's own default.
 fn stride(default: usize) -> usize {
@@ -60,6 +63,14 @@ pub fn cut_workload(
     );
     let scratch = disk.scratch();
     let mut images = CrashImages::new(&disk.base_image(), log, &scratch).expect("crash images");
+    if fs == FsKind::Btrfs {
+        // btrfs requires its device to write its 4 KiB superblock atomically (checksummed, no
+        // automatic fallback to a mirror). At 512-byte tears the kernel refuses the torn
+        // superblock, and the mirror `btrfs rescue super-recover` falls back to is not updated
+        // by log-tree fsyncs, so btrfs itself loses fsynced data (docs/drivers.md, "Known
+        // limits"). The model here is a disk with 4 KiB physical sectors.
+        images = images.with_sector_bytes(BTRFS_TEAR_BYTES);
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     // Every stride-th flush once (every flush with stride 1), plus random ones with another
     // subset of the unflushed writes.
