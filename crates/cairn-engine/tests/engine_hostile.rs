@@ -187,6 +187,10 @@ mod panics {
         engine
             .prepare("p", Some("base"), Labels::new())
             .expect("prepare again");
+        // A tree over the inline seal's limit: its commit is sealed by a worker.
+        let tree = engine.mounts("p").expect("mounts")[0].source.clone();
+        let big = vec![7u8; cairn_driver::INLINE_SEAL_MAX_BYTES as usize + 1];
+        std::fs::write(tree.join("big"), &big).expect("write");
         fail::cfg("engine::worker::job", "1*panic").expect("cfg");
         panicked(engine.commit("c", "p", Labels::new()), "seal");
         engine

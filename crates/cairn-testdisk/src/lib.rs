@@ -667,7 +667,8 @@ impl CrashImages {
         );
         while self.at_flush < k {
             for w in &self.log.epochs[self.at_flush] {
-                self.log.apply(&self.durable_file, w, None, self.sector_bytes)?;
+                self.log
+                    .apply(&self.durable_file, w, None, self.sector_bytes)?;
             }
             self.at_flush += 1;
         }
