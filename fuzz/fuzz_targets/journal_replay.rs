@@ -23,7 +23,7 @@
 
 use cairn_engine::checkpoint::{self, Checkpoint};
 use cairn_engine::{journal, recovery, RecoveryReport};
-use cairn_state::{Op, State};
+use cairn_state::State;
 use cairn_wal::storage::{SimStorage, Storage};
 use cairn_wal::{Lsn, StoreId, Wal, WalOptions};
 use libfuzzer_sys::fuzz_target;
@@ -61,11 +61,7 @@ fn step_through(payloads: &[&[u8]]) -> Option<State> {
         if record.txid <= state.last_txid {
             return None;
         }
-        let id = match &record.op {
-            Op::BeginCreate { id, .. } | Op::BeginImport { id, .. } => Some(*id),
-            Op::BeginContainer { init_id, .. } => Some(*init_id),
-            _ => None,
-        };
+        let id = record.op.takes_id();
         if id.is_some_and(|id| id.0 != state.next_id) {
             return None;
         }

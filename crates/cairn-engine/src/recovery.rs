@@ -78,11 +78,7 @@ fn check_sequence(state: &State, lsn: Lsn, record: &Record) -> Result<(), Engine
         });
     }
     // Every record that takes a snapshot id must take the next one.
-    let id = match &record.op {
-        Op::BeginCreate { id, .. } | Op::BeginImport { id, .. } => Some(*id),
-        Op::BeginContainer { init_id, .. } => Some(*init_id),
-        _ => None,
-    };
+    let id = record.op.takes_id();
     if let Some(id) = id {
         if id.0 != state.next_id {
             return Err(EngineError::Sequence {

@@ -146,3 +146,19 @@ pub enum Op {
         usage: Usage,
     },
 }
+
+impl Op {
+    /// The snapshot id this op takes, if any. `apply` asserts that it is the state's next id,
+    /// so whoever applies records read off disk checks this first (recovery's
+    /// `check_sequence`, the journal fuzz target): one list, so a new op that takes an id is
+    /// checked everywhere.
+    pub fn takes_id(&self) -> Option<SnapshotId> {
+        match self {
+            Op::BeginCreate { id, .. }
+            | Op::BeginImport { id, .. }
+            | Op::BeginDetachedImport { id, .. } => Some(*id),
+            Op::BeginContainer { init_id, .. } => Some(*init_id),
+            _ => None,
+        }
+    }
+}
