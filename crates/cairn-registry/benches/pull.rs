@@ -1,7 +1,10 @@
 //! `cargo bench -p cairn-registry --bench pull`: a 200 MB, 4-layer image pulled from a
 //! loopback `docker-registry` into an empty root (fetched, digest-checked, unpacked, durable),
 //! beside `skopeo copy docker://… oci:DIR` of the same image in the same run (download and
-//! write only: no unpacking, no sync). Prints `name: value` lines and the ratio.
+//! write only: no unpacking, no sync). Prints `name: value` lines, the ratio per driver and
+//! which drivers meet the target (≤ 1.5 × skopeo), and the bytes each pull sent to storage
+//! (`/proc/self/io`: written less cancelled before write-back; skopeo writes the image's bytes
+//! once, unsynced).
 
 use cairn_engine::{Engine, EngineOptions};
 use cairn_registry::{ClientOptions, PullOptions};
@@ -16,6 +19,20 @@ use std::time::{Duration, Instant};
 const LAYERS: usize = 4;
 const LAYER_BYTES: u64 = 50 << 20;
 const ROUNDS: usize = 3;
+/// The target: cairn's pull at most this many times skopeo's copy.
+const TARGET_RATIO: f64 = 1.5;
+
+/// Bytes this process has caused to be written to storage, less those cancelled by a
+/// truncate or unlink before write-back (`/proc/self/io`, all threads).
+fn storage_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:")?))
+}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -145,6 +162,7 @@ fn main() {
         println!("skipped: the overlay pull needs root");
     }
     let mut cairn_s: Vec<Vec<f64>> = vec![Vec::new(); drivers.len()];
+    let mut written: Vec<Option<u64>> = vec![None; drivers.len()];
     let mut skopeo_s = Vec::new();
     let mut fetched = 0;
     for round in 0..ROUNDS {
@@ -167,6 +185,7 @@ fn main() {
 
         for (i, driver) in drivers.iter().enumerate() {
             let root = d.path().join(format!("root-{round}-{}", driver.name()));
+            let before = storage_written();
             let t = Instant::now();
             let options = EngineOptions {
                 driver: Some(*driver),
@@ -183,6 +202,9 @@ fn main() {
                 cairn_registry::pull(&engine, &reference, &options, &|_| {}).expect("pull");
             engine.close().expect("close");
             cairn_s[i].push(t.elapsed().as_secs_f64());
+            written[i] = before
+                .zip(storage_written())
+                .map(|(b, a)| a.saturating_sub(b));
             fetched = pulled.fetched_bytes;
             std::fs::remove_dir_all(&root).expect("remove root");
         }
@@ -197,7 +219,9 @@ fn main() {
     println!("pull_image_bytes: {fetched}");
     println!("pull_layers: {LAYERS}");
     println!("pull_skopeo_copy_s: {s:.3}");
-    for (driver, times) in drivers.iter().zip(&mut cairn_s) {
+    println!("pull_target_ratio: {TARGET_RATIO:.2}");
+    let mut meet = Vec::new();
+    for ((driver, times), written) in drivers.iter().zip(&mut cairn_s).zip(&written) {
         let c = median(times);
         let name = driver.name();
         println!("pull_cairn_{name}_s: {c:.3}");
@@ -206,5 +230,23 @@ fn main() {
             fetched as f64 / c / (1 << 20) as f64
         );
         println!("pull_ratio_cairn_{name}_over_skopeo: {:.2}", c / s);
+        let met = c / s <= TARGET_RATIO;
+        println!(
+            "pull_cairn_{name}_meets_target: {}",
+            if met { "yes" } else { "no" }
+        );
+        if met {
+            meet.push(name);
+        }
+        if let Some(w) = written {
+            let mib = *w as f64 / (1 << 20) as f64;
+            println!("pull_cairn_{name}_storage_written_mib: {mib:.1}");
+        }
     }
+    let met = if meet.is_empty() {
+        "none".to_owned()
+    } else {
+        meet.join(",")
+    };
+    println!("pull_target_met_by: {met}");
 }

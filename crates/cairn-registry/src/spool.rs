@@ -247,15 +247,22 @@ impl Spool {
             .write(true)
             .open(partial)
             .map_err(RegistryError::io("open", partial))?;
-        let mut offset = file
+        let len = file
             .metadata()
             .map_err(RegistryError::io("stat", partial))?
             .len();
+        let mut offset = len;
         if !resume || offset > size_bytes {
             offset = 0;
         }
-        file.set_len(offset)
-            .map_err(RegistryError::io("truncate", partial))?;
+        // Only a file that is longer is cut: on ext4 a truncate to size 0 (even of an empty
+        // file) marks it for `auto_da_alloc`, which writes all its dirty pages out when it is
+        // closed, so every spooled blob would go to disk once more (on a pull bound by disk
+        // writes) although the import removes it unsynced.
+        if len != offset {
+            file.set_len(offset)
+                .map_err(RegistryError::io("truncate", partial))?;
+        }
         stream.start(&file, offset);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK_BYTES];

@@ -34,8 +34,9 @@ struct State {
     /// Bytes of the current generation written (and hashed) so far.
     written: u64,
     end: Option<End>,
-    /// An import reads this blob as it comes; the fetcher need not make it durable under its
-    /// whole name (the import consumes it; a resume re-hashes the partial anyway).
+    /// An import of this pull reads this blob (as it comes, or later from the same file); the
+    /// fetcher need not make it durable under its whole name (the import consumes it; a
+    /// resume re-hashes the partial anyway).
     attached: bool,
 }
 
@@ -82,6 +83,12 @@ impl Stream {
         s.end = Some(end);
         drop(s);
         self.changed.notify_all();
+    }
+
+    /// An import of this pull will read the blob (now or once the layers under it are in):
+    /// the fetcher owes it no sync or whole name (see `attached`).
+    pub(crate) fn attach(&self) {
+        self.lock().attached = true;
     }
 
     pub(crate) fn attached(&self) -> bool {
