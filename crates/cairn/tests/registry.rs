@@ -339,11 +339,7 @@ fn push_then_inspect_and_pull_into_a_second_root() {
     let onward = format!("{}/onward/chain:v1", reg.addr);
     let repushed = ok_json(
         &second,
-        &[
-            "push",
-            &pulled["name"].as_str().expect("name").to_owned(),
-            &onward,
-        ],
+        &["push", pulled["name"].as_str().expect("name"), &onward],
     );
     assert_eq!(repushed["manifest"], "kept", "{repushed}");
     assert_eq!(repushed["config"], "kept", "{repushed}");
