@@ -324,6 +324,16 @@ pub(crate) enum Request {
     Images {
         reply: Reply<Vec<ImageInfo>>,
     },
+    PutImageConfig {
+        name: String,
+        config: Vec<u8>,
+        manifest: Option<Vec<u8>>,
+        reply: Reply<()>,
+    },
+    ImageKept {
+        name: String,
+        reply: Reply<Option<cairn_state::Kept>>,
+    },
     RemoveImage {
         name: String,
         reply: Reply<()>,
@@ -383,6 +393,7 @@ impl Request {
             | Request::Checkpoint { reply }
             | Request::RemoveLayer { reply, .. }
             | Request::PutImage { reply, .. }
+            | Request::PutImageConfig { reply, .. }
             | Request::RemoveImage { reply, .. }
             | Request::RemoveContainer { reply, .. } => send(reply, error),
             Request::Update { reply, .. } | Request::Stat { reply, .. } => send(reply, error),
@@ -395,6 +406,7 @@ impl Request {
             Request::ExportLayer { reply, .. } | Request::Diff { reply, .. } => send(reply, error),
             Request::Layers { reply } => send(reply, error),
             Request::Images { reply } => send(reply, error),
+            Request::ImageKept { reply, .. } => send(reply, error),
             Request::Verify { reply, .. } => send(reply, error),
             Request::Containers { reply } => send(reply, error),
             Request::Changes { reply, .. } => send(reply, error),

@@ -15,9 +15,12 @@ use std::path::Path;
 /// The checkpoint's file name in the root.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const MAGIC: [u8; 8] = *b"CAIRNCKP";
-/// 3: `State` carries the counted mounts and `Pending` its mount steps (issue 13); 2:
+/// 4: `Image` carries its kept config and manifest (issue 14); 3: `State` carries the counted
+/// mounts and `Pending` its mount steps (issue 13), still read (its images keep nothing); 2:
 /// `Snapshot` carries its tree digest (issue 8). Older checkpoints are refused.
-const VERSION: u16 = 3;
+const VERSION: u16 = 4;
+/// The previous version, read as a state whose images have no kept config.
+const VERSION_V3: u16 = 3;
 const HEADER_BYTES: usize = 64;
 /// A checkpoint is read whole; bound it.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
@@ -69,7 +72,7 @@ pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointP
         return Err(CheckpointProblem::Magic);
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_V3 {
         return Err(CheckpointProblem::Version(version));
     }
     let len = u64_at(bytes, 48);
@@ -94,7 +97,13 @@ pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointP
             found,
         });
     }
-    let state: State = postcard::from_bytes(payload).map_err(CheckpointProblem::Decode)?;
+    let state: State = if version == VERSION_V3 {
+        postcard::from_bytes::<v3::State>(payload)
+            .map_err(CheckpointProblem::Decode)?
+            .into()
+    } else {
+        postcard::from_bytes(payload).map_err(CheckpointProblem::Decode)?
+    };
     if state.last_txid != TxId(u64_at(bytes, 40)) {
         return Err(CheckpointProblem::Checksum);
     }
@@ -102,6 +111,62 @@ pub fn decode(store_id: StoreId, bytes: &[u8]) -> Result<Checkpoint, CheckpointP
         lsn: Lsn(u64_at(bytes, 32)),
         state,
     })
+}
+
+/// Version 3's payload: today's `State` but for `Image`, which had no `kept` field.
+mod v3 {
+    use cairn_state::types::TxId;
+    use cairn_state::{Container, Layer, MountRef, Pending, Snapshot};
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Deserialize)]
+    pub struct State {
+        last_txid: TxId,
+        next_id: u64,
+        snapshots: BTreeMap<String, Snapshot>,
+        pending: BTreeMap<TxId, Pending>,
+        layers: BTreeMap<String, Layer>,
+        images: BTreeMap<String, Image>,
+        containers: BTreeMap<String, Container>,
+        mounts: BTreeMap<String, MountRef>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Image {
+        top: String,
+        manifest_digest: String,
+        config_digest: String,
+        created_ns: i64,
+    }
+
+    impl From<State> for cairn_state::State {
+        fn from(s: State) -> cairn_state::State {
+            cairn_state::State {
+                last_txid: s.last_txid,
+                next_id: s.next_id,
+                snapshots: s.snapshots,
+                pending: s.pending,
+                layers: s.layers,
+                images: s
+                    .images
+                    .into_iter()
+                    .map(|(name, i)| {
+                        let image = cairn_state::Image {
+                            top: i.top,
+                            manifest_digest: i.manifest_digest,
+                            config_digest: i.config_digest,
+                            created_ns: i.created_ns,
+                            kept: None,
+                        };
+                        (name, image)
+                    })
+                    .collect(),
+                containers: s.containers,
+                mounts: s.mounts,
+            }
+        }
+    }
 }
 
 /// Load the checkpoint, or `None` if the root has none yet.

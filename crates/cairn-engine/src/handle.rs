@@ -319,6 +319,33 @@ impl EngineHandle {
         })
     }
 
+    /// Keep image `name`'s original config (and manifest) byte for byte, journaled as
+    /// `PutImageConfig`: refused (nothing changed) unless the image exists, their digests are
+    /// the image's, the config's `rootfs.diff_ids` are its layers and they are within
+    /// `MAX_KEPT_CONFIG_BYTES` / `MAX_KEPT_MANIFEST_BYTES`.
+    pub fn put_image_config(
+        &self,
+        name: &str,
+        config: &[u8],
+        manifest: Option<&[u8]>,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Request::PutImageConfig {
+            name: name.to_owned(),
+            config: config.to_vec(),
+            manifest: manifest.map(<[u8]>::to_vec),
+            reply,
+        })
+    }
+
+    /// Image `name`'s kept config and manifest, `None` if it has none (recorded before
+    /// configs were kept, or a crash came between its `PutImage` and `PutImageConfig`).
+    pub fn image_kept(&self, name: &str) -> Result<Option<cairn_state::Kept>, EngineError> {
+        self.call(|reply| Request::ImageKept {
+            name: name.to_owned(),
+            reply,
+        })
+    }
+
     /// Every image, by name.
     pub fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
         self.call(|reply| Request::Images { reply })

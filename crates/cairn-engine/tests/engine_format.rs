@@ -72,6 +72,23 @@ fn digest(b: u8) -> String {
 /// The fixture journal: at least one record of every `Op` variant (kept so by
 /// `journal_fixture_has_every_op`), leaving a create and a commit pending, exactly as the
 /// engine would journal them (ids and times chosen up front).
+/// The config kept with the fixture's `kept:1`: its DiffIDs are layer 0x22's chain.
+fn kept_config() -> Vec<u8> {
+    format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["A=1"]}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+        digest(0x11),
+        digest(0xa2)
+    )
+    .into_bytes()
+}
+
+fn kept_manifest() -> Vec<u8> {
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#.to_vec()
+}
+
+/// Records of the fixture journal written before checkpoint v4: `checkpoint-v3` is their state.
+const V3_RECORDS: usize = 52;
+
 fn journal_records() -> Vec<Record> {
     let ops = vec![
         Op::BeginCreate {
@@ -376,6 +393,19 @@ fn journal_records() -> Vec<Record> {
                 inodes: 1,
             },
         },
+        // An image with its kept config and manifest (txids 53-54, checkpoint v4).
+        Op::PutImage {
+            name: "kept:1".into(),
+            top: digest(0x22),
+            manifest_digest: cairn_state::sha256_digest(&kept_manifest()),
+            config_digest: cairn_state::sha256_digest(&kept_config()),
+            time_ns: T0 + 19,
+        },
+        Op::PutImageConfig {
+            name: "kept:1".into(),
+            config: kept_config(),
+            manifest: Some(kept_manifest()),
+        },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -387,7 +417,7 @@ fn journal_records() -> Vec<Record> {
 }
 
 /// How many records the fixture journal has: the LSN and txid of the last.
-const JOURNAL_RECORDS: u64 = 52;
+const JOURNAL_RECORDS: u64 = 54;
 
 /// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
 /// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
@@ -418,9 +448,10 @@ fn journal_fixture_has_every_op() {
             Op::CompleteImportHeld { .. } => "CompleteImportHeld",
             Op::BeginDetachedImport { .. } => "BeginDetachedImport",
             Op::CompleteDetachedImport { .. } => "CompleteDetachedImport",
+            Op::PutImageConfig { .. } => "PutImageConfig",
         });
     }
-    assert_eq!(seen.len(), 20, "one of each of the 20 variants: {seen:?}");
+    assert_eq!(seen.len(), 21, "one of each of the 21 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -556,7 +587,10 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(cp.state.pending.len(), 4);
     assert_eq!(cp.state.mounts.len(), 1);
     assert_eq!(cp.state.layers.len(), 4);
-    assert_eq!(cp.state.images.len(), 2);
+    assert_eq!(cp.state.images.len(), 3);
+    let kept = cp.state.images["kept:1"].kept.as_ref().expect("kept");
+    assert_eq!(kept.config, kept_config());
+    assert_eq!(kept.manifest.as_deref(), Some(&kept_manifest()[..]));
     assert!(cp.state.containers.is_empty());
     let bytes = check_fixture("checkpoint", &checkpoint::encode(STORE, &cp));
     assert_eq!(
@@ -565,11 +599,11 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     );
     // The header, by hand.
     assert_eq!(&bytes[0..8], b"CAIRNCKP");
-    assert_eq!(le_u16(&bytes, 8), 3, "version");
+    assert_eq!(le_u16(&bytes, 8), 4, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 52, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 52, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 54, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 54, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -580,9 +614,29 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 52, next_id 16 (varints).
-    assert_eq!(&bytes[64..66], [52, 16]);
+    // The payload starts with State's first two fields: last_txid 54, next_id 16 (varints).
+    assert_eq!(&bytes[64..66], [54, 16]);
     assert_eq!(bytes[66], 7, "seven snapshots");
+}
+
+/// A version 3 checkpoint (committed before v4 existed) still opens: the state of the journal's
+/// first records, its images without kept configs.
+#[test]
+fn checkpoint_v3_fixture_still_reads() {
+    let bytes = std::fs::read(fixtures().join("checkpoint-v3")).expect("read checkpoint-v3");
+    assert_eq!(le_u16(&bytes, 8), 3, "a version 3 file");
+    let cp = checkpoint::decode(STORE, &bytes).expect("decode v3");
+    let mut state = State::new();
+    for record in journal_records().into_iter().take(V3_RECORDS) {
+        state.apply(&record).expect("applies");
+    }
+    assert_eq!(cp.lsn, Lsn(V3_RECORDS as u64));
+    assert_eq!(cp.state, state);
+    assert!(cp.state.images.values().all(|i| i.kept.is_none()));
+    // Written again it is a version 4 file of the same state.
+    let again = checkpoint::encode(STORE, &cp);
+    assert_eq!(le_u16(&again, 8), 4);
+    assert_eq!(checkpoint::decode(STORE, &again).expect("decode v4"), cp);
 }
 
 #[test]

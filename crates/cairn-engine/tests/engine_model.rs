@@ -655,10 +655,23 @@ fn import_pending(state: &State) -> Option<TxId> {
         .map(|(t, _)| *t)
 }
 
+/// A config naming `top`'s chain as its DiffIDs (the model's layers have DiffID = ChainID).
+fn model_config(state: &State, top: &str) -> Vec<u8> {
+    let mut diff_ids: Vec<String> = state
+        .layer_chain(top)
+        .unwrap_or_else(|_| vec![top.to_owned()])
+        .iter()
+        .map(|c| state.layers.get(c).map_or(c.clone(), |l| l.diff_id.clone()))
+        .collect();
+    diff_ids.reverse();
+    serde_json::to_vec(&serde_json::json!({ "rootfs": { "type": "layers", "diff_ids": diff_ids } }))
+        .expect("a config encodes")
+}
+
 fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
     let next = SnapshotId(state.next_id);
     let chain = || CHAINS.to_vec();
-    match rng.gen_range(0..18) {
+    match rng.gen_range(0..19) {
         0..=2 => Op::BeginCreate {
             key: any_key(rng),
             parent: rng.gen_bool(0.6).then(|| any_key(rng)),
@@ -720,13 +733,33 @@ fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
         11 => Op::RemoveLayer {
             chain_id: chain().choose(rng).expect("chain").to_string(),
         },
-        12 => Op::PutImage {
-            name: ["img", "other"].choose(rng).expect("names").to_string(),
-            top: chain().choose(rng).expect("chain").to_string(),
-            manifest_digest: "sha256:m".into(),
-            config_digest: "sha256:c".into(),
-            time_ns: 5,
-        },
+        12 => {
+            let top = chain().choose(rng).expect("chain").to_string();
+            Op::PutImage {
+                name: ["img", "other"].choose(rng).expect("names").to_string(),
+                config_digest: cairn_state::sha256_digest(&model_config(state, &top)),
+                top,
+                manifest_digest: "sha256:m".into(),
+                time_ns: 5,
+            }
+        }
+        // Keep an image's config: its own (accepted), or another chain's (ConfigLayers or a
+        // digest refused), or for an image that is not there.
+        18 => {
+            let name = ["img", "other", "none"]
+                .choose(rng)
+                .expect("names")
+                .to_string();
+            let top = match state.images.get(&name) {
+                Some(i) if rng.gen_bool(0.7) => i.top.clone(),
+                _ => chain().choose(rng).expect("chain").to_string(),
+            };
+            Op::PutImageConfig {
+                name,
+                config: model_config(state, &top),
+                manifest: None,
+            }
+        }
         13 => Op::RemoveImage {
             name: ["img", "other"].choose(rng).expect("names").to_string(),
         },

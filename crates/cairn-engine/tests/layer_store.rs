@@ -208,3 +208,133 @@ fn a_chain_deeper_than_125_layers_is_refused_and_changes_nothing() {
     let fsck = engine.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "{fsck:?}");
 }
+
+fn config_for(diff_ids: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": [{ "created_by": "test" }],
+    }))
+    .expect("config")
+}
+
+/// `PutImageConfig` through the engine: every refusal changes nothing; the kept config and
+/// manifest survive a reopen, a checkpoint and a reopen from it.
+#[test]
+fn kept_image_config_refusals_change_nothing_and_it_survives_reopen_and_checkpoint() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let root = d.path().join("root");
+    let engine = open(&root);
+    let l0 = import(&engine, tar_of(&[("a", b"base")], &[]), None);
+    let l1 = import(&engine, tar_of(&[("b", b"top")], &[]), Some(&l0.chain_id));
+    let config = config_for(&[&l0.diff_id, &l1.diff_id]);
+    let manifest = br#"{"schemaVersion":2,"layers":[]}"#.to_vec();
+    let config_digest = cairn_state::sha256_digest(&config);
+    let manifest_digest = cairn_state::sha256_digest(&manifest);
+    engine
+        .put_image("kept:1", &l1.chain_id, &manifest_digest, &config_digest)
+        .expect("put image");
+    assert_eq!(engine.image_kept("kept:1").expect("kept"), None);
+    let before = engine.images().expect("images");
+
+    let refused = |r: Result<(), EngineError>| match r {
+        Err(EngineError::State(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // An unknown image.
+    assert!(matches!(
+        refused(engine.put_image_config("nope", &config, None)),
+        StateError::NotFound { .. }
+    ));
+    // A config over the bound.
+    let huge = vec![b' '; cairn_state::MAX_KEPT_CONFIG_BYTES + 1];
+    assert!(matches!(
+        refused(engine.put_image_config("kept:1", &huge, None)),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::KeptTooLarge {
+                field: "config",
+                ..
+            }
+        }
+    ));
+    let huge = vec![b' '; cairn_state::MAX_KEPT_MANIFEST_BYTES + 1];
+    assert!(matches!(
+        refused(engine.put_image_config("kept:1", &config, Some(&huge))),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::KeptTooLarge {
+                field: "manifest",
+                ..
+            }
+        }
+    ));
+    // Another config than the image records.
+    let other = config_for(&[&l0.diff_id]);
+    assert!(matches!(
+        refused(engine.put_image_config("kept:1", &other, None)),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::KeptDigest { what: "config", .. }
+        }
+    ));
+    assert!(matches!(
+        refused(engine.put_image_config("kept:1", &config, Some(b"{}"))),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::KeptDigest {
+                what: "manifest",
+                ..
+            }
+        }
+    ));
+    // The image's own digest, but DiffIDs that are not its layers.
+    engine
+        .put_image(
+            "short:1",
+            &l1.chain_id,
+            "",
+            &cairn_state::sha256_digest(&other),
+        )
+        .expect("put short");
+    assert!(matches!(
+        refused(engine.put_image_config("short:1", &other, None)),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::ConfigLayers { .. }
+        }
+    ));
+    engine.remove_image("short:1").expect("rm short");
+    assert_eq!(engine.images().expect("images"), before);
+    assert_eq!(engine.image_kept("kept:1").expect("kept"), None);
+
+    engine
+        .put_image_config("kept:1", &config, Some(&manifest))
+        .expect("keep");
+    let kept = cairn_state::Kept {
+        config: config.clone(),
+        manifest: Some(manifest.clone()),
+    };
+    assert_eq!(
+        engine.image_kept("kept:1").expect("kept"),
+        Some(kept.clone())
+    );
+    engine.close().expect("close");
+
+    // From the journal, then from a checkpoint (v4).
+    let engine = open(&root);
+    assert_eq!(
+        engine.image_kept("kept:1").expect("kept"),
+        Some(kept.clone())
+    );
+    engine.checkpoint().expect("checkpoint");
+    engine.close().expect("close");
+    let bytes = std::fs::read(root.join("checkpoint")).expect("read checkpoint");
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 4, "checkpoint v4");
+    let engine = open(&root);
+    assert_eq!(engine.image_kept("kept:1").expect("kept"), Some(kept));
+    // Replacing the image drops what was kept with the old one.
+    engine
+        .put_image("kept:1", &l1.chain_id, &manifest_digest, &config_digest)
+        .expect("replace");
+    assert_eq!(engine.image_kept("kept:1").expect("kept"), None);
+    let fsck = engine.fsck(false).expect("fsck");
+    assert!(fsck.is_clean(), "{fsck:?}");
+}

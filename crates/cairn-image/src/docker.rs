@@ -65,6 +65,8 @@ pub fn plans(source: &Source) -> Result<Vec<Plan>, ImageError> {
                 manifest_digest: String::new(),
                 config_digest: config_digest.to_string(),
                 layers,
+                config,
+                manifest: None,
             })
         })
         .collect()

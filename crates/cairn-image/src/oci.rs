@@ -123,6 +123,8 @@ fn collect(
             manifest_digest: digest.to_string(),
             config_digest: config_digest.to_string(),
             layers,
+            config,
+            manifest: Some(bytes),
         });
     }
     Ok(())

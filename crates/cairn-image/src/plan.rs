@@ -20,6 +20,11 @@ pub struct Plan {
     pub manifest_digest: String,
     pub config_digest: String,
     pub layers: Vec<PlannedLayer>,
+    /// The config's bytes as read (its sha256 is `config_digest`): kept with the image.
+    pub config: Vec<u8>,
+    /// The manifest's bytes (OCI sources; its sha256 is `manifest_digest`): kept with the
+    /// image. `None` for a `docker save` archive, which has no manifest blob.
+    pub manifest: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize)]

@@ -42,6 +42,14 @@ pub enum RegistryError {
         digest: String,
         found: String,
     },
+    /// The config (or manifest) kept with an image no longer has the digest the image records.
+    #[error("image {image}: its kept {what} has digest {found}, the image records {expected}")]
+    KeptDigestMismatch {
+        image: String,
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
     #[error("{reference}: blob {digest}: the registry sent {got_bytes} of {size_bytes} bytes")]
     Truncated {
         reference: String,

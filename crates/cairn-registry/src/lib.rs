@@ -20,6 +20,6 @@ pub use client::{ClientOptions, Retry};
 pub use error::RegistryError;
 pub use manifest::Platform;
 pub use pull::{hold_name, pull, Event, PullOptions, Pulled};
-pub use push::{push, PushOptions, Pushed};
+pub use push::{push, PushOptions, Pushed, Source as PushSource};
 pub use reference::{Reference, Target};
 pub use spool::Spool;

@@ -120,6 +120,8 @@ struct Probe {
 pub struct Resolved {
     pub digest: Digest,
     pub manifest: Manifest,
+    /// The manifest's bytes as served (their sha256 is `digest`): kept with the image.
+    pub bytes: Vec<u8>,
 }
 
 pub(crate) fn parse_digest(reference: &str, s: &str) -> Result<Digest, RegistryError> {
@@ -208,5 +210,9 @@ pub fn resolve(
             ),
         });
     }
-    Ok(Resolved { digest, manifest })
+    Ok(Resolved {
+        digest,
+        manifest,
+        bytes,
+    })
 }

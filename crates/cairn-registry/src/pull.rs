@@ -207,6 +207,9 @@ pub fn pull(
         &resolved.digest.to_string(),
         &config_digest.to_string(),
     )?;
+    // Its own journaled command right after: a crash between the two leaves the image without
+    // a kept config (push then synthesizes one, docs/registry.md); pulling again keeps it.
+    engine.put_image_config(&name, &config, Some(&resolved.bytes))?;
     if has_hold(engine.images()?) {
         engine.remove_image(&hold)?;
     }

@@ -4,8 +4,13 @@
 //! exported; a cross-repository mount is asked for when a source repository on the same
 //! registry is known. Then the config, then the manifest.
 //!
-//! The store keeps layers, not the image's original config: the pushed config records the
-//! platform and the DiffIDs (`rootfs`), nothing of the original's `Env`, `Cmd` or history.
+//! The config pushed is the image's original, kept with it by `image load` and `pull`
+//! (`PutImageConfig`), byte for byte, so its digest is the original's; the kept manifest is
+//! re-sent as is when the layers it names are the (uncompressed) blobs pushed, else a manifest
+//! naming the kept config is built. An image without a kept config (a store from before kept
+//! configs, or a crash between `PutImage` and `PutImageConfig`) gets a synthesized config: the
+//! platform and the DiffIDs (`rootfs`), nothing of the original's `Env`, `Cmd` or history;
+//! `Pushed::config` says which.
 
 use super::client::{Body, Client, ClientOptions};
 use super::error::RegistryError;
@@ -52,6 +57,44 @@ pub struct Pushed {
     pub config_digest: String,
     pub layers: Vec<PushedBlob>,
     pub uploaded_bytes: u64,
+    /// Where the config came from: `kept` (the original) or `synthesized`.
+    pub config: Source,
+    /// Where the manifest came from: `kept` (the original, re-sent) or `synthesized`.
+    pub manifest: Source,
+}
+
+/// Whether a pushed config or manifest is the image's original or made by the push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Kept,
+    Synthesized,
+}
+
+#[derive(serde::Deserialize)]
+struct KeptManifest {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+fn check_kept(
+    image: &str,
+    what: &'static str,
+    bytes: &[u8],
+    expected: &str,
+) -> Result<(), RegistryError> {
+    let found = Digest::of(bytes).to_string();
+    if found != expected {
+        return Err(RegistryError::KeptDigestMismatch {
+            image: image.to_owned(),
+            what,
+            expected: expected.to_owned(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]
@@ -209,48 +252,94 @@ pub fn push(
         });
     }
 
-    let platform = Platform::host();
-    let config = serde_json::to_vec(&Config {
-        architecture: &platform.architecture,
-        os: &platform.os,
-        rootfs: RootFs {
-            kind: "layers",
-            diff_ids,
-        },
-    })
-    .map_err(|source| RegistryError::Json {
-        what: "config".into(),
-        source,
-    })?;
+    let kept = engine.image_kept(name)?;
+    let kept_manifest = match kept.as_ref().and_then(|k| k.manifest.as_deref()) {
+        Some(bytes) => {
+            check_kept(name, "manifest", bytes, &image.manifest_digest)?;
+            serde_json::from_slice::<KeptManifest>(bytes)
+                .ok()
+                .map(|m| (bytes, m))
+        }
+        None => None,
+    };
+    let (config, config_source) = match &kept {
+        Some(k) => {
+            check_kept(name, "config", &k.config, &image.config_digest)?;
+            (k.config.clone(), Source::Kept)
+        }
+        None => {
+            let platform = Platform::host();
+            let config = serde_json::to_vec(&Config {
+                architecture: &platform.architecture,
+                os: &platform.os,
+                rootfs: RootFs {
+                    kind: "layers",
+                    diff_ids,
+                },
+            })
+            .map_err(|source| RegistryError::Json {
+                what: "config".into(),
+                source,
+            })?;
+            (config, Source::Synthesized)
+        }
+    };
     let config_digest = Digest::of(&config);
     if head(&client, &r.repo, &config_digest)?.is_none() {
         if let Started::Upload(location) = start_upload(&client, &r.repo, &config_digest, None)? {
             finish_upload(&client, &location, &config_digest, Body::Bytes(&config))?;
         }
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.to_owned()),
-        config: Descriptor {
-            media_type: OCI_CONFIG.to_owned(),
-            digest: config_digest.to_string(),
-            size: config.len() as u64,
-            platform: None,
-        },
-        layers: pushed
-            .iter()
-            .map(|b| Descriptor {
-                media_type: OCI_LAYER_TAR.to_owned(),
-                digest: b.digest.clone(),
-                size: b.size_bytes,
-                platform: None,
-            })
-            .collect(),
+    // The kept manifest names these very blobs only when the source's layers were
+    // uncompressed tars (what push uploads); a compressed source gets a new manifest.
+    let resend = kept_manifest.as_ref().filter(|(_, m)| {
+        m.config.digest == config_digest.to_string()
+            && m.layers.len() == pushed.len()
+            && m.layers
+                .iter()
+                .zip(&pushed)
+                .all(|(d, b)| d.digest == b.digest)
+    });
+    let (manifest_bytes, content_type, manifest_source) = match resend {
+        Some((bytes, m)) => (
+            bytes.to_vec(),
+            m.media_type
+                .clone()
+                .unwrap_or_else(|| OCI_MANIFEST.to_owned()),
+            Source::Kept,
+        ),
+        None => {
+            let config_media_type = kept_manifest
+                .as_ref()
+                .map(|(_, m)| m.config.media_type.clone())
+                .filter(|t| !t.is_empty() && config_source == Source::Kept)
+                .unwrap_or_else(|| OCI_CONFIG.to_owned());
+            let manifest = Manifest {
+                schema_version: 2,
+                media_type: Some(OCI_MANIFEST.to_owned()),
+                config: Descriptor {
+                    media_type: config_media_type,
+                    digest: config_digest.to_string(),
+                    size: config.len() as u64,
+                    platform: None,
+                },
+                layers: pushed
+                    .iter()
+                    .map(|b| Descriptor {
+                        media_type: OCI_LAYER_TAR.to_owned(),
+                        digest: b.digest.clone(),
+                        size: b.size_bytes,
+                        platform: None,
+                    })
+                    .collect(),
+            };
+            let bytes = serde_json::to_vec(&manifest).map_err(|source| RegistryError::Json {
+                what: "manifest".into(),
+                source,
+            })?;
+            (bytes, OCI_MANIFEST.to_owned(), Source::Synthesized)
+        }
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| RegistryError::Json {
-        what: "manifest".into(),
-        source,
-    })?;
     let manifest_digest = Digest::of(&manifest_bytes);
     if let Target::Digest(d) = &r.target {
         if *d != manifest_digest {
@@ -265,7 +354,7 @@ pub fn push(
     client.send(
         "PUT",
         &path,
-        &[("Content-Type", OCI_MANIFEST)],
+        &[("Content-Type", content_type.as_str())],
         Body::Bytes(&manifest_bytes),
         "manifest",
     )?;
@@ -276,5 +365,7 @@ pub fn push(
         config_digest: config_digest.to_string(),
         layers: pushed,
         uploaded_bytes,
+        config: config_source,
+        manifest: manifest_source,
     })
 }

@@ -91,6 +91,30 @@ pub enum Invalid {
     TooManyMounts { max: usize },
     #[error("mount target {target:?} is not an absolute, normalized path")]
     BadTarget { target: String },
+    #[error("{field} of {len} bytes, more than the {max} kept with an image")]
+    KeptTooLarge {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("image {image}: the {what} to keep has digest {found}, the image records {expected}")]
+    KeptDigest {
+        image: String,
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("image {image}: the config to keep is not an image config: {reason}")]
+    BadConfig { image: String, reason: String },
+    /// The config's `rootfs.diff_ids` (base first) are not the DiffIDs of the image's layers.
+    #[error(
+        "image {image}: the config's rootfs.diff_ids {config:?} are not its layers' {layers:?}"
+    )]
+    ConfigLayers {
+        image: String,
+        config: Vec<String>,
+        layers: Vec<String>,
+    },
     #[error("the record would take {bytes} bytes in the journal, more than {max}")]
     RecordTooLarge { bytes: usize, max: usize },
 }

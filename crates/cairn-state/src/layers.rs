@@ -5,7 +5,9 @@
 //! Releasing the last hold deletes it and releases its parent, up the chain, in the same
 //! transaction.
 
-use super::{Draft, Effect, Kind, Pending, Precondition, Read, Snapshot, Stage, State, StateError};
+use super::{
+    Draft, Effect, Invalid, Kind, Pending, Precondition, Read, Snapshot, Stage, State, StateError,
+};
 use crate::types::{SnapshotId, TxId, Usage};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,20 @@ pub struct Image {
     pub manifest_digest: String,
     pub config_digest: String,
     pub created_ns: i64,
+    /// The original config (and manifest) as loaded or pulled, kept by `PutImageConfig`;
+    /// `None` for an image recorded without them (a store from before issue 14's kept
+    /// configs, or a crash between `PutImage` and `PutImageConfig`).
+    pub kept: Option<Kept>,
+}
+
+/// An image's original config and manifest bytes (docs/registry.md, "Push").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The config JSON exactly as loaded; its sha256 is the image's `config_digest`.
+    pub config: Vec<u8>,
+    /// The manifest exactly as loaded (OCI layout, OCI archive, registry); its sha256 is the
+    /// image's `manifest_digest`. `None` for a `docker save` archive, which has none.
+    pub manifest: Option<Vec<u8>>,
 }
 
 impl State {
@@ -266,12 +282,69 @@ impl Draft<'_> {
                 manifest_digest: manifest_digest.to_owned(),
                 config_digest: config_digest.to_owned(),
                 created_ns: time_ns,
+                kept: None,
             },
         );
         Ok(match previous {
             Some(old) => self.release_holder(&old.top),
             None => Vec::new(),
         })
+    }
+
+    /// `PutImageConfig`: every refusal is decided before anything is written.
+    pub(super) fn put_image_config(
+        &mut self,
+        name: &str,
+        config: &[u8],
+        manifest: &Option<Vec<u8>>,
+    ) -> Result<Vec<Effect>, StateError> {
+        let image = self.images.get(name).ok_or_else(|| StateError::NotFound {
+            key: name.to_owned(),
+        })?;
+        let found = crate::kept::sha256_digest(config);
+        if found != image.config_digest {
+            return Err(super::invalid(Invalid::KeptDigest {
+                image: name.to_owned(),
+                what: "config",
+                expected: image.config_digest.clone(),
+                found,
+            }));
+        }
+        if let Some(m) = manifest {
+            let found = crate::kept::sha256_digest(m);
+            if found != image.manifest_digest {
+                return Err(super::invalid(Invalid::KeptDigest {
+                    image: name.to_owned(),
+                    what: "manifest",
+                    expected: image.manifest_digest.clone(),
+                    found,
+                }));
+            }
+        }
+        let diff_ids = crate::kept::config_diff_ids(config).map_err(|reason| {
+            super::invalid(Invalid::BadConfig {
+                image: name.to_owned(),
+                reason,
+            })
+        })?;
+        let mut layers = Vec::new();
+        for chain_id in self.layer_chain(&image.top)?.iter().rev() {
+            layers.push(self.layer(chain_id)?.diff_id.clone());
+        }
+        if diff_ids != layers {
+            return Err(super::invalid(Invalid::ConfigLayers {
+                image: name.to_owned(),
+                config: diff_ids,
+                layers,
+            }));
+        }
+        let mut image = image.clone();
+        image.kept = Some(Kept {
+            config: config.to_vec(),
+            manifest: manifest.clone(),
+        });
+        self.images.insert(name.to_owned(), image);
+        Ok(Vec::new())
     }
 
     pub(super) fn remove_image(&mut self, name: &str) -> Result<Vec<Effect>, StateError> {

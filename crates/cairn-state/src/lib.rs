@@ -14,6 +14,7 @@ mod detached;
 mod draft;
 mod effect;
 mod error;
+mod kept;
 mod layers;
 pub mod limits;
 mod mounts;
@@ -24,10 +25,12 @@ pub use containers::{init_key, Container, INIT_SUFFIX};
 pub use draft::{Applied, Plan};
 pub use effect::{Effect, Stage};
 pub use error::{Invalid, Precondition, StateError};
-pub use layers::{Image, Layer, MAX_LAYER_DEPTH};
+pub use kept::{config_diff_ids, sha256_digest};
+pub use layers::{Image, Kept, Layer, MAX_LAYER_DEPTH};
 pub use limits::{
-    validate_key, validate_labels, validate_snapshot_key, MAX_KEY_BYTES, MAX_LABELS,
-    MAX_LABELS_TOTAL_BYTES, MAX_LABEL_BYTES, MAX_RECORD_BYTES,
+    validate_key, validate_labels, validate_snapshot_key, MAX_KEPT_CONFIG_BYTES,
+    MAX_KEPT_MANIFEST_BYTES, MAX_KEY_BYTES, MAX_LABELS, MAX_LABELS_TOTAL_BYTES, MAX_LABEL_BYTES,
+    MAX_RECORD_BYTES,
 };
 pub use mounts::{validate_target, MountRef, MAX_MOUNTS, MAX_TARGET_BYTES};
 pub use record::{Labels, Op, Record};
@@ -432,6 +435,11 @@ impl Draft<'_> {
                 time_ns,
             } => self.put_image(name, top, manifest_digest, config_digest, *time_ns),
             Op::RemoveImage { name } => self.remove_image(name),
+            Op::PutImageConfig {
+                name,
+                config,
+                manifest,
+            } => self.put_image_config(name, config, manifest),
             Op::CollectLayers => Ok(self.collect_layers()),
             Op::BeginContainer {
                 name,

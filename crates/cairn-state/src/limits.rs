@@ -18,6 +18,11 @@ pub const MAX_KEY_BYTES: usize = 4096;
 pub const MAX_DIGEST_BYTES: usize = 256;
 /// What a container's name may be: its init snapshot's key (`NAME-init`) must be a valid key.
 pub const MAX_CONTAINER_NAME_BYTES: usize = MAX_KEY_BYTES - super::INIT_SUFFIX.len();
+/// An image's kept config (`PutImageConfig`): Docker and containerd configs are a few KiB; a
+/// long `history` stays far below this.
+pub const MAX_KEPT_CONFIG_BYTES: usize = 512 << 10;
+/// An image's kept manifest: a manifest names its config and layers only.
+pub const MAX_KEPT_MANIFEST_BYTES: usize = 256 << 10;
 /// An upper bound of one record's journal encoding. The limits above keep every record far
 /// below it; the engine's WAL accepts records of this size (its default is 16 MiB).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -112,6 +117,17 @@ pub fn validate_labels(labels: &Labels) -> Result<(), StateError> {
     Ok(())
 }
 
+fn blob_len(field: &'static str, value: &[u8], max: usize) -> Result<(), StateError> {
+    if value.len() > max {
+        return Err(invalid(Invalid::KeptTooLarge {
+            field,
+            len: value.len(),
+            max,
+        }));
+    }
+    Ok(())
+}
+
 fn opt_key(value: &Option<String>, max: usize) -> Result<(), StateError> {
     match value {
         Some(v) => key_len(v, max),
@@ -191,6 +207,18 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             check_len("config_digest", config_digest, digest)
         }
         Op::RemoveImage { name } => key_len(name, key),
+        Op::PutImageConfig {
+            name,
+            config,
+            manifest,
+        } => {
+            key_len(name, key)?;
+            blob_len("config", config, MAX_KEPT_CONFIG_BYTES)?;
+            match manifest {
+                Some(m) => blob_len("manifest", m, MAX_KEPT_MANIFEST_BYTES),
+                None => Ok(()),
+            }
+        }
         Op::BeginContainer { name, layer, .. } => {
             key_len(name, MAX_CONTAINER_NAME_BYTES)?;
             check_len("layer", layer, digest)
@@ -277,6 +305,17 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
             ..
         } => string(name) + string(top) + string(manifest_digest) + string(config_digest) + VARINT,
         Op::RemoveImage { name } | Op::RemoveContainer { name } => string(name),
+        Op::PutImageConfig {
+            name,
+            config,
+            manifest,
+        } => {
+            string(name)
+                + VARINT
+                + config.len()
+                + 1
+                + manifest.as_ref().map_or(0, |m| VARINT + m.len())
+        }
         Op::BeginContainer { name, layer, .. } => string(name) + string(layer) + 2 * VARINT,
         Op::Mount { key, target } => string(key) + string(target),
         Op::Unmount { target } | Op::MountGone { target } => string(target),

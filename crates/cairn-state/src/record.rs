@@ -145,6 +145,17 @@ pub enum Op {
         size_bytes: u64,
         usage: Usage,
     },
+    /// Keep image `name`'s original config (and, for an image from an OCI source or a
+    /// registry, its manifest) byte for byte, so `cairn push` re-sends them (docs/registry.md).
+    /// Refused unless the image exists, the config's sha256 is the image's `config_digest`
+    /// (the manifest's its `manifest_digest`), its `rootfs.diff_ids` are the image's layers,
+    /// and both are within [`crate::limits::MAX_KEPT_CONFIG_BYTES`] and
+    /// [`crate::limits::MAX_KEPT_MANIFEST_BYTES`].
+    PutImageConfig {
+        name: String,
+        config: Vec<u8>,
+        manifest: Option<Vec<u8>>,
+    },
 }
 
 impl Op {

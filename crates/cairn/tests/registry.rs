@@ -283,6 +283,28 @@ fn push_then_inspect_and_pull_into_a_second_root() {
     );
     let inspected: Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
     assert_eq!(inspected["Digest"], pushed["manifest_digest"]);
+    // The original config, byte for byte: the registry's manifest names the loaded config's
+    // digest. The source's layers are gzip, cairn pushes them uncompressed, so the manifest
+    // is a new one naming the kept config.
+    let loaded = ok_json(&root, &["image", "ls"])
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| i["name"] == name.as_str())
+        .expect("the image")
+        .clone();
+    assert_eq!(pushed["config"], "kept", "{pushed}");
+    assert_eq!(pushed["manifest"], "synthesized", "{pushed}");
+    assert_eq!(pushed["config_digest"], loaded["config_digest"]);
+    assert_ne!(pushed["manifest_digest"], loaded["manifest_digest"]);
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .expect("skopeo inspect --raw");
+    assert!(raw.status.success());
+    let raw: Value = serde_json::from_slice(&raw.stdout).expect("manifest JSON");
+    assert_eq!(raw["config"]["digest"], loaded["config_digest"], "{raw}");
     let ours: Vec<String> = ok_json(&root, &["image", "ls"])
         .as_array()
         .expect("images")
@@ -312,6 +334,40 @@ fn push_then_inspect_and_pull_into_a_second_root() {
     assert_eq!(pulled["manifest_digest"], pushed["manifest_digest"]);
     assert_eq!(pulled["config_digest"], pushed["config_digest"]);
     assert_exports_match(&second, &pulled);
+    // The pulled image keeps the registry's manifest, whose layers are the uncompressed blobs
+    // push sends: pushed on from the second root it is re-sent as is, same digests.
+    let onward = format!("{}/onward/chain:v1", reg.addr);
+    let repushed = ok_json(
+        &second,
+        &["push", pulled["name"].as_str().expect("name"), &onward],
+    );
+    assert_eq!(repushed["manifest"], "kept", "{repushed}");
+    assert_eq!(repushed["config"], "kept", "{repushed}");
+    assert_eq!(repushed["manifest_digest"], pushed["manifest_digest"]);
+    assert_eq!(repushed["config_digest"], pushed["config_digest"]);
+    let third = d.path().join("third");
+    let pulled3 = ok_json(&third, &["pull", &onward]);
+    assert_eq!(pulled3["manifest_digest"], pushed["manifest_digest"]);
+    assert_eq!(pulled3["config_digest"], loaded["config_digest"]);
+
+    // A docker save archive keeps its config too (it has no manifest blob).
+    let docker_root = d.path().join("docker");
+    let docker = corpus.join("images/chain.docker.tar");
+    ok_json(
+        &docker_root,
+        &["image", "load", docker.to_str().expect("path")],
+    );
+    let dimage = ok_json(&docker_root, &["image", "ls"])
+        .as_array()
+        .expect("images")[0]
+        .clone();
+    let dtarget = format!("{}/docker/chain:v1", reg.addr);
+    let dpushed = ok_json(
+        &docker_root,
+        &["push", dimage["name"].as_str().expect("name"), &dtarget],
+    );
+    assert_eq!(dpushed["config"], "kept", "{dpushed}");
+    assert_eq!(dpushed["config_digest"], dimage["config_digest"]);
 
     // Again: the registry has every blob (HEAD); another repository mounts them.
     let again = ok_json(&root, &["push", &name, &target]);

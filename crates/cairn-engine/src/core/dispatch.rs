@@ -126,6 +126,19 @@ impl Core {
                 };
                 self.remove_op(op, reply, batch);
             }
+            Request::PutImageConfig {
+                name,
+                config,
+                manifest,
+                reply,
+            } => {
+                let op = Op::PutImageConfig {
+                    name,
+                    config,
+                    manifest,
+                };
+                self.remove_op(op, reply, batch);
+            }
             Request::RemoveImage { name, reply } => {
                 self.remove_op(Op::RemoveImage { name }, reply, batch)
             }
@@ -145,6 +158,13 @@ impl Core {
             Request::Layers { reply } => batch.reply(reply, self.layer_infos()),
             Request::Images { reply } => {
                 batch.reply(reply, crate::layers::image_infos(&self.state))
+            }
+            Request::ImageKept { name, reply } => {
+                let kept = match self.state.images.get(&name) {
+                    Some(image) => Ok(image.kept.clone()),
+                    None => Err(cairn_state::StateError::NotFound { key: name }.into()),
+                };
+                batch.reply(reply, kept)
             }
             Request::Containers { reply } => batch.reply(reply, Ok(self.container_infos())),
             Request::Usage { key, reply } => self.usage(key, reply, batch),
