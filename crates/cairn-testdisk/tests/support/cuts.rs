@@ -134,7 +134,10 @@ pub fn power_cuts(fs: FsKind, drivers: &[DriverKind], workload: &[Step], default
         states += n;
         failures.extend(f);
     }
-    println!("crash_states_checked: {states} ({})", suite_name(fs, drivers));
+    println!(
+        "crash_states_checked: {states} ({})",
+        suite_name(fs, drivers)
+    );
     if fs == FsKind::Btrfs {
         println!(
             "btrfs_torn_superblocks_recovered: {} (crash images mounted after `btrfs rescue super-recover`)",
