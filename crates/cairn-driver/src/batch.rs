@@ -117,6 +117,43 @@ impl Layout {
         self.durable_many_with(items, seals, work, |_, tree| create_tree_root(tree))
     }
 
+    /// A sealed tree's outcome after a shared syncfs that moved the write-back error count
+    /// from `start` to `errors`: `None` when its bytes are durable, else the error, the tree
+    /// tainted when it is a sync failure.
+    fn seal_sync_failure(
+        &self,
+        id: SnapshotId,
+        dir: &Path,
+        files: &[(PathBuf, bool)],
+        start: u64,
+        errors: u64,
+    ) -> Option<DriverError> {
+        let failed = if errors != start {
+            // An error reported during this batch's sync: it may be any of the batch's pages,
+            // and a new fsync would return 0 over them.
+            batch_sync_failed(dir, errors - start)
+        } else if start != 0 {
+            // An error reported earlier in this driver's life may have been this tree's (it was
+            // written through mounts at any time): every file fsyncs cleanly, or it fails (a
+            // file's own error stays in its inode until someone fsyncs it).
+            tracing::warn!(%id, "write-back error on the file system earlier; checking this tree file by file");
+            fsync_each(files).err()?
+        } else {
+            return None;
+        };
+        Some(self.taint_sync_failure(id, dir, failed))
+    }
+
+    /// `e`, after tainting `id`'s tree (`sync-failed`) when `e` is a failed sync: none is ever
+    /// synced again over the same pages.
+    fn taint_sync_failure(&self, id: SnapshotId, dir: &Path, e: DriverError) -> DriverError {
+        if e.is_sync_failure() {
+            self.taint(id, dir, e)
+        } else {
+            e
+        }
+    }
+
     /// `durable_many` with each creation's tree made by `make_tree` (see `create_many_with`).
     /// A creation always counts more than [`PER_FILE_MAX_SYNCS`] files, so a batch with
     /// creations is always made durable by the syncfs (which on btrfs also commits the
@@ -195,12 +232,7 @@ impl Layout {
                 if let Some(Ok((dir, _, files))) = slot {
                     if let Err(e) = fsync_each(files) {
                         let dir = dir.clone();
-                        let e = if e.is_sync_failure() {
-                            self.taint(id, &dir, e)
-                        } else {
-                            e
-                        };
-                        *slot = Some(Err(e));
+                        *slot = Some(Err(self.taint_sync_failure(id, &dir, e)));
                     }
                 }
             }
@@ -224,25 +256,7 @@ impl Layout {
                 let Some(Ok((dir, _, files))) = slot else {
                     continue;
                 };
-                let failed = if errors != start {
-                    // Reported during this batch's sync: any of its pages, and a new fsync
-                    // would return 0 over them.
-                    Some(batch_sync_failed(dir, errors - start))
-                } else if start != 0 {
-                    // Reported earlier in the driver's life: maybe this tree's (written through
-                    // mounts at any time), so each of its files must fsync cleanly.
-                    tracing::warn!(%id, "write-back error on the file system earlier; checking this tree file by file");
-                    fsync_each(files).err()
-                } else {
-                    None
-                };
-                if let Some(e) = failed {
-                    let dir = dir.clone();
-                    let e = if e.is_sync_failure() {
-                        self.taint(id, &dir, e)
-                    } else {
-                        e
-                    };
+                if let Some(e) = self.seal_sync_failure(id, dir, files, start, errors) {
                     *slot = Some(Err(e));
                 }
             }
@@ -368,26 +382,8 @@ impl Layout {
             let Ok((dir, _, to_sync)) = slot else {
                 continue;
             };
-            let failed = if after_trees != start {
-                // An error reported during this batch's sync: it may be any of the batch's
-                // pages, and a new fsync would return 0 over them.
-                Some(batch_sync_failed(dir, after_trees - start))
-            } else if start != 0 {
-                // An error reported earlier in this driver's life may have been this tree's (it
-                // was written through mounts at any time): every file fsyncs cleanly, or it
-                // fails (a file's own error stays in its inode until someone fsyncs it).
-                tracing::warn!(%id, "write-back error on the file system earlier; checking this tree file by file");
-                fsync_each(to_sync).err()
-            } else {
-                None
-            };
-            if let Some(e) = failed {
+            if let Some(e) = self.seal_sync_failure(id, dir, to_sync, start, after_trees) {
                 let dir = dir.clone();
-                let e = if e.is_sync_failure() {
-                    self.taint(id, &dir, e)
-                } else {
-                    e
-                };
                 *slot = Err(drop_tmp(&dir, e));
             }
         }

@@ -45,6 +45,12 @@ const BASE_TMP: &str = "block.base.tmp";
 const VIEWS: &str = "block.views";
 const PROBE: &str = "block.probe";
 const PROBE_CLONE: &str = "block.probe.clone";
+
+/// At most this many Active images are held open for their commit's fsync (see
+/// `BlockDriver::held`); an Active beyond it is fsynced through a descriptor opened at commit,
+/// which sees only the write-back errors from then on. Kept well under the common soft limit
+/// of 1024 descriptors per process.
+pub const MAX_HELD_IMAGES: usize = 256;
 #[derive(Debug)]
 pub struct BlockDriver {
     layout: Layout,
@@ -55,6 +61,12 @@ pub struct BlockDriver {
     /// Staged transactions whose image is mounted on their tree by `attach_staged`, each with
     /// a descriptor of the image opened before the mount (see `sync_staged`).
     attached: Mutex<BTreeMap<TxId, File>>,
+    /// Active snapshots' images, each opened when its mounts were first handed out (at its
+    /// prepare, or the first `mounts` after an open): the commit fsyncs through this
+    /// descriptor, so a write-back error of the user's writes that someone else's sync
+    /// consumed first (the unmount's flush, another process's fsync) is still reported to it
+    /// (errseq: a descriptor sees the errors since it was opened). At most [`MAX_HELD_IMAGES`].
+    held: Mutex<BTreeMap<SnapshotId, File>>,
     next_view: AtomicU64,
 }
 
@@ -133,6 +145,7 @@ impl BlockDriver {
             views: root.join(VIEWS),
             layout,
             attached: Mutex::default(),
+            held: Mutex::default(),
             next_view: AtomicU64::new(0),
         };
         driver.probe_reflink()?;
@@ -168,6 +181,31 @@ impl BlockDriver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxId, File>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<SnapshotId, File>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds a descriptor of Active `id`'s image from now on (see `held`), unless one is held
+    /// already or [`MAX_HELD_IMAGES`] are: then its commit opens its own.
+    fn hold(&self, id: SnapshotId, image: &Path) {
+        let mut held = self.held();
+        if held.contains_key(&id) {
+            return;
+        }
+        if held.len() >= MAX_HELD_IMAGES {
+            tracing::warn!(%id, max = MAX_HELD_IMAGES, "too many Active images held open; its commit's fsync sees only the write-back errors from the commit on");
+            return;
+        }
+        match File::open(image) {
+            Ok(file) => {
+                held.insert(id, file);
+            }
+            Err(e) => {
+                tracing::warn!(%id, image = %image.display(), error = %e, "cannot hold the image open; its commit's fsync sees only the write-back errors from the commit on");
+            }
+        }
     }
 
     fn probe_reflink(&self) -> Result<(), DriverError> {
@@ -441,18 +479,32 @@ impl Driver for BlockDriver {
         // A read-write mount holds the file system's state; sealing the image under it would
         // commit a file system that is not clean.
         self.refuse_if_writable(id, &image)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .map_err(|e| DriverError::io("open", &image, e))?;
+        // The descriptor held since the image's mounts were handed out sees every write-back
+        // error since then; one opened now, only those from now on.
+        let held = self.held().remove(&id);
+        let was_held = held.is_some();
+        let file = match held {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| DriverError::io("open", &image, e))?,
+        };
         fail::fail_point!("driver::seal::before_sync");
         // Invariant: every block of the image is on disk before the marker claims `txid` and
-        // the commit is journaled as complete.
+        // the commit is journaled as complete; an error reported to any other descriptor since
+        // `file` was opened is reported to it too (fsyncgate).
         if let Err(e) = fsync_open(&file, &image, false) {
             return Err(self.taint(id, &dir, e));
         }
         fail::fail_point!("driver::seal::after_sync");
-        marker::write(&dir, txid)?;
+        if let Err(e) = marker::write(&dir, txid) {
+            // Still Active: its retry fsyncs through the same descriptor.
+            if was_held {
+                self.held().insert(id, file);
+            }
+            return Err(e);
+        }
         fail::fail_point!("driver::seal::after_marker");
         image_usage(&image)
     }
@@ -469,10 +521,15 @@ impl Driver for BlockDriver {
         _parents: &[SnapshotId],
     ) -> Result<Vec<Mount>, DriverError> {
         let image = self.layout.require_installed(id)?.join(IMAGE);
+        if kind == Kind::Active {
+            // Before the user can write through these mounts.
+            self.hold(id, &image);
+        }
         Ok(vec![self.fs.mount(&image, kind != Kind::Active)])
     }
 
     fn remove(&self, id: SnapshotId) -> Result<(), DriverError> {
+        self.held().remove(&id);
         self.layout.remove(id)
     }
 

@@ -10,7 +10,7 @@ use cairn_engine::{DetachedRefusal, EngineError, StageOptions};
 use cairn_layer::Digest;
 use cairn_state::types::DriverKind;
 use cairn_state::{Labels, StateError};
-use common::{fast_tempdir, is_root, open, skip, Mounted};
+use common::{is_root, new_fast_root, open, skip, Mounted};
 use std::io::Cursor;
 
 fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -52,8 +52,8 @@ fn overlay_or_skip() -> bool {
 
 #[test]
 fn a_driver_that_copies_the_parent_refuses_detached_imports() {
-    let tmp = fast_tempdir();
-    let h = open(&tmp.path().join("root"), DriverKind::Vfs);
+    let (_tmp, root) = new_fast_root();
+    let h = open(&root, DriverKind::Vfs);
     assert!(!h.extracts_without_parent().unwrap());
     let e = h
         .stage_layer(input(&image()[0]), StageOptions::default())
@@ -74,8 +74,8 @@ fn layers_staged_side_by_side_are_recorded_in_chain_order_as_a_serial_import_wou
     if !overlay_or_skip() {
         return;
     }
-    let tmp = fast_tempdir();
-    let h = open(&tmp.path().join("root"), DriverKind::Overlay);
+    let (tmp, root) = new_fast_root();
+    let h = open(&root, DriverKind::Overlay);
     assert!(h.extracts_without_parent().unwrap());
     let tars = image();
     let diff_ids: Vec<Digest> = tars.iter().map(|t| Digest::of(t)).collect();
@@ -158,8 +158,7 @@ fn a_child_of_a_failed_parent_is_aborted_whole_and_dropped_staging_is_aborted() 
     if !overlay_or_skip() {
         return;
     }
-    let tmp = fast_tempdir();
-    let root = tmp.path().join("root");
+    let (_tmp, root) = new_fast_root();
     let h = open(&root, DriverKind::Overlay);
     let tars = image();
     let wrong = Digest::of(b"not this layer");

@@ -25,7 +25,7 @@ fn crash_at_every_failpoint() {
 mod crash {
     use super::crashkit::*;
     use cairn_engine::Engine;
-    use cairn_state::types::DriverKind;
+    use cairn_state::types::{DriverKind, Kind, SnapshotId};
     use std::collections::{BTreeMap, BTreeSet};
     use std::os::unix::process::ExitStatusExt;
     use std::path::Path;
@@ -711,29 +711,61 @@ mod crash {
         covered
     }
 
+    /// The creation a workload's prior crash interrupts, when it crashes inside one: its kind,
+    /// whether it is on a parent, and whether the failpoint needs it made inline (`true`:
+    /// `driver::create::`) or staged (`false`: `driver::stage::`, an install's).
+    fn prior_creation(wl: &Workload) -> Option<(Kind, bool, bool)> {
+        let (focus, fp) = wl.prior.as_ref()?;
+        let [Op::Prepare { parent, view, .. }] = focus.as_slice() else {
+            return None;
+        };
+        let inline = if fp.starts_with("driver::create::") {
+            true
+        } else if fp.starts_with("driver::stage::") || fp == "engine::effect::before_install" {
+            false
+        } else {
+            return None;
+        };
+        let kind = if *view { Kind::View } else { Kind::Active };
+        Some((kind, parent.is_some(), inline))
+    }
+
+    /// A driver of `driver`'s kind on a scratch root (where that driver's roots live), to ask
+    /// it how it makes trees.
+    fn probe_driver(driver: DriverKind) -> (cairn_loopfs::Scratch, Box<dyn cairn_driver::Driver>) {
+        let tmp = match BLOCK_XFS.get() {
+            Some(xfs) if driver == DriverKind::Block => cairn_loopfs::Scratch::Plain(
+                tempfile::Builder::new()
+                    .prefix("crash-probe-")
+                    .tempdir_in(xfs)
+                    .expect("scratch dir on xfs"),
+            ),
+            _ => cairn_loopfs::Scratch::new(driver == DriverKind::Btrfs, "crash-probe-")
+                .expect("scratch dir"),
+        };
+        let block = (driver == DriverKind::Block).then(|| cairn_driver::BlockOptions {
+            size_bytes: BLOCK_IMAGE_BYTES,
+            ..cairn_driver::BlockOptions::default()
+        });
+        let probe = cairn_driver::open_driver_with(driver, &tmp.path().join("root"), block)
+            .unwrap_or_else(|e| panic!("open a {} driver to probe: {e}", driver.name()));
+        (tmp, probe)
+    }
+
     fn run_all(driver: DriverKind, names: Option<&[&str]>, max_ks: usize) -> BTreeSet<String> {
         // CAIRN_CRASH_ONLY=<workload,...> runs only those (the coverage check is skipped then).
         let only = std::env::var("CAIRN_CRASH_ONLY").ok();
+        let (_probe_root, probe) = probe_driver(driver);
         let wls: Vec<Workload> = workloads()
             .into_iter()
             .filter(|w| names.map_or(true, |n| n.contains(&w.name.as_str())))
-            // Only vfs, overlay and btrfs make trees inline (`Driver::creates_inline`); block
-            // stages every creation, so that crash point is never reached there. btrfs makes
-            // every prepare inline: a prepare never stages or installs there (its imports and
-            // containers do: recover_pending_import, recover_import_install).
+            // A prior crash inside a creation is reached only where the driver makes that
+            // creation the way the failpoint needs, inline or staged (`Driver::creates_inline`):
+            // block stages every creation, btrfs makes every prepare inline.
             .filter(|w| {
-                w.name != "recover_inline_create"
-                    || matches!(
-                        driver,
-                        DriverKind::Vfs | DriverKind::Overlay | DriverKind::Btrfs
-                    )
-            })
-            .filter(|w| {
-                driver != DriverKind::Btrfs
-                    || !matches!(
-                        w.name.as_str(),
-                        "recover_pending_create" | "recover_staged_install"
-                    )
+                prior_creation(w).map_or(true, |(kind, on_parent, inline)| {
+                    probe.creates_inline(kind, on_parent.then_some(SnapshotId(1))) == inline
+                })
             })
             // Detached imports need a driver that extracts without the parent (overlay).
             .filter(|w| {

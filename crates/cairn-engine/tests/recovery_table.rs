@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use cairn_engine::journal;
 use cairn_engine::{Engine, EngineError, EngineHandle, EngineOptions, RecoveryReport, Row};
 use cairn_state::types::{DriverKind, Kind, SnapshotId, TxId};
@@ -13,6 +15,8 @@ use cairn_wal::{StoreId, Wal, WalOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use common::new_root;
 
 /// A committed snapshot's mounts, read through a View: containerd (and cairn) refuse `mounts`
 /// of a committed snapshot. On vfs the View binds the committed tree itself.
@@ -47,12 +51,6 @@ fn refused<T>(result: Result<T, EngineError>, row: Row) -> EngineError {
         }
         Ok(_) => panic!("row {row:?}: the open was not refused"),
     }
-}
-
-fn new_root() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    (tmp, root)
 }
 
 fn store_id(root: &Path) -> StoreId {

@@ -11,19 +11,15 @@
 //! `xfs_repair -n` clean.
 //!
 //! Prints `crash_states_checked: N (block)` and the seed; `CAIRN_SEED` replays the fates,
-//! `CAIRN_POWER_CUT_STRIDE` / `CAIRN_POWER_CUT_RANDOM` as in `power_cut.rs`.
+//! `CAIRN_POWER_CUT_STRIDE` / `CAIRN_POWER_CUT_RANDOM` as in `power_cut.rs` (the shared runner,
+//! `support::cuts`).
 
 mod support;
 
-use cairn_engine::Engine;
 use cairn_state::types::DriverKind;
-use cairn_testdisk::{missing, CrashImages, FsKind, TestDisk};
-use rand::{Rng, SeedableRng};
+use cairn_testdisk::FsKind;
 use support::steps::*;
-use support::{check_image, expect_at, run_steps, skip, Step};
-
-/// The apparent size of every image (the driver's minimum): the test disk's xfs is 320 MiB.
-pub const IMAGE_BYTES: &str = "67108864";
+use support::{skip, Step};
 
 fn workload() -> Vec<Step> {
     vec![
@@ -53,83 +49,10 @@ fn workload() -> Vec<Step> {
     ]
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn power_cuts_block_xfs() {
-    let fs = FsKind::Xfs;
-    if let Some(why) = missing(fs) {
+    if let Some(why) = support::block_suite() {
         return skip(&why);
     }
-    if let Some(why) = cairn_driver::scratch::unavailable() {
-        return skip(&format!("the block driver {why}"));
-    }
-    // The only test of this binary: no other thread reads the environment while it is set.
-    std::env::set_var("CAIRN_BLOCK_SIZE_BYTES", IMAGE_BYTES);
-    let seed = support::seed();
-    println!("power_cut block xfs: seed {seed} (replay: CAIRN_SEED={seed})");
-    let driver = DriverKind::Block;
-    let mut disk = TestDisk::format(support::server(), fs, fs.image_bytes(), "blockdrv-powercut")
-        .expect("format the test disk");
-    let root = disk.mountpoint().join("root");
-    let (h, _) = Engine::open(&root, support::crashkit::options(driver)).expect("open the root");
-    let ran = run_steps(&disk, &h, &workload());
-    for r in &ran {
-        if let Err(e) = &r.result {
-            panic!("step {} failed on a healthy disk: {e}", r.step.name());
-        }
-    }
-    h.close().expect("close");
-    support::crashkit::check_nothing_attached(&root);
-    disk.unmount().expect("unmount");
-    let log = disk.log().expect("read the log");
-    let flushes = log.flushes();
-    println!(
-        "xfs block: workload of {} steps: {} writes, {flushes} flushes",
-        ran.len(),
-        log.writes()
-    );
-    let scratch = disk.scratch();
-    let mut images = CrashImages::new(&disk.base_image(), log, &scratch).expect("crash images");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let stride = env_usize("CAIRN_POWER_CUT_STRIDE", 4).max(1);
-    let phase = rng.gen_range(0..stride);
-    let mut cuts: Vec<usize> = (0..=flushes).filter(|k| k % stride == phase).collect();
-    cuts.extend((0..env_usize("CAIRN_POWER_CUT_RANDOM", 6)).map(|_| rng.gen_range(0..=flushes)));
-    cuts.sort_unstable();
-    let mut failures = Vec::new();
-    let img = scratch.join("crash.img");
-    for (i, &k) in cuts.iter().enumerate() {
-        let fates = images
-            .image(k, &mut rng, false, &img)
-            .expect("build a crash image");
-        let expect = expect_at(driver, &ran, k as u64);
-        if let Err(e) = check_image(fs, &img, &scratch.join("mnt"), driver, &expect, false) {
-            let last_acked = ran
-                .iter()
-                .rfind(|r| r.acked_at_flush <= k as u64)
-                .map(|r| r.step.name());
-            failures.push(format!(
-                "xfs block cut {i} after flush {k}/{flushes} ({} unflushed writes; last acknowledged: {last_acked:?}; in flight: {:?}): {e}",
-                fates.len(),
-                expect.inflight.as_ref().map(|(n, _)| n.clone())
-            ));
-        }
-    }
-    println!("crash_states_checked: {} (block)", cuts.len());
-    for f in &failures {
-        println!("FAILED: {f}");
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} crash states of block on xfs failed (seed {seed}; replay: CAIRN_SEED={seed}); first: {}",
-        failures.len(),
-        cuts.len(),
-        failures[0]
-    );
+    support::cuts::power_cuts(FsKind::Xfs, &[DriverKind::Block], &workload(), 4);
 }

@@ -169,6 +169,21 @@ pub fn fast_tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// A root path, `<tmp>/root`, not yet created, in a temp dir on the real disk (removed when
+/// the returned guard drops).
+pub fn new_root() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    (tmp, root)
+}
+
+/// `new_root` in a [`fast_tempdir`], for roots whose durability is not under test.
+pub fn new_fast_root() -> (tempfile::TempDir, PathBuf) {
+    let tmp = fast_tempdir();
+    let root = tmp.path().join("root");
+    (tmp, root)
+}
+
 /// continuity's fstest appliers.
 #[derive(Clone, Debug)]
 pub enum FsOp {

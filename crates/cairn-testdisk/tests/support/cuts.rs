@@ -2,7 +2,7 @@
 //! then a crash image after every `stride`-th flush (and at seeded random ones), each checked
 //! against what was acknowledged.
 
-use super::{check_image, driver_name, expect_at, run_steps, skip, Step};
+use super::{check_image, driver_name, expect_at, run_steps, skip, suite_name, Step};
 use cairn_engine::Engine;
 use cairn_state::types::DriverKind;
 use cairn_testdisk::{missing, CrashImages, FsKind, TestDisk};
@@ -51,6 +51,10 @@ pub fn cut_workload(
         }
     }
     h.close().expect("close");
+    if driver == DriverKind::Block {
+        // Its images are loop-mounted while the workload reads and writes them.
+        super::crashkit::check_nothing_attached(&root);
+    }
     disk.unmount().expect("unmount");
     let log = disk.log().expect("read the log");
     let flushes = log.flushes();
@@ -130,7 +134,10 @@ pub fn power_cuts(fs: FsKind, drivers: &[DriverKind], workload: &[Step], default
         states += n;
         failures.extend(f);
     }
-    println!("crash_states_checked: {states} ({})", fs.name());
+    println!(
+        "crash_states_checked: {states} ({})",
+        suite_name(fs, drivers)
+    );
     if fs == FsKind::Btrfs {
         println!(
             "btrfs_torn_superblocks_recovered: {} (crash images mounted after `btrfs rescue super-recover`)",
@@ -142,8 +149,9 @@ pub fn power_cuts(fs: FsKind, drivers: &[DriverKind], workload: &[Step], default
     }
     assert!(
         failures.is_empty(),
-        "{} of {states} crash states on {} failed (seed {seed}; replay: CAIRN_SEED={seed}); first: {}",
+        "{} of {states} crash states of {} on {} failed (seed {seed}; replay: CAIRN_SEED={seed}); first: {}",
         failures.len(),
+        suite_name(fs, drivers),
         fs.name(),
         failures[0]
     );

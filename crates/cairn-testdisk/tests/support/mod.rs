@@ -36,6 +36,30 @@ pub fn driver_name(d: DriverKind) -> &'static str {
     d.name()
 }
 
+/// The name a suite's summary lines carry: the driver's when it runs one (`block`, `btrfs`),
+/// else the file system's.
+pub fn suite_name(fs: FsKind, drivers: &[DriverKind]) -> &'static str {
+    match drivers {
+        [d] => d.name(),
+        _ => fs.name(),
+    }
+}
+
+/// The apparent size of every block image (the driver's minimum): the test disk's xfs is
+/// 320 MiB.
+pub const BLOCK_IMAGE_BYTES: &str = "67108864";
+
+/// Readies a block-driver suite: why it cannot run (no loop devices or mounting), or `None`
+/// after setting the image size. Call it first, from the binary's only test: no other thread
+/// reads the environment while it is set.
+pub fn block_suite() -> Option<String> {
+    if let Some(why) = cairn_driver::scratch::unavailable() {
+        return Some(format!("the block driver {why}"));
+    }
+    std::env::set_var("CAIRN_BLOCK_SIZE_BYTES", BLOCK_IMAGE_BYTES);
+    None
+}
+
 /// The seed of a run: `CAIRN_SEED`, or one drawn from the clock (printed by the caller).
 pub fn seed() -> u64 {
     match std::env::var("CAIRN_SEED") {
