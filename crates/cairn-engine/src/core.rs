@@ -67,7 +67,12 @@ pub(crate) struct Core {
     /// so two deletions of one tree never race.
     deleting: Arc<std::sync::Mutex<BTreeSet<SnapshotId>>>,
     failed: Option<String>,
+    /// The last index write failed: the next one rebuilds it whole.
     index_stale: bool,
+    /// Keys changed since the index was last written (at most `INDEX_PENDING_MAX`).
+    index_pending: BTreeSet<String>,
+    /// Batches were journaled since the index was last written (its applied txid lags).
+    index_behind: bool,
 }
 
 pub(crate) fn now_ns() -> i64 {
@@ -112,6 +117,8 @@ impl Core {
             deleting: Arc::default(),
             failed: None,
             index_stale: false,
+            index_pending: BTreeSet::new(),
+            index_behind: false,
         }
     }
 
@@ -175,6 +182,8 @@ impl Core {
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint at shutdown failed");
             }
+            // The checkpoint wrote the index (write_index) unless it had nothing to do.
+            self.write_index();
             if let Err(e) = self.index.flush() {
                 tracing::warn!(error = %e, "index flush at shutdown failed");
             }

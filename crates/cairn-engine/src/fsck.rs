@@ -157,6 +157,9 @@ impl FsckReport {
 }
 
 pub(crate) fn run(core: &mut Core, repair: bool) -> Result<FsckReport, EngineError> {
+    // The index lags the state between its writes (core/maintenance.rs): bring it up first, so
+    // what fsck finds in it is what the disk holds, not what is merely not yet written.
+    core.write_index();
     let mut report = FsckReport {
         snapshots_checked: core.state.snapshots.len(),
         ..Default::default()

@@ -128,7 +128,7 @@ impl Row {
             Row::R21 => "`staging/<txid>` with no pending transaction (aborted or dropped create; a leftover next to an installed tree, R31)",
             Row::R22 => "`trash/<id>` (removal interrupted during the delete)",
             Row::R23 => "`snapshots/<id>/txid.tmp` of a snapshot whose commit is pending or aborted in the log tail (a seal's marker write interrupted before its rename; looked for only there)",
-            Row::R24 => "Index applied txid behind the journal (crash after the journal sync, before the index write)",
+            Row::R24 => "Index applied txid behind the journal (a crash after journal syncs the index had not caught up with: it is written every 1,024 changed keys and at checkpoints, not per batch)",
             Row::R25 => "Index applied txid ahead of the journal (index from a later life, journal restored)",
             Row::R26 => "Index directory missing",
             Row::R27 => "Index applied txid unreadable (not 8 bytes)",

@@ -251,7 +251,7 @@ impl Core {
             self.answer(c);
         }
         self.run_effects(later);
-        self.update_index(!records.is_empty(), &touched);
+        self.update_index(!records.is_empty(), touched);
         for d in deferred {
             if let Some(e) = self.failed_error() {
                 Outgoing::Deferred(d).fail(e);

@@ -9,21 +9,43 @@ use cairn_state::types::{SnapshotId, TxId};
 use cairn_wal::Lsn;
 use std::path::PathBuf;
 
+/// Changed keys the index may lag by before they are written (one sled batch), whatever the
+/// checkpoint interval.
+pub(super) const INDEX_PENDING_MAX: usize = 1024;
+
 impl Core {
-    pub(super) fn update_index(&mut self, journaled: bool, touched: &[String]) {
-        // A damaged index (sled panicked) is left alone until the next open rebuilds it.
-        if !journaled || self.index.is_damaged() {
+    /// Note the keys a batch changed; the index is written once [`INDEX_PENDING_MAX`] keys
+    /// wait, at each checkpoint, before fsck reads it and at shutdown (`write_index`). Between
+    /// those it lags the journal, as after any crash: it is derived, and recovery rebuilds it
+    /// whenever its applied txid is not the journal's (row R24). Written per batch, it cost a
+    /// tenth of the engine thread's time and a sled write-out per batch beside the journal's.
+    pub(super) fn update_index(&mut self, journaled: bool, touched: Vec<String>) {
+        if !journaled {
             return;
         }
-        // Begun transactions change no indexed snapshot; completions and removals name theirs.
-        let mut touched: Vec<String> = touched.to_vec();
-        touched.sort();
-        touched.dedup();
+        self.index_pending.extend(touched);
+        self.index_behind = true;
+        if self.index_pending.len() >= INDEX_PENDING_MAX {
+            self.write_index();
+        }
+    }
+
+    /// Bring the index up to the state: every key changed since its last write, and the
+    /// applied txid, in one atomic sled batch (or a rebuild after a failed write).
+    pub(crate) fn write_index(&mut self) {
+        // A damaged index (sled panicked) is left alone until the next open rebuilds it.
+        if !self.index_behind || self.index.is_damaged() {
+            return;
+        }
+        let touched: Vec<String> = std::mem::take(&mut self.index_pending)
+            .into_iter()
+            .collect();
         let applied = if self.index_stale {
             self.index.rebuild(&self.state)
         } else {
             self.index.apply(&self.state, &touched)
         };
+        self.index_behind = false;
         match applied {
             Ok(()) => self.index_stale = false,
             Err(e) => {
@@ -37,6 +59,7 @@ impl Core {
 
     /// Write a checkpoint of the state and drop the log behind it.
     pub(crate) fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.write_index();
         let lsn = Lsn(self.wal.next_lsn().0 - 1);
         if lsn == self.checkpoint_lsn {
             return Ok(());
