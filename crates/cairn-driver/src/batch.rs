@@ -11,7 +11,8 @@ use super::error::DriverError;
 use super::layout::{create_tree_root, exists, Layout, TREE, WORK};
 use super::marker;
 use super::remove::remove_tree;
-use super::sync::{collect_tree, fsync_dir, fsync_each, more_entries_than};
+use super::sync::{collect_tree, fsync_dir, fsync_each};
+use super::walk::{fsyncable, walk_small, UsageCounter};
 use cairn_state::types::{Kind, SnapshotId, TxId, Usage};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ pub struct NewTree {
 /// A seal under way: the snapshot's directory, its tree's usage, and what a per-file check of
 /// it would fsync (its files and directories, and the temporary marker).
 type Sealing = (PathBuf, Usage, Vec<(PathBuf, bool)>);
+
+/// An inline seal under way, with the walk its tree was read in (its digest is taken from it).
+type SmallSeal = (Sealing, Vec<(PathBuf, std::fs::Metadata)>);
 
 fn batch_sync_failed(path: &Path, errors: u64) -> DriverError {
     DriverError::SyncFailed {
@@ -170,8 +174,21 @@ impl Layout {
             .iter()
             .map(|item| self.create_one(item, work(item.kind), &make_tree))
             .collect();
-        let mut sealing: Vec<Option<Result<Sealing, DriverError>>> =
-            seals.iter().map(|&(id, _)| self.small_seal(id)).collect();
+        // Each small tree is read once: its usage, its fsync list and (after the sync) its
+        // digest all come from the same walk.
+        let mut walked: Vec<Vec<(PathBuf, std::fs::Metadata)>> = Vec::with_capacity(seals.len());
+        let mut sealing: Vec<Option<Result<Sealing, DriverError>>> = seals
+            .iter()
+            .map(|&(id, _)| {
+                let (slot, entries) = match self.small_seal(id) {
+                    Some(Ok((sealing, entries))) => (Some(Ok(sealing)), entries),
+                    Some(Err(e)) => (Some(Err(e)), Vec::new()),
+                    None => (None, Vec::new()),
+                };
+                walked.push(entries);
+                slot
+            })
+            .collect();
         // What a per-file sync of the batch fsyncs, per creation (parents first) and once for
         // `snapshots/`.
         let created: Vec<Vec<(PathBuf, bool)>> = items
@@ -276,10 +293,11 @@ impl Layout {
         }
         let sealed = sealing
             .into_iter()
-            .map(|slot| {
+            .zip(&walked)
+            .map(|(slot, entries)| {
                 slot.map(|r| {
                     r.and_then(|(dir, usage, _)| {
-                        super::digest::tree_digest(&dir.join(TREE)).map(|d| (usage, d))
+                        super::digest::entries_digest(&dir.join(TREE), entries).map(|d| (usage, d))
                     })
                 })
             })
@@ -289,7 +307,7 @@ impl Layout {
 
     /// A commit's tree checked for an inline seal: `None` if it is too big (a worker seals it),
     /// an error if it cannot be sealed at all (missing, or tainted by an earlier failed sync).
-    fn small_seal(&self, id: SnapshotId) -> Option<Result<Sealing, DriverError>> {
+    fn small_seal(&self, id: SnapshotId) -> Option<Result<SmallSeal, DriverError>> {
         let dir = self.snapshot_dir(id);
         let checked = (|| {
             if !exists(&dir)? {
@@ -302,15 +320,22 @@ impl Layout {
             if exists(&tainted)? {
                 return Err(DriverError::TreeSyncFailed { id, path: tainted });
             }
-            // The root is one of the inodes: at most MAX - 1 entries below it.
-            if more_entries_than(&dir.join(TREE), INLINE_SEAL_MAX_INODES - 1)? {
+            let Some(entries) = walk_small(&dir.join(TREE), INLINE_SEAL_MAX_INODES)? else {
                 return Ok(None);
+            };
+            let mut counter = UsageCounter::default();
+            let mut files = Vec::new();
+            for (path, meta) in &entries {
+                counter.add(meta);
+                if fsyncable(meta) {
+                    files.push((path.clone(), meta.is_dir()));
+                }
             }
-            let (usage, files) = collect_tree(&dir.join(TREE))?;
+            let usage = counter.usage();
             if usage.size_bytes > INLINE_SEAL_MAX_BYTES {
                 return Ok(None);
             }
-            Ok(Some((dir.clone(), usage, files)))
+            Ok(Some(((dir.clone(), usage, files), entries)))
         })();
         checked.transpose()
     }
@@ -326,16 +351,20 @@ impl Layout {
             self.require_installed(parent)?;
         }
         let dir = self.snapshot_dir(item.id);
-        if exists(&dir)? {
-            // Ids are never reused within a life, and recovery removed every orphan at open.
-            return Err(DriverError::InstallTargetExists {
-                txid: item.txid,
-                id: item.id,
-                installed: dir,
-            });
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            // Ids are never reused within a life, and recovery removed every orphan at open:
+            // the directory there is not this creation's, so it is left alone.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(DriverError::InstallTargetExists {
+                    txid: item.txid,
+                    id: item.id,
+                    installed: dir,
+                });
+            }
+            Err(e) => return Err(DriverError::io("mkdir", &dir, e)),
         }
         let made = (|| {
-            fs::create_dir(&dir).map_err(|e| DriverError::io("mkdir", &dir, e))?;
             fail::fail_point!("driver::create::after_mkdir");
             // The marker before the tree (nothing is synced yet, and nothing names the
             // directory until the caller journals it): a btrfs snapshot commits the transaction

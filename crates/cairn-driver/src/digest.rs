@@ -31,22 +31,66 @@ use std::path::Path;
 
 /// The digest of the tree at `root`, as `sha256:<64 hex>`.
 pub fn tree_digest(root: &Path) -> Result<String, DriverError> {
-    let mut hasher = Sha256::new();
-    // A hardlinked inode's content is hashed once.
-    let mut linked: HashMap<(u64, u64), [u8; 32]> = HashMap::new();
-    let mut buf = vec![0u8; 1 << 16];
-    walk(root, |path, meta| {
-        let rel = path.strip_prefix(root).unwrap_or(path);
-        hasher.update(rel.as_os_str().as_bytes());
-        hasher.update([0u8]);
-        entry(&mut hasher, path, meta, &mut linked, &mut buf)
-    })?;
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in hasher.finalize() {
-        out.push_str(&format!("{b:02x}"));
+    let mut digest = TreeDigest::new(root);
+    walk(root, |path, meta| digest.add(path, meta))?;
+    Ok(digest.finish())
+}
+
+/// The digest of a tree already walked (`walk_small`): the same bytes as [`tree_digest`] of it.
+pub(crate) fn entries_digest(
+    root: &Path,
+    entries: &[(std::path::PathBuf, Metadata)],
+) -> Result<String, DriverError> {
+    let mut digest = TreeDigest::new(root);
+    for (path, meta) in entries {
+        digest.add(path, meta)?;
     }
-    Ok(out)
+    Ok(digest.finish())
+}
+
+/// The hash fed entry by entry, in walk order.
+struct TreeDigest<'a> {
+    root: &'a Path,
+    hasher: Sha256,
+    /// A hardlinked inode's content is hashed once.
+    linked: HashMap<(u64, u64), [u8; 32]>,
+    buf: Vec<u8>,
+}
+
+impl<'a> TreeDigest<'a> {
+    fn new(root: &'a Path) -> TreeDigest<'a> {
+        TreeDigest {
+            root,
+            hasher: Sha256::new(),
+            linked: HashMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, path: &Path, meta: &Metadata) -> Result<(), DriverError> {
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        self.hasher.update(rel.as_os_str().as_bytes());
+        self.hasher.update([0u8]);
+        if meta.file_type().is_file() && self.buf.is_empty() {
+            self.buf = vec![0u8; 1 << 16];
+        }
+        entry(
+            &mut self.hasher,
+            path,
+            meta,
+            &mut self.linked,
+            &mut self.buf,
+        )
+    }
+
+    fn finish(self) -> String {
+        let mut out = String::with_capacity(71);
+        out.push_str("sha256:");
+        for b in self.hasher.finalize() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
 }
 
 fn kind(meta: &Metadata) -> u8 {
@@ -184,5 +228,31 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(root.join("d/g"), fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_ne!(tree_digest(&root).expect("digest"), renamed);
+    }
+
+    #[test]
+    fn a_walked_small_tree_digests_as_the_tree_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("t");
+        fs::create_dir_all(root.join("d/e")).expect("mkdir");
+        fs::write(root.join("d/f"), b"one").expect("write");
+        fs::hard_link(root.join("d/f"), root.join("g")).expect("link");
+        std::os::unix::fs::symlink("d/f", root.join("l")).expect("symlink");
+        let entries = crate::walk::walk_small(&root, 16)
+            .expect("walk")
+            .expect("small");
+        assert_eq!(
+            entries_digest(&root, &entries).expect("entries digest"),
+            tree_digest(&root).expect("digest")
+        );
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).expect("mkdir");
+        let entries = crate::walk::walk_small(&empty, 16)
+            .expect("walk")
+            .expect("small");
+        assert_eq!(
+            entries_digest(&empty, &entries).expect("entries digest"),
+            tree_digest(&empty).expect("digest")
+        );
     }
 }

@@ -54,6 +54,73 @@ pub(crate) fn walk(
     Ok(())
 }
 
+/// `walk`'s visits as a list (the same order), or `None` as soon as the tree turns out to hold
+/// more than `max_inodes` entries, its root included: a small tree read once, for callers that
+/// need it several ways (an inline seal's usage, fsync list and digest). A directory is read
+/// only as far as the bound, so a huge one costs no more than a small one.
+pub(crate) fn walk_small(
+    root: &Path,
+    max_inodes: u64,
+) -> Result<Option<Vec<(PathBuf, Metadata)>>, DriverError> {
+    let max = usize::try_from(max_inodes).unwrap_or(usize::MAX);
+    let meta = fs::symlink_metadata(root).map_err(|e| DriverError::io("lstat", root, e))?;
+    let is_dir = meta.is_dir();
+    let mut entries = vec![(root.to_path_buf(), meta)];
+    if entries.len() > max {
+        return Ok(None);
+    }
+    if !is_dir {
+        return Ok(Some(entries));
+    }
+    let Some(names) = list_dir_bounded(root, max.saturating_sub(entries.len()))? else {
+        return Ok(None);
+    };
+    let mut stack = vec![(root.to_path_buf(), names)];
+    while let Some((dir, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
+            stack.pop();
+            continue;
+        };
+        let path: PathBuf = dir.join(name);
+        let meta = fs::symlink_metadata(&path).map_err(|e| DriverError::io("lstat", &path, e))?;
+        let is_dir = meta.is_dir();
+        entries.push((path.clone(), meta));
+        if entries.len() > max {
+            return Ok(None);
+        }
+        if is_dir {
+            // Names not yet visited still count against the bound.
+            let pending: usize = stack.iter().map(|(_, n)| n.len()).sum();
+            let room = max.saturating_sub(entries.len() + pending);
+            let Some(names) = list_dir_bounded(&path, room)? else {
+                return Ok(None);
+            };
+            stack.push((path, names));
+        }
+    }
+    Ok(Some(entries))
+}
+
+/// `list_dir`, or `None` once the directory holds more than `limit` names.
+fn list_dir_bounded(
+    dir: &Path,
+    limit: usize,
+) -> Result<Option<std::vec::IntoIter<OsString>>, DriverError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DriverError::io("readdir", dir, e))? {
+        if names.len() >= limit {
+            return Ok(None);
+        }
+        names.push(
+            entry
+                .map_err(|e| DriverError::io("readdir", dir, e))?
+                .file_name(),
+        );
+    }
+    names.sort();
+    Ok(Some(names.into_iter()))
+}
+
 /// Counts a tree the way `Driver::usage` defines it: every inode once (the root directory
 /// included), and the st_size of every regular-file inode once, so hardlinks are not doubled.
 #[derive(Debug, Default)]
@@ -92,4 +159,49 @@ pub(crate) fn usage(root: &Path) -> Result<Usage, DriverError> {
 /// True for the file types whose open(2) has no side effects and which fsync can flush.
 pub(crate) fn fsyncable(meta: &Metadata) -> bool {
     meta.file_type().is_file() || meta.is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visited(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(root, |p, _| {
+            out.push(p.to_path_buf());
+            Ok(())
+        })
+        .expect("walk");
+        out
+    }
+
+    #[test]
+    fn walk_small_visits_what_walk_does_or_says_the_tree_is_too_big() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("t");
+        fs::create_dir_all(root.join("b/c")).expect("mkdir");
+        fs::write(root.join("a"), b"x").expect("write");
+        fs::write(root.join("b/c/d"), b"y").expect("write");
+        fs::write(root.join("b/e"), b"z").expect("write");
+        // root, a, b, b/c, b/c/d, b/e
+        let all = visited(&root);
+        assert_eq!(all.len(), 6);
+        for max in 6..9 {
+            let small = walk_small(&root, max).expect("walk_small").expect("fits");
+            let paths: Vec<PathBuf> = small.into_iter().map(|(p, _)| p).collect();
+            assert_eq!(paths, all, "max {max}");
+        }
+        for max in 0..6 {
+            assert!(
+                walk_small(&root, max).expect("walk_small").is_none(),
+                "max {max}"
+            );
+        }
+        let file = root.join("a");
+        assert_eq!(
+            walk_small(&file, 1).expect("file").map(|e| e.len()),
+            Some(1)
+        );
+        assert!(walk_small(&file, 0).expect("file").is_none());
+    }
 }
