@@ -319,6 +319,8 @@ pub(crate) enum Request {
         top: String,
         manifest_digest: String,
         config_digest: String,
+        /// The original config (and manifest), kept in the same record (`PutImageKept`).
+        kept: Option<cairn_state::Kept>,
         reply: Reply<()>,
     },
     Images {

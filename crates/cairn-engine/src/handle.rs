@@ -315,6 +315,32 @@ impl EngineHandle {
             top: top.to_owned(),
             manifest_digest: manifest_digest.to_owned(),
             config_digest: config_digest.to_owned(),
+            kept: None,
+            reply,
+        })
+    }
+
+    /// `put_image` with the image's original config (and manifest) kept byte for byte, in one
+    /// journaled record (`PutImageKept`): no crash leaves the image recorded without them.
+    /// Refused, with nothing changed, where `put_image` or `put_image_config` would be.
+    pub fn put_image_kept(
+        &self,
+        name: &str,
+        top: &str,
+        manifest_digest: &str,
+        config_digest: &str,
+        config: &[u8],
+        manifest: Option<&[u8]>,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Request::PutImage {
+            name: name.to_owned(),
+            top: top.to_owned(),
+            manifest_digest: manifest_digest.to_owned(),
+            config_digest: config_digest.to_owned(),
+            kept: Some(cairn_state::Kept {
+                config: config.to_vec(),
+                manifest: manifest.map(<[u8]>::to_vec),
+            }),
             reply,
         })
     }
@@ -337,8 +363,8 @@ impl EngineHandle {
         })
     }
 
-    /// Image `name`'s kept config and manifest, `None` if it has none (recorded before
-    /// configs were kept, or a crash came between its `PutImage` and `PutImageConfig`).
+    /// Image `name`'s kept config and manifest, `None` if it has none (recorded by
+    /// `put_image`, or by a load from before configs were kept).
     pub fn image_kept(&self, name: &str) -> Result<Option<cairn_state::Kept>, EngineError> {
         self.call(|reply| Request::ImageKept {
             name: name.to_owned(),

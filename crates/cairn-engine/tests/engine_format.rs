@@ -406,6 +406,16 @@ fn journal_records() -> Vec<Record> {
             config: kept_config(),
             manifest: Some(kept_manifest()),
         },
+        // The same image recorded with its config kept in one record (txid 55).
+        Op::PutImageKept {
+            name: "kept:2".into(),
+            top: digest(0x22),
+            manifest_digest: cairn_state::sha256_digest(&kept_manifest()),
+            config_digest: cairn_state::sha256_digest(&kept_config()),
+            time_ns: T0 + 20,
+            config: kept_config(),
+            manifest: Some(kept_manifest()),
+        },
     ];
     ops.into_iter()
         .zip(1u64..)
@@ -417,7 +427,7 @@ fn journal_records() -> Vec<Record> {
 }
 
 /// How many records the fixture journal has: the LSN and txid of the last.
-const JOURNAL_RECORDS: u64 = 54;
+const JOURNAL_RECORDS: u64 = 55;
 
 /// Every `Op` variant is in the fixture journal. The match has no wildcard, so a new variant
 /// does not compile until the fixture has a record of it (and the fixtures are re-blessed).
@@ -449,9 +459,10 @@ fn journal_fixture_has_every_op() {
             Op::BeginDetachedImport { .. } => "BeginDetachedImport",
             Op::CompleteDetachedImport { .. } => "CompleteDetachedImport",
             Op::PutImageConfig { .. } => "PutImageConfig",
+            Op::PutImageKept { .. } => "PutImageKept",
         });
     }
-    assert_eq!(seen.len(), 21, "one of each of the 21 variants: {seen:?}");
+    assert_eq!(seen.len(), 22, "one of each of the 22 variants: {seen:?}");
 }
 
 /// The state the fixture journal gives: what the fixture checkpoint holds.
@@ -587,10 +598,12 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(cp.state.pending.len(), 4);
     assert_eq!(cp.state.mounts.len(), 1);
     assert_eq!(cp.state.layers.len(), 4);
-    assert_eq!(cp.state.images.len(), 3);
-    let kept = cp.state.images["kept:1"].kept.as_ref().expect("kept");
-    assert_eq!(kept.config, kept_config());
-    assert_eq!(kept.manifest.as_deref(), Some(&kept_manifest()[..]));
+    assert_eq!(cp.state.images.len(), 4);
+    for name in ["kept:1", "kept:2"] {
+        let kept = cp.state.images[name].kept.as_ref().expect("kept");
+        assert_eq!(kept.config, kept_config());
+        assert_eq!(kept.manifest.as_deref(), Some(&kept_manifest()[..]));
+    }
     assert!(cp.state.containers.is_empty());
     let bytes = check_fixture("checkpoint", &checkpoint::encode(STORE, &cp));
     assert_eq!(
@@ -602,8 +615,8 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     assert_eq!(le_u16(&bytes, 8), 4, "version");
     assert_eq!(&bytes[10..16], [0u8; 6], "reserved");
     assert_eq!(bytes[16..32], STORE.0.to_le_bytes(), "store id");
-    assert_eq!(le_u64(&bytes, 32), 54, "LSN covered");
-    assert_eq!(le_u64(&bytes, 40), 54, "last txid");
+    assert_eq!(le_u64(&bytes, 32), 55, "LSN covered");
+    assert_eq!(le_u64(&bytes, 40), 55, "last txid");
     assert_eq!(
         le_u64(&bytes, 48),
         (bytes.len() - 64) as u64,
@@ -614,8 +627,8 @@ fn checkpoint_fixture_is_byte_exact_and_reads_back() {
     h.update(&bytes[64..]);
     assert_eq!(le_u32(&bytes, 56), h.finalize(), "crc");
     assert_eq!(&bytes[60..64], [0u8; 4], "reserved");
-    // The payload starts with State's first two fields: last_txid 54, next_id 16 (varints).
-    assert_eq!(&bytes[64..66], [54, 16]);
+    // The payload starts with State's first two fields: last_txid 55, next_id 16 (varints).
+    assert_eq!(&bytes[64..66], [55, 16]);
     assert_eq!(bytes[66], 7, "seven snapshots");
 }
 

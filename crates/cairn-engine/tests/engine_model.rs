@@ -671,7 +671,7 @@ fn model_config(state: &State, top: &str) -> Vec<u8> {
 fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
     let next = SnapshotId(state.next_id);
     let chain = || CHAINS.to_vec();
-    match rng.gen_range(0..19) {
+    match rng.gen_range(0..20) {
         0..=2 => Op::BeginCreate {
             key: any_key(rng),
             parent: rng.gen_bool(0.6).then(|| any_key(rng)),
@@ -757,6 +757,26 @@ fn random_op(rng: &mut ChaCha8Rng, state: &State) -> Op {
             Op::PutImageConfig {
                 name,
                 config: model_config(state, &top),
+                manifest: None,
+            }
+        }
+        // An image recorded with a config kept in the same record: its chain's (accepted), or
+        // another chain's (refused whole: the image is not recorded either).
+        19 => {
+            let top = chain().choose(rng).expect("chain").to_string();
+            let config_top = if rng.gen_bool(0.7) {
+                top.clone()
+            } else {
+                chain().choose(rng).expect("chain").to_string()
+            };
+            let config = model_config(state, &config_top);
+            Op::PutImageKept {
+                name: ["img", "other"].choose(rng).expect("names").to_string(),
+                config_digest: cairn_state::sha256_digest(&config),
+                top,
+                manifest_digest: "sha256:m".into(),
+                time_ns: 8,
+                config,
                 manifest: None,
             }
         }

@@ -338,3 +338,99 @@ fn kept_image_config_refusals_change_nothing_and_it_survives_reopen_and_checkpoi
     let fsck = engine.fsck(false).expect("fsck");
     assert!(fsck.is_clean(), "{fsck:?}");
 }
+
+/// `PutImageKept` through the engine: the image and its kept config in one record. A refusal
+/// of either half records nothing (no image without its config); an accepted one survives a
+/// reopen from the journal.
+#[test]
+fn an_image_recorded_with_its_config_in_one_record_is_whole_or_absent() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let root = d.path().join("root");
+    let engine = open(&root);
+    let l0 = import(&engine, tar_of(&[("a", b"base")], &[]), None);
+    let l1 = import(&engine, tar_of(&[("b", b"top")], &[]), Some(&l0.chain_id));
+    let config = config_for(&[&l0.diff_id, &l1.diff_id]);
+    let manifest = br#"{"schemaVersion":2,"layers":[]}"#.to_vec();
+    let config_digest = cairn_state::sha256_digest(&config);
+    let manifest_digest = cairn_state::sha256_digest(&manifest);
+    let before = engine.images().expect("images");
+    let refused = |r: Result<(), EngineError>| match r {
+        Err(EngineError::State(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // The config half refused (its DiffIDs are one layer short): no image either.
+    let short = config_for(&[&l0.diff_id]);
+    assert!(matches!(
+        refused(engine.put_image_kept(
+            "kept:1",
+            &l1.chain_id,
+            &manifest_digest,
+            &cairn_state::sha256_digest(&short),
+            &short,
+            Some(&manifest),
+        )),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::ConfigLayers { .. }
+        }
+    ));
+    // A digest that is not the config's.
+    assert!(matches!(
+        refused(engine.put_image_kept(
+            "kept:1",
+            &l1.chain_id,
+            &manifest_digest,
+            &manifest_digest,
+            &config,
+            Some(&manifest),
+        )),
+        StateError::InvalidArgument {
+            reason: cairn_state::Invalid::KeptDigest { what: "config", .. }
+        }
+    ));
+    // The image half refused (an unknown top layer).
+    assert!(matches!(
+        refused(engine.put_image_kept(
+            "kept:1",
+            "sha256:0000",
+            &manifest_digest,
+            &config_digest,
+            &config,
+            None,
+        )),
+        StateError::NotFound { .. }
+    ));
+    assert_eq!(engine.images().expect("images"), before);
+    assert!(
+        matches!(
+            engine.image_kept("kept:1"),
+            Err(EngineError::State(StateError::NotFound { .. }))
+        ),
+        "a refused PutImageKept recorded no image"
+    );
+
+    engine
+        .put_image_kept(
+            "kept:1",
+            &l1.chain_id,
+            &manifest_digest,
+            &config_digest,
+            &config,
+            Some(&manifest),
+        )
+        .expect("put image kept");
+    let kept = cairn_state::Kept {
+        config: config.clone(),
+        manifest: Some(manifest.clone()),
+    };
+    assert_eq!(
+        engine.image_kept("kept:1").expect("kept"),
+        Some(kept.clone())
+    );
+    assert_eq!(engine.images().expect("images").len(), before.len() + 1);
+    // Dropped without close: the next open replays it from the journal.
+    drop(engine);
+    let engine = open(&root);
+    assert_eq!(engine.image_kept("kept:1").expect("kept"), Some(kept));
+    let fsck = engine.fsck(false).expect("fsck");
+    assert!(fsck.is_clean(), "{fsck:?}");
+}

@@ -142,11 +142,16 @@ fn load_one(
     }
     let top = parent.expect("at least one layer");
     for name in &plan.names {
-        engine.put_image(name, &top, &plan.manifest_digest, &plan.config_digest)?;
-        // Its own journaled command right after: a crash between the two leaves the image
-        // without a kept config, which `cairn push` handles by synthesizing one as before
-        // (docs/registry.md, "Push"); loading again keeps it.
-        engine.put_image_config(name, &plan.config, plan.manifest.as_deref())?;
+        // The image and its original config (and manifest) in one record: no crash leaves the
+        // image listed without them (`cairn push` re-sends them, docs/registry.md).
+        engine.put_image_kept(
+            name,
+            &top,
+            &plan.manifest_digest,
+            &plan.config_digest,
+            &plan.config,
+            plan.manifest.as_deref(),
+        )?;
     }
     Ok(Loaded {
         names: plan.names.clone(),

@@ -201,15 +201,16 @@ pub fn pull(
         return Err(e);
     }
     let top = planned[count - 1].chain_id.clone();
-    engine.put_image(
+    // The image with its config and manifest kept, in one record: no crash leaves it listed
+    // without them (push re-sends them, docs/registry.md).
+    engine.put_image_kept(
         &name,
         &top,
         &resolved.digest.to_string(),
         &config_digest.to_string(),
+        &config,
+        Some(&resolved.bytes),
     )?;
-    // Its own journaled command right after: a crash between the two leaves the image without
-    // a kept config (push then synthesizes one, docs/registry.md); pulling again keeps it.
-    engine.put_image_config(&name, &config, Some(&resolved.bytes))?;
     if has_hold(engine.images()?) {
         engine.remove_image(&hold)?;
     }

@@ -5,10 +5,10 @@
 //! registry is known. Then the config, then the manifest.
 //!
 //! The config pushed is the image's original, kept with it by `image load` and `pull`
-//! (`PutImageConfig`), byte for byte, so its digest is the original's; the kept manifest is
+//! (`PutImageKept`: one record with the image), byte for byte, so its digest is the original's; the kept manifest is
 //! re-sent as is when the layers it names are the (uncompressed) blobs pushed, else a manifest
 //! naming the kept config is built. An image without a kept config (a store from before kept
-//! configs, or a crash between `PutImage` and `PutImageConfig`) gets a synthesized config: the
+//! configs, or one recorded by `put_image` alone) gets a synthesized config: the
 //! platform and the DiffIDs (`rootfs`), nothing of the original's `Env`, `Cmd` or history;
 //! `Pushed::config` says which.
 

@@ -46,9 +46,9 @@ pub struct Image {
     pub manifest_digest: String,
     pub config_digest: String,
     pub created_ns: i64,
-    /// The original config (and manifest) as loaded or pulled, kept by `PutImageConfig`;
-    /// `None` for an image recorded without them (a store from before issue 14's kept
-    /// configs, or a crash between `PutImage` and `PutImageConfig`).
+    /// The original config (and manifest) as loaded or pulled, kept by `PutImageKept` (or
+    /// `PutImageConfig`); `None` for an image recorded without them (`PutImage` alone, or a
+    /// store from before kept configs).
     pub kept: Option<Kept>,
 }
 

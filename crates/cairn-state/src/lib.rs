@@ -440,6 +440,21 @@ impl Draft<'_> {
                 config,
                 manifest,
             } => self.put_image_config(name, config, manifest),
+            Op::PutImageKept {
+                name,
+                top,
+                manifest_digest,
+                config_digest,
+                time_ns,
+                config,
+                manifest,
+            } => {
+                // Both on one draft: a kept config that is refused drops the image with it.
+                let mut effects =
+                    self.put_image(name, top, manifest_digest, config_digest, *time_ns)?;
+                effects.extend(self.put_image_config(name, config, manifest)?);
+                Ok(effects)
+            }
             Op::CollectLayers => Ok(self.collect_layers()),
             Op::BeginContainer {
                 name,

@@ -219,6 +219,25 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
                 None => Ok(()),
             }
         }
+        Op::PutImageKept {
+            name,
+            top,
+            manifest_digest,
+            config_digest,
+            config,
+            manifest,
+            ..
+        } => {
+            key_len(name, key)?;
+            check_len("top", top, digest)?;
+            check_len("manifest_digest", manifest_digest, digest)?;
+            check_len("config_digest", config_digest, digest)?;
+            blob_len("config", config, MAX_KEPT_CONFIG_BYTES)?;
+            match manifest {
+                Some(m) => blob_len("manifest", m, MAX_KEPT_MANIFEST_BYTES),
+                None => Ok(()),
+            }
+        }
         Op::BeginContainer { name, layer, .. } => {
             key_len(name, MAX_CONTAINER_NAME_BYTES)?;
             check_len("layer", layer, digest)
@@ -311,6 +330,25 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
             manifest,
         } => {
             string(name)
+                + VARINT
+                + config.len()
+                + 1
+                + manifest.as_ref().map_or(0, |m| VARINT + m.len())
+        }
+        Op::PutImageKept {
+            name,
+            top,
+            manifest_digest,
+            config_digest,
+            config,
+            manifest,
+            ..
+        } => {
+            string(name)
+                + string(top)
+                + string(manifest_digest)
+                + string(config_digest)
+                + VARINT
                 + VARINT
                 + config.len()
                 + 1

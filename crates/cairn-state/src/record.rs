@@ -156,6 +156,19 @@ pub enum Op {
         config: Vec<u8>,
         manifest: Option<Vec<u8>>,
     },
+    /// `PutImage` and `PutImageConfig` of the same image in one record: an image load or a
+    /// pull records its image with the original config (and manifest) kept, so no crash can
+    /// leave the image listed without them. Refused, with nothing changed, where either would
+    /// be.
+    PutImageKept {
+        name: String,
+        top: String,
+        manifest_digest: String,
+        config_digest: String,
+        time_ns: i64,
+        config: Vec<u8>,
+        manifest: Option<Vec<u8>>,
+    },
 }
 
 impl Op {

@@ -115,14 +115,27 @@ impl Core {
                 top,
                 manifest_digest,
                 config_digest,
+                kept,
                 reply,
             } => {
-                let op = Op::PutImage {
-                    name,
-                    top,
-                    manifest_digest,
-                    config_digest,
-                    time_ns: now_ns(),
+                let time_ns = now_ns();
+                let op = match kept {
+                    None => Op::PutImage {
+                        name,
+                        top,
+                        manifest_digest,
+                        config_digest,
+                        time_ns,
+                    },
+                    Some(cairn_state::Kept { config, manifest }) => Op::PutImageKept {
+                        name,
+                        top,
+                        manifest_digest,
+                        config_digest,
+                        time_ns,
+                        config,
+                        manifest,
+                    },
                 };
                 self.remove_op(op, reply, batch);
             }

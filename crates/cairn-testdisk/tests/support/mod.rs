@@ -202,9 +202,10 @@ pub fn exec(h: &EngineHandle, step: &Step) -> (Effect, Result<(), String>) {
                 Ok(l) => l,
                 Err(e) => {
                     // An image load is several journaled commands (its layers' imports, then
-                    // `PutImage` and `PutImageConfig`), so one that answered Err may still
-                    // have made the image whole before its last command failed: its in-flight
-                    // outcome is a whole load's, learnt from an earlier run that succeeded.
+                    // `PutImageKept`), and a failed sync answers Err after the record may be
+                    // on disk: a load that answered Err may still have made the image whole.
+                    // Its in-flight outcome is a whole load's, learnt from an earlier run
+                    // that succeeded.
                     let whole = LOADED.get().cloned().unwrap_or(Effect::Insert {
                         layers: vec![],
                         images: vec![],
