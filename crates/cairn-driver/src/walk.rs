@@ -14,91 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// The names in a directory, sorted (a stable order makes copies and walks reproducible).
 pub(crate) fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, DriverError> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| DriverError::io("readdir", dir, e))? {
-        names.push(
-            entry
-                .map_err(|e| DriverError::io("readdir", dir, e))?
-                .file_name(),
-        );
-    }
-    names.sort();
-    Ok(names.into_iter())
-}
-
-/// Visits `root` and then every entry below it, parents before children, with its lstat.
-pub(crate) fn walk(
-    root: &Path,
-    mut visit: impl FnMut(&Path, &Metadata) -> Result<(), DriverError>,
-) -> Result<(), DriverError> {
-    let meta = fs::symlink_metadata(root).map_err(|e| DriverError::io("lstat", root, e))?;
-    visit(root, &meta)?;
-    if !meta.is_dir() {
-        return Ok(());
-    }
-    let mut stack = vec![(root.to_path_buf(), list_dir(root)?)];
-    while let Some((dir, names)) = stack.last_mut() {
-        let Some(name) = names.next() else {
-            stack.pop();
-            continue;
-        };
-        let path: PathBuf = dir.join(name);
-        // lstat: symlinks are reported, never followed.
-        let meta = fs::symlink_metadata(&path).map_err(|e| DriverError::io("lstat", &path, e))?;
-        visit(&path, &meta)?;
-        if meta.is_dir() {
-            let names = list_dir(&path)?;
-            stack.push((path, names));
-        }
-    }
-    Ok(())
-}
-
-/// `walk`'s visits as a list (the same order), or `None` as soon as the tree turns out to hold
-/// more than `max_inodes` entries, its root included: a small tree read once, for callers that
-/// need it several ways (an inline seal's usage, fsync list and digest). A directory is read
-/// only as far as the bound, so a huge one costs no more than a small one.
-pub(crate) fn walk_small(
-    root: &Path,
-    max_inodes: u64,
-) -> Result<Option<Vec<(PathBuf, Metadata)>>, DriverError> {
-    let max = usize::try_from(max_inodes).unwrap_or(usize::MAX);
-    let meta = fs::symlink_metadata(root).map_err(|e| DriverError::io("lstat", root, e))?;
-    let is_dir = meta.is_dir();
-    let mut entries = vec![(root.to_path_buf(), meta)];
-    if entries.len() > max {
-        return Ok(None);
-    }
-    if !is_dir {
-        return Ok(Some(entries));
-    }
-    let Some(names) = list_dir_bounded(root, max.saturating_sub(entries.len()))? else {
-        return Ok(None);
-    };
-    let mut stack = vec![(root.to_path_buf(), names)];
-    while let Some((dir, names)) = stack.last_mut() {
-        let Some(name) = names.next() else {
-            stack.pop();
-            continue;
-        };
-        let path: PathBuf = dir.join(name);
-        let meta = fs::symlink_metadata(&path).map_err(|e| DriverError::io("lstat", &path, e))?;
-        let is_dir = meta.is_dir();
-        entries.push((path.clone(), meta));
-        if entries.len() > max {
-            return Ok(None);
-        }
-        if is_dir {
-            // Names not yet visited still count against the bound.
-            let pending: usize = stack.iter().map(|(_, n)| n.len()).sum();
-            let room = max.saturating_sub(entries.len() + pending);
-            let Some(names) = list_dir_bounded(&path, room)? else {
-                return Ok(None);
-            };
-            stack.push((path, names));
-        }
-    }
-    Ok(Some(entries))
+    Ok(list_dir_bounded(dir, usize::MAX)?.unwrap_or_default())
 }
 
 /// `list_dir`, or `None` once the directory holds more than `limit` names.
@@ -119,6 +35,79 @@ fn list_dir_bounded(
     }
     names.sort();
     Ok(Some(names.into_iter()))
+}
+
+/// Visits `root` and then every entry below it, parents before children, with its lstat.
+pub(crate) fn walk(
+    root: &Path,
+    visit: impl FnMut(&Path, &Metadata) -> Result<(), DriverError>,
+) -> Result<(), DriverError> {
+    walk_bounded(root, usize::MAX, visit).map(|_| ())
+}
+
+/// `walk`'s visits as a list (the same order), or `None` as soon as the tree turns out to hold
+/// more than `max_inodes` entries, its root included: a small tree read once, for callers that
+/// need it several ways (an inline seal's usage, fsync list and digest). A directory is read
+/// only as far as the bound, so a huge one costs no more than a small one.
+pub(crate) fn walk_small(
+    root: &Path,
+    max_inodes: u64,
+) -> Result<Option<Vec<(PathBuf, Metadata)>>, DriverError> {
+    let max = usize::try_from(max_inodes).unwrap_or(usize::MAX);
+    let mut entries = Vec::new();
+    let within = walk_bounded(root, max, |path, meta| {
+        entries.push((path.to_path_buf(), meta.clone()));
+        Ok(())
+    })?;
+    Ok(within.then_some(entries))
+}
+
+/// The walk both share: `false` (and no more visits) once more than `max` entries, the root
+/// included, are found or listed.
+fn walk_bounded(
+    root: &Path,
+    max: usize,
+    mut visit: impl FnMut(&Path, &Metadata) -> Result<(), DriverError>,
+) -> Result<bool, DriverError> {
+    if max == 0 {
+        return Ok(false);
+    }
+    let meta = fs::symlink_metadata(root).map_err(|e| DriverError::io("lstat", root, e))?;
+    visit(root, &meta)?;
+    let mut seen = 1usize;
+    if !meta.is_dir() {
+        return Ok(true);
+    }
+    let Some(names) = list_dir_bounded(root, max - seen)? else {
+        return Ok(false);
+    };
+    let mut stack = vec![(root.to_path_buf(), names)];
+    while let Some((dir, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
+            stack.pop();
+            continue;
+        };
+        let path: PathBuf = dir.join(name);
+        // lstat: symlinks are reported, never followed.
+        let meta = fs::symlink_metadata(&path).map_err(|e| DriverError::io("lstat", &path, e))?;
+        visit(&path, &meta)?;
+        seen += 1;
+        if meta.is_dir() {
+            // Names listed and not yet visited count against the bound too (an unbounded
+            // walk skips the sum: it would cost the depth at every directory).
+            let room = if max == usize::MAX {
+                usize::MAX
+            } else {
+                let pending: usize = stack.iter().map(|(_, n)| n.len()).sum();
+                max.saturating_sub(seen.saturating_add(pending))
+            };
+            let Some(names) = list_dir_bounded(&path, room)? else {
+                return Ok(false);
+            };
+            stack.push((path, names));
+        }
+    }
+    Ok(true)
 }
 
 /// Counts a tree the way `Driver::usage` defines it: every inode once (the root directory

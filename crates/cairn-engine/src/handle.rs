@@ -310,14 +310,7 @@ impl EngineHandle {
         manifest_digest: &str,
         config_digest: &str,
     ) -> Result<(), EngineError> {
-        self.call(|reply| Request::PutImage {
-            name: name.to_owned(),
-            top: top.to_owned(),
-            manifest_digest: manifest_digest.to_owned(),
-            config_digest: config_digest.to_owned(),
-            kept: None,
-            reply,
-        })
+        self.put_image_with(name, top, manifest_digest, config_digest, None)
     }
 
     /// `put_image` with the image's original config (and manifest) kept byte for byte, in one
@@ -332,15 +325,27 @@ impl EngineHandle {
         config: &[u8],
         manifest: Option<&[u8]>,
     ) -> Result<(), EngineError> {
+        let kept = cairn_state::Kept {
+            config: config.to_vec(),
+            manifest: manifest.map(<[u8]>::to_vec),
+        };
+        self.put_image_with(name, top, manifest_digest, config_digest, Some(kept))
+    }
+
+    fn put_image_with(
+        &self,
+        name: &str,
+        top: &str,
+        manifest_digest: &str,
+        config_digest: &str,
+        kept: Option<cairn_state::Kept>,
+    ) -> Result<(), EngineError> {
         self.call(|reply| Request::PutImage {
             name: name.to_owned(),
             top: top.to_owned(),
             manifest_digest: manifest_digest.to_owned(),
             config_digest: config_digest.to_owned(),
-            kept: Some(cairn_state::Kept {
-                config: config.to_vec(),
-                manifest: manifest.map(<[u8]>::to_vec),
-            }),
+            kept,
             reply,
         })
     }

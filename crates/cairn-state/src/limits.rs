@@ -128,6 +128,28 @@ fn blob_len(field: &'static str, value: &[u8], max: usize) -> Result<(), StateEr
     Ok(())
 }
 
+/// The fields `PutImage` and `PutImageKept` share.
+fn image_fields(
+    name: &str,
+    top: &str,
+    manifest_digest: &str,
+    config_digest: &str,
+) -> Result<(), StateError> {
+    key_len(name, MAX_KEY_BYTES)?;
+    check_len("top", top, MAX_DIGEST_BYTES)?;
+    check_len("manifest_digest", manifest_digest, MAX_DIGEST_BYTES)?;
+    check_len("config_digest", config_digest, MAX_DIGEST_BYTES)
+}
+
+/// The kept bytes `PutImageConfig` and `PutImageKept` share.
+fn kept_fields(config: &[u8], manifest: &Option<Vec<u8>>) -> Result<(), StateError> {
+    blob_len("config", config, MAX_KEPT_CONFIG_BYTES)?;
+    match manifest {
+        Some(m) => blob_len("manifest", m, MAX_KEPT_MANIFEST_BYTES),
+        None => Ok(()),
+    }
+}
+
 fn opt_key(value: &Option<String>, max: usize) -> Result<(), StateError> {
     match value {
         Some(v) => key_len(v, max),
@@ -200,12 +222,7 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             manifest_digest,
             config_digest,
             ..
-        } => {
-            key_len(name, key)?;
-            check_len("top", top, digest)?;
-            check_len("manifest_digest", manifest_digest, digest)?;
-            check_len("config_digest", config_digest, digest)
-        }
+        } => image_fields(name, top, manifest_digest, config_digest),
         Op::RemoveImage { name } => key_len(name, key),
         Op::PutImageConfig {
             name,
@@ -213,11 +230,7 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             manifest,
         } => {
             key_len(name, key)?;
-            blob_len("config", config, MAX_KEPT_CONFIG_BYTES)?;
-            match manifest {
-                Some(m) => blob_len("manifest", m, MAX_KEPT_MANIFEST_BYTES),
-                None => Ok(()),
-            }
+            kept_fields(config, manifest)
         }
         Op::PutImageKept {
             name,
@@ -228,15 +241,8 @@ pub fn check_op(op: &Op) -> Result<(), StateError> {
             manifest,
             ..
         } => {
-            key_len(name, key)?;
-            check_len("top", top, digest)?;
-            check_len("manifest_digest", manifest_digest, digest)?;
-            check_len("config_digest", config_digest, digest)?;
-            blob_len("config", config, MAX_KEPT_CONFIG_BYTES)?;
-            match manifest {
-                Some(m) => blob_len("manifest", m, MAX_KEPT_MANIFEST_BYTES),
-                None => Ok(()),
-            }
+            image_fields(name, top, manifest_digest, config_digest)?;
+            kept_fields(config, manifest)
         }
         Op::BeginContainer { name, layer, .. } => {
             key_len(name, MAX_CONTAINER_NAME_BYTES)?;
@@ -278,6 +284,11 @@ fn opt_string(s: &Option<String>) -> usize {
 
 fn labels(l: &Labels) -> usize {
     VARINT + l.iter().map(|(k, v)| string(k) + string(v)).sum::<usize>()
+}
+
+/// A kept config (bytes) and manifest (option of bytes).
+fn kept(config: &[u8], manifest: &Option<Vec<u8>>) -> usize {
+    VARINT + config.len() + 1 + manifest.as_ref().map_or(0, |m| VARINT + m.len())
 }
 
 fn usage(u: &Option<Usage>) -> usize {
@@ -328,13 +339,7 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
             name,
             config,
             manifest,
-        } => {
-            string(name)
-                + VARINT
-                + config.len()
-                + 1
-                + manifest.as_ref().map_or(0, |m| VARINT + m.len())
-        }
+        } => string(name) + kept(config, manifest),
         Op::PutImageKept {
             name,
             top,
@@ -349,10 +354,7 @@ pub fn encoded_bytes_bound(record: &Record) -> usize {
                 + string(manifest_digest)
                 + string(config_digest)
                 + VARINT
-                + VARINT
-                + config.len()
-                + 1
-                + manifest.as_ref().map_or(0, |m| VARINT + m.len())
+                + kept(config, manifest)
         }
         Op::BeginContainer { name, layer, .. } => string(name) + string(layer) + 2 * VARINT,
         Op::Mount { key, target } => string(key) + string(target),
