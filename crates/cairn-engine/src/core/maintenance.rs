@@ -33,8 +33,13 @@ impl Core {
     /// Bring the index up to the state: every key changed since its last write, and the
     /// applied txid, in one atomic sled batch (or a rebuild after a failed write).
     pub(crate) fn write_index(&mut self) {
-        // A damaged index (sled panicked) is left alone until the next open rebuilds it.
-        if !self.index_behind || self.index.is_damaged() {
+        if !self.index_behind {
+            return;
+        }
+        if self.index.is_damaged() {
+            // Left alone until the next open rebuilds it whole: nothing noted is needed, and
+            // the set stays bounded.
+            self.index_pending.clear();
             return;
         }
         let touched: Vec<String> = std::mem::take(&mut self.index_pending)
