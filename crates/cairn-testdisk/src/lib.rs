@@ -82,7 +82,10 @@ impl FsKind {
     /// of 256 MiB has room for its DUP metadata and a few data chunks).
     pub fn image_bytes(self) -> u64 {
         match self {
-            FsKind::Ext4 => 128 << 20,
+            // Two block groups of 4 KiB blocks (128 MiB each), so the primary superblock has a
+            // backup: ext4 writes the primary in place at mount, and e2fsck repairs a torn one
+            // only from a backup (docs/testdisk.md). A 128 MiB ext4 has a single group and none.
+            FsKind::Ext4 => 160 << 20,
             FsKind::Xfs => 320 << 20,
             FsKind::Btrfs => 256 << 20,
         }

@@ -144,6 +144,12 @@ pub fn power_cuts(fs: FsKind, drivers: &[DriverKind], workload: &[Step], default
             super::SUPERBLOCKS_RECOVERED.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
+    if fs == FsKind::Ext4 {
+        println!(
+            "ext4_torn_superblocks_repaired: {} (crash images mounted after e2fsck from a backup superblock)",
+            super::SUPERBLOCKS_RECOVERED.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     for f in &failures {
         println!("FAILED: {f}");
     }

@@ -484,8 +484,8 @@ pub fn check_root(root: &Path, driver: DriverKind, expect: &Expect) {
     h.close().expect("close");
 }
 
-/// Crash images of a btrfs whose primary superblock was torn, mounted after
-/// `btrfs rescue super-recover` (see `check_image`).
+/// Crash images whose primary superblock was torn, mounted after `btrfs rescue super-recover`
+/// (btrfs) or `e2fsck` from a backup superblock (ext4; see `check_image`).
 pub static SUPERBLOCKS_RECOVERED: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
@@ -535,6 +535,28 @@ pub fn check_image(
                 )
             })?;
             SUPERBLOCKS_RECOVERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            a
+        }
+        Err(e) if fs == FsKind::Ext4 && !repair_first => {
+            // ext4 writes its 1 KiB primary superblock in place at mount (outside the journal),
+            // across two 512-byte sectors: a cut that tears that write leaves a superblock
+            // whose checksum fails, and the kernel does not fall back to a backup. The
+            // operator's remedy is e2fsck, which opens the file system from a backup
+            // superblock, replays the journal and rewrites the primary. Only that case is
+            // repaired here; anything else that fails the mount is a failure.
+            let out = cairn_testdisk::repair(fs, image)
+                .map_err(|r| format!("the crash image does not mount: {e}; repair: {r}"))?;
+            if !out.contains("trying backup blocks") {
+                return Err(format!(
+                    "the crash image does not mount: {e}; repair: {}",
+                    out.lines().take(12).collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            let a = Attached::mount(image, fs, mnt).map_err(|e2| {
+                format!("the crash image does not mount: {e}; after e2fsck from a backup superblock: {e2}")
+            })?;
+            SUPERBLOCKS_RECOVERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            repaired = out;
             a
         }
         Err(e) => {
