@@ -84,12 +84,8 @@ impl<'a> TreeDigest<'a> {
     }
 
     fn finish(self) -> String {
-        let mut out = String::with_capacity(71);
-        out.push_str("sha256:");
-        for b in self.hasher.finalize() {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        // `sha256:<64 hex>`, as every other digest cairn prints.
+        cairn_layer::digest::Digest(self.hasher.finalize().into()).to_string()
     }
 }
 

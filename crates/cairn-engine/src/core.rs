@@ -182,8 +182,6 @@ impl Core {
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint at shutdown failed");
             }
-            // The checkpoint wrote the index (write_index) unless it had nothing to do.
-            self.write_index();
             if let Err(e) = self.index.flush() {
                 tracing::warn!(error = %e, "index flush at shutdown failed");
             }

@@ -301,25 +301,9 @@ impl Draft<'_> {
         let image = self.images.get(name).ok_or_else(|| StateError::NotFound {
             key: name.to_owned(),
         })?;
-        let found = crate::kept::sha256_digest(config);
-        if found != image.config_digest {
-            return Err(super::invalid(Invalid::KeptDigest {
-                image: name.to_owned(),
-                what: "config",
-                expected: image.config_digest.clone(),
-                found,
-            }));
-        }
+        check_kept_digest(name, "config", config, &image.config_digest)?;
         if let Some(m) = manifest {
-            let found = crate::kept::sha256_digest(m);
-            if found != image.manifest_digest {
-                return Err(super::invalid(Invalid::KeptDigest {
-                    image: name.to_owned(),
-                    what: "manifest",
-                    expected: image.manifest_digest.clone(),
-                    found,
-                }));
-            }
+            check_kept_digest(name, "manifest", m, &image.manifest_digest)?;
         }
         let diff_ids = crate::kept::config_diff_ids(config).map_err(|reason| {
             super::invalid(Invalid::BadConfig {
@@ -380,4 +364,23 @@ impl Draft<'_> {
         }
         effects
     }
+}
+
+/// `KeptDigest` unless `bytes` (image `image`'s `what` to keep) hash to `expected`.
+fn check_kept_digest(
+    image: &str,
+    what: &'static str,
+    bytes: &[u8],
+    expected: &str,
+) -> Result<(), StateError> {
+    let found = crate::kept::sha256_digest(bytes);
+    if found != expected {
+        return Err(super::invalid(Invalid::KeptDigest {
+            image: image.to_owned(),
+            what,
+            expected: expected.to_owned(),
+            found,
+        }));
+    }
+    Ok(())
 }

@@ -108,7 +108,7 @@ impl Core {
             } => self.begin_import(input, options, hold, reply, batch),
             Request::Detached(d) => self.handle_detached(d, batch),
             Request::RemoveLayer { chain_id, reply } => {
-                self.remove_op(Op::RemoveLayer { chain_id }, reply, batch)
+                self.journal_op(Op::RemoveLayer { chain_id }, reply, batch)
             }
             Request::PutImage {
                 name,
@@ -137,7 +137,7 @@ impl Core {
                         manifest,
                     },
                 };
-                self.remove_op(op, reply, batch);
+                self.journal_op(op, reply, batch);
             }
             Request::PutImageConfig {
                 name,
@@ -150,10 +150,10 @@ impl Core {
                     config,
                     manifest,
                 };
-                self.remove_op(op, reply, batch);
+                self.journal_op(op, reply, batch);
             }
             Request::RemoveImage { name, reply } => {
-                self.remove_op(Op::RemoveImage { name }, reply, batch)
+                self.journal_op(Op::RemoveImage { name }, reply, batch)
             }
             Request::CreateContainer {
                 name,
@@ -162,7 +162,7 @@ impl Core {
                 reply,
             } => self.create_container(name, layer, image, reply, batch),
             Request::RemoveContainer { name, reply } => {
-                self.remove_op(Op::RemoveContainer { name }, reply, batch)
+                self.journal_op(Op::RemoveContainer { name }, reply, batch)
             }
             // Reads: answered from the state now, or measured on a worker.
             Request::Stat { key, reply } => batch.reply(reply, self.stat(&key)),
@@ -268,9 +268,10 @@ impl Core {
         }
     }
 
-    /// A one-record command whose effects may delete trees: journal it, then reply once the
-    /// deletions are done (the last `Delete` effect carries the reply).
-    fn remove_op(&mut self, op: Op, reply: Reply<()>, batch: &mut Batch) {
+    /// A one-record command with no worker step (recording an image, removing a layer, an
+    /// image or a container): journal it, then reply, once its deletions are done if its
+    /// effects delete trees (the last `Delete` effect carries the reply).
+    fn journal_op(&mut self, op: Op, reply: Reply<()>, batch: &mut Batch) {
         match self.accept(op, batch) {
             Ok((_, effects)) => {
                 let mut reply = Some(reply);
