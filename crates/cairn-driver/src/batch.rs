@@ -170,10 +170,15 @@ impl Layout {
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
     ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
         let start = self.watch().errors();
-        let mut results: Vec<Result<(), DriverError>> = items
-            .iter()
-            .map(|item| self.create_one(item, work(item.kind), &make_tree))
-            .collect();
+        // Each creation's outcome, and its marker file where the file system has no xattrs.
+        let (mut results, marker_files): (Vec<Result<(), DriverError>>, Vec<Option<PathBuf>>) =
+            items
+                .iter()
+                .map(|item| match self.create_one(item, work(item.kind), &make_tree) {
+                    Ok(file) => (Ok(()), file),
+                    Err(e) => (Err(e), None),
+                })
+                .unzip();
         // Each small tree is read once: its usage, its fsync list and (after the sync) its
         // digest all come from the same walk.
         let mut walked: Vec<Vec<(PathBuf, std::fs::Metadata)>> = Vec::with_capacity(seals.len());
@@ -194,14 +199,18 @@ impl Layout {
         let created: Vec<Vec<(PathBuf, bool)>> = items
             .iter()
             .zip(&results)
-            .map(|(item, r)| match r {
+            .zip(&marker_files)
+            .map(|((item, r), marker_file)| match r {
                 Ok(()) => {
+                    // The marker xattr is part of snapshots/<id>'s inode: its fsync covers it.
                     let dir = self.snapshot_dir(item.id);
                     let mut files = vec![(dir.clone(), true), (dir.join(TREE), true)];
                     if work(item.kind) {
                         files.push((dir.join(WORK), true));
                     }
-                    files.push((dir.join(marker::MARKER_NAME), false));
+                    if let Some(file) = marker_file {
+                        files.push((file.clone(), false));
+                    }
                     files
                 }
                 Err(_) => Vec::new(),
@@ -340,12 +349,14 @@ impl Layout {
         checked.transpose()
     }
 
+    /// Makes one creation's directory, marker and tree (unsynced); returns the marker file
+    /// when the marker could not be the directory's xattr.
     fn create_one(
         &self,
         item: &NewTree,
         work: bool,
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Option<PathBuf>, DriverError> {
         if let Some(parent) = item.parent {
             // Nothing is copied, but a missing parent is a caller bug best reported now.
             self.require_installed(parent)?;
@@ -369,13 +380,13 @@ impl Layout {
             // The marker before the tree (nothing is synced yet, and nothing names the
             // directory until the caller journals it): a btrfs snapshot commits the transaction
             // it is made in, and can take the marker with it.
-            marker::write_new_unsynced(&dir, item.txid)?;
+            let marker_file = marker::write_new_unsynced(&dir, item.txid)?;
             make_tree(item, &dir.join(TREE))?;
             if work {
                 let work = dir.join(WORK);
                 fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
             }
-            Ok(())
+            Ok(marker_file)
         })();
         if made.is_err() {
             self.drop_created(item);

@@ -19,6 +19,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const MARKER_NAME: &str = "txid";
+/// The marker of a snapshot directory made inline (`write_new_unsynced`): the same 16 bytes as
+/// an extended attribute of the directory itself, so a creation costs no inode, directory entry
+/// or data block of its own (docs/drivers.md, "Marker format"). Used where the file system
+/// has user xattrs; elsewhere the creation writes the `txid` file.
+pub const MARKER_XATTR: &str = "user.cairn.txid";
 pub(crate) const MARKER_TMP: &str = "txid.tmp";
 const MAGIC: &[u8; 4] = b"CTX1";
 pub const MARKER_LEN: usize = 16;
@@ -135,10 +140,38 @@ pub(crate) fn write_tmp_unsynced(dir: &Path, txid: TxId) -> Result<PathBuf, Driv
     write_unsynced(dir, MARKER_TMP, txid)
 }
 
-/// `write_unsynced` of the marker itself, in a directory created by the same batch that nothing
-/// names yet (an inline creation: its completion is journaled only after the batch's sync).
-pub(crate) fn write_new_unsynced(dir: &Path, txid: TxId) -> Result<PathBuf, DriverError> {
-    write_unsynced(dir, MARKER_NAME, txid)
+/// The marker of a directory created by the same batch that nothing names yet (an inline
+/// creation: its completion is journaled only after the batch's sync), unsynced: the
+/// directory's [`MARKER_XATTR`], which is part of its inode (made durable with it). Where the
+/// file system has no user xattrs, the `txid` file, whose path is returned: the caller makes
+/// it durable too.
+pub(crate) fn write_new_unsynced(dir: &Path, txid: TxId) -> Result<Option<PathBuf>, DriverError> {
+    match xattr::set(dir, MARKER_XATTR, &encode(txid)) {
+        Ok(()) => Ok(None),
+        Err(e) if xattrs_unsupported(&e) => write_unsynced(dir, MARKER_NAME, txid).map(Some),
+        Err(e) => Err(DriverError::io("setxattr", dir, e)),
+    }
+}
+
+/// The file system (or its mount) keeps no user xattrs.
+fn xattrs_unsupported(e: &std::io::Error) -> bool {
+    // ENOTSUP and EOPNOTSUPP are one errno on Linux.
+    e.raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
+/// The directory's [`MARKER_XATTR`]: None when it has none (or the file system keeps none).
+fn read_xattr(dir: &Path) -> Result<Option<TxId>, DriverError> {
+    // xattr::get sizes its buffer from the attribute, which the file system bounds (64 KiB on
+    // Linux); decode refuses anything but the 16-byte record.
+    match xattr::get(dir, MARKER_XATTR) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => decode(&bytes).map(Some).map_err(|fault| DriverError::MarkerCorrupt {
+            path: dir.join(MARKER_XATTR),
+            fault,
+        }),
+        Err(e) if xattrs_unsupported(&e) => Ok(None),
+        Err(e) => Err(DriverError::io("getxattr", dir, e)),
+    }
 }
 
 /// Replaces `<dir>/txid` with the `<dir>/txid.tmp` a batch already made durable (no sync).
@@ -165,8 +198,18 @@ pub fn remove_leftover(dir: &Path) -> Result<bool, DriverError> {
     }
 }
 
-/// Reads `<dir>/txid`. Missing file -> Ok(None); unreadable or corrupt -> Err.
+/// Reads the directory's marker: the `txid` file and the [`MARKER_XATTR`], whichever names the
+/// later transaction when both are there (an inline creation writes the xattr, a later
+/// staged seal or a root from before the xattr the file; txids only grow over a snapshot's
+/// life). Neither -> Ok(None); either unreadable or corrupt -> Err.
 pub fn read(dir: &Path) -> Result<Option<TxId>, DriverError> {
+    let file = read_file(dir)?;
+    let xattr = read_xattr(dir)?;
+    Ok(file.max(xattr))
+}
+
+/// Reads `<dir>/txid`. Missing file -> Ok(None); unreadable or corrupt -> Err.
+fn read_file(dir: &Path) -> Result<Option<TxId>, DriverError> {
     let path = dir.join(MARKER_NAME);
     let file = match fs::OpenOptions::new()
         .read(true)
@@ -207,6 +250,39 @@ mod tests {
         write(d.path(), TxId(4)).expect("write");
         assert_eq!(read(d.path()).expect("read"), Some(TxId(4)));
         assert!(!d.path().join(MARKER_TMP).exists());
+    }
+
+    #[test]
+    fn an_inline_marker_is_the_directory_xattr_and_the_later_marker_wins(
+    ) -> Result<(), DriverError> {
+        let dir = tempfile::tempdir().map_err(|e| DriverError::io("tempdir", "/tmp", e))?;
+        let d = dir.path();
+        let file = write_new_unsynced(d, TxId(4))?;
+        if file.is_some() {
+            // This file system keeps no user xattrs: the creation wrote the file instead.
+            println!("skipped: the temp dir's file system has no user xattrs");
+            assert_eq!(read(d)?, Some(TxId(4)));
+            return Ok(());
+        }
+        assert!(!d.join(MARKER_NAME).exists(), "no marker file, no inode of its own");
+        assert_eq!(read(d)?, Some(TxId(4)));
+        // A staged seal writes the file: it names the later transaction, so it wins.
+        write(d, TxId(9))?;
+        assert_eq!(read(d)?, Some(TxId(9)));
+        // A file older than the xattr (as a root from before the xattr could hold) loses.
+        xattr::set(d, MARKER_XATTR, &encode(TxId(12))).map_err(|e| DriverError::io("set", d, e))?;
+        assert_eq!(read(d)?, Some(TxId(12)));
+        // A torn or foreign xattr is reported, whatever the file says.
+        xattr::set(d, MARKER_XATTR, &encode(TxId(12))[..15])
+            .map_err(|e| DriverError::io("set", d, e))?;
+        assert!(matches!(
+            read(d),
+            Err(DriverError::MarkerCorrupt {
+                fault: MarkerFault::Length(15),
+                ..
+            })
+        ));
+        Ok(())
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Row {
             Row::R29 => "Names in `snapshots/`, `staging/`, `trash/` no driver operation creates (non-decimal, leading zeros, non-directories)",
             Row::R30 => "`wal/<n>.wal.tmp` (segment creation interrupted)",
             Row::R31 => "`Complete`d create whose tree is installed **and** a `staging/<txid>` of the same txid (possible on filesystems that journal the two directories apart)",
-            Row::R32 => "An installed tree whose marker (`snapshots/<id>/txid`) is missing or damaged (cannot follow from a process crash: the marker is durable before the creation completes)",
+            Row::R32 => "An installed tree whose marker (`snapshots/<id>/txid`, or that directory's `user.cairn.txid` xattr) is missing or damaged (cannot follow from a process crash: the marker is durable before the creation completes)",
             Row::R33 => "`BeginImport` without `CompleteImport`/`Abort` (a layer import interrupted while extracting or syncing, or done but not journaled), with or without `staging/<txid>`",
             Row::R34 => "A container whose creation stopped with nothing pending (its init step was dropped or aborted, so its read-write step never began)",
             Row::R35 => "Layers nothing holds (no pin, image, child layer or container: an image load a crash interrupted before it recorded the image)",

@@ -969,6 +969,38 @@ fn r32_installed_tree_with_missing_or_damaged_marker_is_left_for_fsck() {
     );
 }
 
+/// The same row for an inline creation, whose marker is its directory's xattr: a damaged one is
+/// found as a damaged file is, and a sound one is not.
+#[test]
+fn r32_a_damaged_xattr_marker_is_left_for_fsck() {
+    let (_t, root) = new_root();
+    let (h, _) = open(&root).unwrap();
+    h.prepare("a", None, Labels::new()).unwrap();
+    h.close().unwrap();
+    let dir = root.join("snapshots/1");
+    if xattr::get(&dir, cairn_driver::marker::MARKER_XATTR)
+        .unwrap()
+        .is_none()
+    {
+        // The marker fell back to the file: this file system keeps no user xattrs.
+        assert!(dir.join("txid").exists());
+        println!("skipped: the test root's file system keeps no user xattrs");
+        return;
+    }
+    assert!(!dir.join("txid").exists(), "an inline creation writes no marker file");
+    let (h, _) = open(&root).unwrap();
+    clean(&h);
+    h.close().unwrap();
+    xattr::set(&dir, cairn_driver::marker::MARKER_XATTR, b"torn").unwrap();
+    let (h, report) = open(&root).unwrap();
+    assert!(
+        report.lost.is_empty() && report.orphans_removed.is_empty(),
+        "{report:?}"
+    );
+    let fsck = h.fsck(false).unwrap();
+    fsck_fired(&fsck, Row::R32);
+}
+
 /// For the rows recovery leaves to fsck: asserts an fsck finding of `row`.
 fn fsck_fired(fsck: &cairn_engine::FsckReport, row: Row) {
     assert!(

@@ -22,18 +22,24 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes back `dir/txid`'s data (and waits) without an fsync: btrfs puts a marker this small
+/// Writes back `dir/txid`'s data (and waits), when the marker is a file, without an fsync: btrfs puts a marker this small
 /// inline in the file system tree as it writes it back, so it joins the running transaction,
 /// which the snapshot that follows commits. No flush of the device, no log-tree commit. (Were
 /// it not inline, the batch's syncfs afterwards writes it back and commits it.) An error is the
 /// creation's: its tree is removed and nothing is retried over the page.
 fn write_back_marker(dir: &Path) -> Result<(), DriverError> {
     let path = dir.join(MARKER_NAME);
-    let f = std::fs::OpenOptions::new()
+    let f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| DriverError::io("open", &path, e))?;
+    {
+        Ok(f) => f,
+        // The marker is the directory's xattr (btrfs keeps user xattrs): metadata, already in
+        // the running transaction, with nothing to write back.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DriverError::io("open", &path, e)),
+    };
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
