@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 /// The digest of the tree at `root`, as `sha256:<64 hex>`.
@@ -167,11 +167,7 @@ fn entry(
 }
 
 fn content_digest(path: &Path, buf: &mut [u8]) -> Result<[u8; 32], DriverError> {
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| DriverError::io("open", path, e))?;
+    let mut file = fs::File::from(super::walk::open_noatime(path, nix::fcntl::OFlag::empty())?);
     let mut hasher = Sha256::new();
     loop {
         let n = read_some(&mut file, buf).map_err(|e| DriverError::io("read", path, e))?;
