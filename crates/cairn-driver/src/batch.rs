@@ -174,10 +174,12 @@ impl Layout {
         let (mut results, marker_files): (Vec<Result<(), DriverError>>, Vec<Option<PathBuf>>) =
             items
                 .iter()
-                .map(|item| match self.create_one(item, work(item.kind), &make_tree) {
-                    Ok(file) => (Ok(()), file),
-                    Err(e) => (Err(e), None),
-                })
+                .map(
+                    |item| match self.create_one(item, work(item.kind), &make_tree) {
+                        Ok(file) => (Ok(()), file),
+                        Err(e) => (Err(e), None),
+                    },
+                )
                 .unzip();
         // Each small tree is read once: its usage, its fsync list and (after the sync) its
         // digest all come from the same walk.

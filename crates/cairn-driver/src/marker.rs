@@ -165,10 +165,12 @@ fn read_xattr(dir: &Path) -> Result<Option<TxId>, DriverError> {
     // Linux); decode refuses anything but the 16-byte record.
     match xattr::get(dir, MARKER_XATTR) {
         Ok(None) => Ok(None),
-        Ok(Some(bytes)) => decode(&bytes).map(Some).map_err(|fault| DriverError::MarkerCorrupt {
-            path: dir.join(MARKER_XATTR),
-            fault,
-        }),
+        Ok(Some(bytes)) => decode(&bytes)
+            .map(Some)
+            .map_err(|fault| DriverError::MarkerCorrupt {
+                path: dir.join(MARKER_XATTR),
+                fault,
+            }),
         Err(e) if xattrs_unsupported(&e) => Ok(None),
         Err(e) => Err(DriverError::io("getxattr", dir, e)),
     }
@@ -253,8 +255,8 @@ mod tests {
     }
 
     #[test]
-    fn an_inline_marker_is_the_directory_xattr_and_the_later_marker_wins(
-    ) -> Result<(), DriverError> {
+    fn an_inline_marker_is_the_directory_xattr_and_the_later_marker_wins() -> Result<(), DriverError>
+    {
         let dir = tempfile::tempdir().map_err(|e| DriverError::io("tempdir", "/tmp", e))?;
         let d = dir.path();
         let file = write_new_unsynced(d, TxId(4))?;
@@ -264,7 +266,10 @@ mod tests {
             assert_eq!(read(d)?, Some(TxId(4)));
             return Ok(());
         }
-        assert!(!d.join(MARKER_NAME).exists(), "no marker file, no inode of its own");
+        assert!(
+            !d.join(MARKER_NAME).exists(),
+            "no marker file, no inode of its own"
+        );
         assert_eq!(read(d)?, Some(TxId(4)));
         // A staged seal writes the file: it names the later transaction, so it wins.
         write(d, TxId(9))?;

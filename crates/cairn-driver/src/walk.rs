@@ -6,11 +6,11 @@
 
 use super::error::DriverError;
 use cairn_state::types::Usage;
-use std::collections::HashSet;
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};

@@ -987,7 +987,10 @@ fn r32_a_damaged_xattr_marker_is_left_for_fsck() {
         println!("skipped: the test root's file system keeps no user xattrs");
         return;
     }
-    assert!(!dir.join("txid").exists(), "an inline creation writes no marker file");
+    assert!(
+        !dir.join("txid").exists(),
+        "an inline creation writes no marker file"
+    );
     let (h, _) = open(&root).unwrap();
     clean(&h);
     h.close().unwrap();
