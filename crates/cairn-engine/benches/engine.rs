@@ -12,7 +12,9 @@
 //!
 //! - `prepare_commit_ops_per_s_{1,16}_clients`: one op = `prepare` of a fresh key with no parent
 //!   (an empty snapshot) then `commit` of it under a fresh name; both are durable when they
-//!   return. 16 clients are 16 threads sharing one cloned handle.
+//!   return. 16 clients are 16 threads sharing one cloned handle. Each of these two figures and
+//!   `raw_fdatasync_ops_per_s` is the median of three rounds taken alternately (see
+//!   [`throughput`]); the rounds go to stderr.
 //! - `remove_ops_per_s`: removing the committed snapshots just made, one client.
 //! - `recovery_ms_10k_records`: `Engine::open` of a root whose log holds exactly 10,000 records
 //!   after the last checkpoint (2,500 prepare+commits). The root is built by a child process
@@ -43,6 +45,8 @@ use support::{bench_base_dir, figure, fs_type_of, BenchFs};
 
 const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
+/// Rounds of the throughput figures (see [`throughput`]).
+const ROUNDS: usize = 3;
 const CLIENTS: usize = 16;
 const RECOVERY_OPS: u64 = 2_500;
 /// prepare (BeginCreate + Complete) and commit (BeginCommit + Complete).
@@ -105,18 +109,32 @@ fn main() {
 
 /// `raw_fdatasync_ops_per_s` and prepare+commit with 1 and 16 clients on a new root under
 /// `dir`, each figure named with `prefix`; then the removal figure and an fsck of the root.
+///
+/// The three are measured in [`ROUNDS`] rounds, alternating (raw, 1 client, 16 clients, then
+/// again), and each figure is the median of its rounds: the disk's speed drifts over a run
+/// (raw `fdatasync` on the same loop device moved between 621 and 1,360/s within an hour), and
+/// alternating puts each ratio's two sides in the same minutes of the disk's life.
 fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
-    let raw = raw_fdatasync_ops_per_s(&dir.join("raw"));
-    figure(&format!("{prefix}raw_fdatasync_ops_per_s"), raw, 0);
     let root = dir.join("throughput");
     let (engine, _) = Engine::open(&root, options()).expect("open the throughput root");
-    let one = prepare_commit_ops_per_s(&engine, 1, "one");
+    let (mut raws, mut ones, mut sixteens) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        raws.push(raw_fdatasync_ops_per_s(&dir.join(format!("raw{round}"))));
+        ones.push(prepare_commit_ops_per_s(&engine, 1, &format!("one{round}")));
+        sixteens.push(prepare_commit_ops_per_s(
+            &engine,
+            CLIENTS,
+            &format!("many{round}"),
+        ));
+    }
+    eprintln!("{prefix}rounds: raw {raws:.0?}, 1 client {ones:.0?}, 16 clients {sixteens:.0?}");
+    let (raw, one, sixteen) = (median(raws), median(ones), median(sixteens));
+    figure(&format!("{prefix}raw_fdatasync_ops_per_s"), raw, 0);
     figure(
         &format!("{prefix}prepare_commit_ops_per_s_1_client"),
         one,
         0,
     );
-    let sixteen = prepare_commit_ops_per_s(&engine, CLIENTS, "many");
     figure(
         &format!("{prefix}prepare_commit_ops_per_s_16_clients"),
         sixteen,
@@ -132,6 +150,12 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
     );
     engine.close().expect("close the throughput root");
     (raw, one, sixteen)
+}
+
+/// The middle value (of an odd count; the upper middle of an even one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Snapshot counts of the cost curve.
