@@ -27,9 +27,12 @@ pub struct NewTree {
     pub parent: Option<SnapshotId>,
 }
 
+/// What a per-file sync fsyncs: each path, and whether it is a directory.
+type FsyncList = Vec<(PathBuf, bool)>;
+
 /// A seal under way: the snapshot's directory, its tree's usage, and what a per-file check of
 /// it would fsync (its files and directories, and the temporary marker).
-type Sealing = (PathBuf, Usage, Vec<(PathBuf, bool)>);
+type Sealing = (PathBuf, Usage, FsyncList);
 
 /// An inline seal under way, with the walk its tree was read in (its digest is taken from it).
 type SmallSeal = (Sealing, Vec<(PathBuf, std::fs::Metadata)>);
@@ -170,17 +173,16 @@ impl Layout {
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
     ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
         let start = self.watch().errors();
-        // Each creation's outcome, and its marker file where the file system has no xattrs.
-        let (mut results, marker_files): (Vec<Result<(), DriverError>>, Vec<Option<PathBuf>>) =
-            items
-                .iter()
-                .map(
-                    |item| match self.create_one(item, work(item.kind), &make_tree) {
-                        Ok(file) => (Ok(()), file),
-                        Err(e) => (Err(e), None),
-                    },
-                )
-                .unzip();
+        // Each creation's outcome, and what a per-file sync of it fsyncs (nothing if it failed).
+        let (mut results, created): (Vec<Result<(), DriverError>>, Vec<FsyncList>) = items
+            .iter()
+            .map(
+                |item| match self.create_one(item, work(item.kind), &make_tree) {
+                    Ok(files) => (Ok(()), files),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+            )
+            .unzip();
         // Each small tree is read once: its usage, its fsync list and (after the sync) its
         // digest all come from the same walk.
         let mut walked: Vec<Vec<(PathBuf, std::fs::Metadata)>> = Vec::with_capacity(seals.len());
@@ -194,28 +196,6 @@ impl Layout {
                 };
                 walked.push(entries);
                 slot
-            })
-            .collect();
-        // What a per-file sync of the batch fsyncs, per creation (parents first) and once for
-        // `snapshots/`.
-        let created: Vec<Vec<(PathBuf, bool)>> = items
-            .iter()
-            .zip(&results)
-            .zip(&marker_files)
-            .map(|((item, r), marker_file)| match r {
-                Ok(()) => {
-                    // The marker xattr is part of snapshots/<id>'s inode: its fsync covers it.
-                    let dir = self.snapshot_dir(item.id);
-                    let mut files = vec![(dir.clone(), true), (dir.join(TREE), true)];
-                    if work(item.kind) {
-                        files.push((dir.join(WORK), true));
-                    }
-                    if let Some(file) = marker_file {
-                        files.push((file.clone(), false));
-                    }
-                    files
-                }
-                Err(_) => Vec::new(),
             })
             .collect();
         let any_created = results.iter().any(Result::is_ok);
@@ -237,8 +217,9 @@ impl Layout {
         if calls > 0 && calls <= PER_FILE_MAX_SYNCS {
             // Invariant (as the syncfs below): every tree, marker and `snapshots/<id>` entry of
             // the batch's creations, and every byte of its sealed trees, is on disk before the
-            // batch journals their completions. Children before parents: each directory's
-            // fsync then makes its new entries durable.
+            // batch journals their completions. Each directory's fsync makes its new entries
+            // durable, and every one is done before the journal is written, so their order
+            // does not matter.
             for (r, files) in results.iter_mut().zip(&created) {
                 if r.is_ok() {
                     *r = fsync_each(files);
@@ -351,14 +332,16 @@ impl Layout {
         checked.transpose()
     }
 
-    /// Makes one creation's directory, marker and tree (unsynced); returns the marker file
-    /// when the marker could not be the directory's xattr.
+    /// Makes one creation's directory, marker and tree (unsynced); returns what a per-file sync
+    /// of it fsyncs, parents first: `snapshots/<id>` (its inode holds the xattr marker), `fs/`,
+    /// `work/` if any, and the marker file where the marker could not be an xattr. The batch
+    /// adds `snapshots/` once.
     fn create_one(
         &self,
         item: &NewTree,
         work: bool,
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
-    ) -> Result<Option<PathBuf>, DriverError> {
+    ) -> Result<FsyncList, DriverError> {
         if let Some(parent) = item.parent {
             // Nothing is copied, but a missing parent is a caller bug best reported now.
             self.require_installed(parent)?;
@@ -383,12 +366,18 @@ impl Layout {
             // directory until the caller journals it): a btrfs snapshot commits the transaction
             // it is made in, and can take the marker with it.
             let marker_file = marker::write_new_unsynced(&dir, item.txid)?;
-            make_tree(item, &dir.join(TREE))?;
+            let tree = dir.join(TREE);
+            make_tree(item, &tree)?;
+            let mut files = vec![(dir.clone(), true), (tree, true)];
             if work {
                 let work = dir.join(WORK);
                 fs::create_dir(&work).map_err(|e| DriverError::io("mkdir", &work, e))?;
+                files.push((work, true));
             }
-            Ok(marker_file)
+            if let Some(file) = marker_file {
+                files.push((file, false));
+            }
+            Ok(files)
         })();
         if made.is_err() {
             self.drop_created(item);

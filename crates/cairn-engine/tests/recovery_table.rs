@@ -551,11 +551,22 @@ fn r20_tree_without_snapshot_is_removed() {
     clean(&h);
 }
 
-/// An inline creation's tree, as `create_many` leaves it before the batch's journal sync.
-fn inline_tree(root: &Path, id: u64, txid: u64) {
+/// An inline creation's tree, as `create_many` leaves it before the batch's journal sync: its
+/// marker the directory's xattr, or (`marker_file`, as on a file system without user xattrs)
+/// the `txid` file.
+fn inline_tree(root: &Path, id: u64, txid: u64, marker_file: bool) {
     let dir = root.join("snapshots").join(id.to_string());
     std::fs::create_dir_all(dir.join("fs")).unwrap();
-    std::fs::write(dir.join("txid"), cairn_driver::marker::encode(TxId(txid))).unwrap();
+    let marker = cairn_driver::marker::encode(TxId(txid));
+    let in_xattr = !marker_file
+        && match xattr::set(&dir, cairn_driver::marker::MARKER_XATTR, &marker) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
+            Err(e) => panic!("setxattr {}: {e}", dir.display()),
+        };
+    if !in_xattr {
+        std::fs::write(dir.join("txid"), marker).unwrap();
+    }
 }
 
 #[test]
@@ -564,7 +575,7 @@ fn r37_inline_creation_not_journaled_is_removed() {
     let (_t, root) = new_root();
     root_with_base(&root);
     append(&root, &[begin_create(5, "x", None, 2)]);
-    inline_tree(&root, 2, 5);
+    inline_tree(&root, 2, 5, false);
     let (h, report) = open(&root).unwrap();
     fired(&report, Row::R40);
     fired(&report, Row::R16);
@@ -578,7 +589,7 @@ fn r37_inline_creation_not_journaled_is_removed() {
     // Its BeginCreate lost with it: the id was never allocated.
     let (_t2, root) = new_root();
     root_with_base(&root);
-    inline_tree(&root, 2, 5);
+    inline_tree(&root, 2, 5, true);
     let (h, report) = open(&root).unwrap();
     fired(&report, Row::R40);
     assert!(report.dropped.is_empty(), "{report:?}");

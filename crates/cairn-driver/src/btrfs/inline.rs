@@ -22,8 +22,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes back `dir/txid`'s data (and waits), when the marker is a file, without an fsync: btrfs puts a marker this small
-/// inline in the file system tree as it writes it back, so it joins the running transaction,
+/// Writes back `dir/txid`'s data (and waits), when the marker is a file, without an fsync:
+/// btrfs puts a marker this small inline in the file system tree as it writes it back, so it
+/// joins the running transaction,
 /// which the snapshot that follows commits. No flush of the device, no log-tree commit. (Were
 /// it not inline, the batch's syncfs afterwards writes it back and commits it.) An error is the
 /// creation's: its tree is removed and nothing is retried over the page.
