@@ -302,17 +302,24 @@ impl Layout {
     fn small_seal(&self, id: SnapshotId) -> Option<Result<SmallSeal, DriverError>> {
         let dir = self.snapshot_dir(id);
         let checked = (|| {
-            if !exists(&dir)? {
-                return Err(DriverError::SnapshotMissing {
-                    id,
-                    path: dir.clone(),
-                });
-            }
             let tainted = dir.join(super::layout::SYNC_FAILED);
             if exists(&tainted)? {
                 return Err(DriverError::TreeSyncFailed { id, path: tainted });
             }
-            let Some(entries) = walk_small(&dir.join(TREE), INLINE_SEAL_MAX_INODES)? else {
+            // A missing snapshot shows as a missing tree root: its directory is looked up only
+            // then (one lstat fewer for every seal on the engine thread).
+            let walked = match walk_small(&dir.join(TREE), INLINE_SEAL_MAX_INODES) {
+                Err(DriverError::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && !exists(&dir)? =>
+                {
+                    return Err(DriverError::SnapshotMissing {
+                        id,
+                        path: dir.clone(),
+                    });
+                }
+                walked => walked?,
+            };
+            let Some(entries) = walked else {
                 return Ok(None);
             };
             let mut counter = UsageCounter::default();

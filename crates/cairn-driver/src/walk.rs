@@ -6,14 +6,13 @@
 
 use super::error::DriverError;
 use cairn_state::types::Usage;
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,16 +40,21 @@ pub(crate) fn open_noatime(path: &Path, flags: OFlag) -> Result<OwnedFd, DriverE
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `list_dir`, or `None` once the directory holds more than `limit` names.
+/// Bytes of one `getdents64` read: as glibc's `readdir` takes.
+const DIRENT_BUF_BYTES: usize = 32 * 1024;
+
+/// `list_dir`, or `None` once the directory holds more than `limit` names. Read with
+/// `getdents64` straight into a buffer: open, the reads, close, and nothing else (an empty
+/// tree's seal reads its root this way on the engine thread).
 fn list_dir_bounded(
     dir: &Path,
     limit: usize,
 ) -> Result<Option<std::vec::IntoIter<OsString>>, DriverError> {
     let fd = open_noatime(dir, OFlag::O_DIRECTORY)?;
-    let mut listing =
-        Dir::from_fd(fd.into_raw_fd()).map_err(|e| DriverError::io("readdir", dir, e.into()))?;
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); DIRENT_BUF_BYTES];
+    let mut listing = rustix::fs::RawDir::new(&fd, &mut buf);
     let mut names = Vec::new();
-    for entry in listing.iter() {
+    while let Some(entry) = listing.next() {
         let entry = entry.map_err(|e| DriverError::io("readdir", dir, e.into()))?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
@@ -208,6 +212,33 @@ mod tests {
         let entries = walk_small(&root, 16).expect("walk").expect("small");
         crate::digest::entries_digest(&root, &entries).expect("digest");
         assert_eq!(atimes(&root), before, "a seal's reads updated access times");
+    }
+
+    /// A directory too big for one `getdents64` buffer is read whole, in order, and the bound
+    /// stops the read at the first name past it.
+    #[test]
+    fn a_directory_bigger_than_one_read_is_listed_whole_and_sorted() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // 3,000 names of 40 bytes: some 170 KiB of dirents, several reads of 32 KiB.
+        let mut want: Vec<OsString> = (0..3_000)
+            .map(|i| OsString::from(format!("{i:0>40}")))
+            .collect();
+        for name in &want {
+            fs::write(d.path().join(name), b"").expect("create");
+        }
+        want.sort();
+        let got: Vec<OsString> = list_dir(d.path()).expect("list").collect();
+        assert_eq!(got, want);
+        assert!(list_dir_bounded(d.path(), 2_999).expect("list").is_none());
+        let all = list_dir_bounded(d.path(), 3_000)
+            .expect("list")
+            .expect("fits");
+        assert_eq!(all.count(), 3_000);
+        let e = list_dir(&d.path().join("missing")).expect_err("a missing directory");
+        assert!(
+            matches!(e, DriverError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
     }
 
     fn visited(root: &Path) -> Vec<PathBuf> {

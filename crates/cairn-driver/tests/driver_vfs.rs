@@ -1,7 +1,7 @@
 //! vfs driver: copy fidelity, lifecycle idempotency, inventory, usage and mount data.
 
 use cairn_driver::{
-    mount, open_driver, sync_tree, Driver, DriverError, SyncMode, VfsDriver, WhiteoutStyle,
+    mount, open_driver, sync_tree, Driver, DriverError, NewTree, SyncMode, VfsDriver, WhiteoutStyle,
 };
 use cairn_state::types::{DriverKind, Kind, Mount, SnapshotId, TxId, Usage};
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
@@ -714,5 +714,55 @@ fn unprivileged_copy_keeps_or_refuses() -> TestResult {
         DriverError::DeviceNeedsRoot { path } => assert_eq!(path, devs.join("null")),
         other => return Err(format!("expected DeviceNeedsRoot, got {other:?}").into()),
     }
+    Ok(())
+}
+
+/// An inline seal looks its snapshot's directory up only when the tree's root is missing: a
+/// missing snapshot is still `SnapshotMissing`, a snapshot whose tree alone is gone is the
+/// I/O error of its tree, and a present one seals.
+#[test]
+fn an_inline_seal_tells_a_missing_snapshot_from_a_missing_tree() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = open_vfs(dir.path())?;
+    let made: Vec<NewTree> = [1, 2]
+        .into_iter()
+        .map(|i| NewTree {
+            txid: TxId(i),
+            id: SnapshotId(i),
+            kind: Kind::Active,
+            parent: None,
+        })
+        .collect();
+    for r in d.create_many(&made) {
+        r?;
+    }
+    fs::remove_dir(d.tree(SnapshotId(2)))?;
+    let seals = [
+        (SnapshotId(1), TxId(3)),
+        (SnapshotId(2), TxId(4)),
+        (SnapshotId(9), TxId(5)),
+    ];
+    let (_, sealed) = d.durable_many(&[], &seals);
+    let [one, two, nine] = <[_; 3]>::try_from(sealed).map_err(|_| "three outcomes")?;
+    let (usage, _digest) = one.ok_or("an empty tree seals inline")??;
+    assert_eq!(usage.inodes, 1);
+    assert!(
+        matches!(
+            two,
+            Some(Err(DriverError::Io { ref source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound
+        ),
+        "{two:?}"
+    );
+    assert!(
+        matches!(
+            nine,
+            Some(Err(DriverError::SnapshotMissing {
+                id: SnapshotId(9),
+                ..
+            }))
+        ),
+        "{nine:?}"
+    );
     Ok(())
 }

@@ -6,8 +6,9 @@
 //! run. As root, on a fresh ext4 made for the run on a loop device (`BenchFs`, as the layer
 //! benches), because each snapshot is a directory tree and an aged disk's inode allocator
 //! drifts from run to run (ext4 skips inodes deleted in the last minutes, so a run after a
-//! run is slower); the throughput figures are then taken again on the machine's own disk,
-//! prefixed `host_disk_`. Otherwise in a tempdir under `$CAIRN_BENCH_DIR`, else under the
+//! run is slower); the throughput figures are then taken again on a fresh xfs (prefixed
+//! `xfs_`, where `mkfs.xfs` is present) and on the machine's own disk (prefixed
+//! `host_disk_`). Otherwise in a tempdir under `$CAIRN_BENCH_DIR`, else under the
 //! cargo target dir: never `/tmp`, which may be tmpfs, where `fdatasync` is free.
 //!
 //! - `prepare_commit_ops_per_s_{1,16}_clients`: one op = `prepare` of a fresh key with no parent
@@ -15,6 +16,9 @@
 //!   return. 16 clients are 16 threads sharing one cloned handle. Each of these two figures and
 //!   `raw_fdatasync_ops_per_s` is the median of three rounds taken alternately (see
 //!   [`throughput`]); the rounds go to stderr.
+//! - `engine_thread_cpu_us_per_op_{1,16}_clients`: the engine thread's time on a CPU (from its
+//!   `schedstat`) per prepare+commit, over each measurement's whole run; the median of the
+//!   rounds.
 //! - `remove_ops_per_s`: removing the committed snapshots just made, one client.
 //! - `recovery_ms_10k_records`: `Engine::open` of a root whose log holds exactly 10,000 records
 //!   after the last checkpoint (2,500 prepare+commits). The root is built by a child process
@@ -29,6 +33,8 @@
 //!   the smallest root. Building the
 //!   100,000-snapshot root takes minutes; `CAIRN_ENGINE_BENCH_NO_CURVE=1` skips the curve,
 //!   `CAIRN_ENGINE_BENCH_CURVE_ONLY=1` runs only the curve.
+//! - `CAIRN_ENGINE_BENCH_PROFILE=<clients>[:<seconds>]` runs only prepare+commit with that many
+//!   clients (a steady load for a profiler).
 
 use cairn_engine::{Engine, EngineHandle, EngineOptions};
 use cairn_state::Labels;
@@ -41,7 +47,7 @@ use std::time::{Duration, Instant};
 
 #[path = "../../cairn-wal/benches/support.rs"]
 mod support;
-use support::{bench_base_dir, figure, fs_type_of, BenchFs};
+use support::{bench_base_dir, figure, fs_type_of, BenchFs, FreshFs};
 
 const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
@@ -53,6 +59,10 @@ const RECOVERY_OPS: u64 = 2_500;
 const RECORDS_PER_OP: u64 = 4;
 const OPEN_SNAPSHOTS: u64 = 10_000;
 const CHILD_ENV: &str = "CAIRN_ENGINE_BENCH_CHILD";
+/// `CAIRN_ENGINE_BENCH_PROFILE=<clients>[:<seconds>]`: only prepare+commit with that many
+/// clients, for that long (default 10 s), on the fresh file system: a steady load to attach a
+/// profiler to (`perf record -p`, `perf trace -s`). Prints the one figure.
+const PROFILE_ENV: &str = "CAIRN_ENGINE_BENCH_PROFILE";
 
 fn main() {
     if let Some(spec) = std::env::var_os(CHILD_ENV) {
@@ -73,8 +83,33 @@ fn main() {
         cost_curve(dir.path());
         return;
     }
+    if let Some(clients) = std::env::var_os(PROFILE_ENV) {
+        profile(dir.path(), &clients.to_string_lossy());
+        return;
+    }
     let (raw, one, sixteen) = throughput(dir.path(), "");
     if dir.is_fresh() {
+        // The same figures on a fresh xfs: its syncfs is a log force alone, where ext4's also
+        // writes every metadata block the journal committed back in place (docs/drivers.md,
+        // "Which file system").
+        // (Unless the first pass was on xfs already: `CAIRN_BENCH_FS=xfs`.)
+        let xfs = match fs_type_of(dir.path()).as_deref() {
+            Some("xfs") => Err("the figures above are xfs's".to_string()),
+            _ => BenchFs::try_fresh("engine-xfs", FreshFs::Xfs),
+        };
+        match xfs {
+            Ok(xfs) => {
+                eprintln!(
+                    "xfs dir: {} (a fresh xfs on a loop device)",
+                    xfs.path().display()
+                );
+                let (raw, one, sixteen) = throughput(xfs.path(), "xfs_");
+                figure("xfs_ratio_16_vs_1_clients", sixteen / one, 2);
+                figure("xfs_ratio_16_clients_vs_raw", sixteen / raw, 3);
+                figure("xfs_ratio_1_client_vs_raw", one / raw, 3);
+            }
+            Err(why) => eprintln!("no xfs figures: {why}"),
+        }
         // The same figures on the machine's own disk, in the same run: where a host's roots
         // live. Its syncs are faster and its inode allocator slower (aged), so the ratios
         // differ; both are printed, neither alone is the disk-independent figure.
@@ -118,14 +153,15 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
     let root = dir.join("throughput");
     let (engine, _) = Engine::open(&root, options()).expect("open the throughput root");
     let (mut raws, mut ones, mut sixteens) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_ones, mut cpu_sixteens) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         raws.push(raw_fdatasync_ops_per_s(&dir.join(format!("raw{round}"))));
-        ones.push(prepare_commit_ops_per_s(&engine, 1, &format!("one{round}")));
-        sixteens.push(prepare_commit_ops_per_s(
-            &engine,
-            CLIENTS,
-            &format!("many{round}"),
-        ));
+        let t = prepare_commit_ops_per_s(&engine, 1, &format!("one{round}"));
+        ones.push(t.ops_per_s);
+        cpu_ones.push(t.cpu_us_per_op);
+        let t = prepare_commit_ops_per_s(&engine, CLIENTS, &format!("many{round}"));
+        sixteens.push(t.ops_per_s);
+        cpu_sixteens.push(t.cpu_us_per_op);
     }
     eprintln!("{prefix}rounds: raw {raws:.0?}, 1 client {ones:.0?}, 16 clients {sixteens:.0?}");
     let (raw, one, sixteen) = (median(raws), median(ones), median(sixteens));
@@ -140,6 +176,18 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
         sixteen,
         0,
     );
+    // What the engine thread spends per op on a CPU (its system calls included): with 16
+    // clients on two cores, this, not the syncs, is most of an op's share of a batch.
+    figure(
+        &format!("{prefix}engine_thread_cpu_us_per_op_1_client"),
+        median(cpu_ones),
+        1,
+    );
+    figure(
+        &format!("{prefix}engine_thread_cpu_us_per_op_16_clients"),
+        median(cpu_sixteens),
+        1,
+    );
     let removed = remove_ops_per_s(&engine);
     figure(&format!("{prefix}remove_ops_per_s"), removed, 0);
     // Whatever the figures cost, the root must be consistent after them.
@@ -150,6 +198,51 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
     );
     engine.close().expect("close the throughput root");
     (raw, one, sixteen)
+}
+
+/// See [`PROFILE_ENV`].
+fn profile(dir: &Path, spec: &str) {
+    let (clients, seconds) = spec.split_once(':').unwrap_or((spec, "10"));
+    let clients: usize = clients
+        .parse()
+        .expect("CAIRN_ENGINE_BENCH_PROFILE: <clients>[:<s>]");
+    let seconds: u64 = seconds
+        .parse()
+        .expect("CAIRN_ENGINE_BENCH_PROFILE: <clients>[:<s>]");
+    let (engine, _) = Engine::open(&dir.join("profile"), options()).expect("open the root");
+    eprintln!("profiling pid {}", std::process::id());
+    let t = prepare_commit_ops_per_s_for(&engine, clients, "profile", Duration::from_secs(seconds));
+    figure(
+        &format!("prepare_commit_ops_per_s_{clients}_clients"),
+        t.ops_per_s,
+        0,
+    );
+    figure(
+        &format!("engine_thread_cpu_us_per_op_{clients}_clients"),
+        t.cpu_us_per_op,
+        1,
+    );
+    engine.close().expect("close the root");
+}
+
+/// Nanoseconds the engine thread (named `cairn-engine`) has run on a CPU, from its
+/// `/proc/self/task/<tid>/schedstat`; 0 if it cannot be found.
+fn engine_thread_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "cairn-engine" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            return stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
 }
 
 /// The middle value (of an odd count; the upper middle of an even one).
@@ -187,7 +280,8 @@ fn cost_curve(dir: &Path) {
         run_child(&format!("tail:{CURVE_TAIL_OPS}:{}", root.display()));
         let recovery = time_open(&root);
         let (engine, _) = Engine::open(&root, options()).expect("open the curve root");
-        let ops = prepare_commit_ops_per_s_for(&engine, CLIENTS, "present", CURVE_MEASURE);
+        let ops =
+            prepare_commit_ops_per_s_for(&engine, CLIENTS, "present", CURVE_MEASURE).ops_per_s;
         engine.close().expect("close the curve root");
         figure(&format!("open_ms_{n}_snapshots"), open, 1);
         figure(&format!("open_cpu_ms_{n}_snapshots"), open_cpu, 1);
@@ -407,8 +501,16 @@ fn prepare_commit(engine: &EngineHandle, tag: &str, i: u64) {
 
 /// `clients` threads doing prepare+commit of fresh keys, for the warm-up and then [`MEASURE`];
 /// ops per second of the measured part.
-fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) -> f64 {
+fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) -> Throughput {
     prepare_commit_ops_per_s_for(engine, clients, tag, MEASURE)
+}
+
+/// One measurement: prepare+commits per second in the measured window, and the engine
+/// thread's CPU time per prepare+commit over the whole run (warm-up included).
+#[derive(Clone, Copy, Debug)]
+struct Throughput {
+    ops_per_s: f64,
+    cpu_us_per_op: f64,
 }
 
 fn prepare_commit_ops_per_s_for(
@@ -416,8 +518,9 @@ fn prepare_commit_ops_per_s_for(
     clients: usize,
     tag: &str,
     measure: Duration,
-) -> f64 {
+) -> Throughput {
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = engine_thread_cpu_ns();
     let start = Instant::now();
     let measure_from = start + WARM_UP;
     let end = measure_from + measure;
@@ -445,7 +548,13 @@ fn prepare_commit_ops_per_s_for(
         .into_iter()
         .map(|t| t.join().expect("client thread"))
         .sum();
-    ops as f64 / measure.as_secs_f64()
+    let cpu_ns = engine_thread_cpu_ns().saturating_sub(cpu_before);
+    // Every op of the run, warm-up included, as the CPU time is.
+    let all_ops = next.load(Ordering::Relaxed).max(1);
+    Throughput {
+        ops_per_s: ops as f64 / measure.as_secs_f64(),
+        cpu_us_per_op: cpu_ns as f64 / 1e3 / all_ops as f64,
+    }
 }
 
 /// Remove the committed snapshots the throughput figures made, one client, for at most

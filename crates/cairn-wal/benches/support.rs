@@ -46,9 +46,10 @@ pub fn fs_type_of(path: &Path) -> Option<String> {
         .map(|(_, fs_type)| fs_type)
 }
 
-/// Where a benchmark that writes trees runs: a fresh ext4 made for the run on a loop device
-/// (as root, with `mkfs.ext4` present), so the figures do not drift with the age of the
-/// machine's disk; otherwise a tempdir under [`bench_base_dir`]. Unmounted and deleted on drop.
+/// Where a benchmark that writes trees runs: a fresh file system (ext4, or xfs with
+/// `CAIRN_BENCH_FS=xfs`) made for the run on a loop device (as root, with its `mkfs` present),
+/// so the figures do not drift with the age of the machine's disk; otherwise a tempdir under
+/// [`bench_base_dir`]. Unmounted and deleted on drop.
 #[derive(Debug)]
 pub struct BenchFs {
     path: PathBuf,
@@ -60,17 +61,60 @@ pub struct BenchFs {
 /// Sparse size of the fresh file system's image: only what is written takes disk space.
 const FRESH_FS_BYTES: u64 = 16 << 30;
 
+/// The kind of a fresh bench file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreshFs {
+    Ext4,
+    Xfs,
+}
+
+impl FreshFs {
+    pub fn name(self) -> &'static str {
+        match self {
+            FreshFs::Ext4 => "ext4",
+            FreshFs::Xfs => "xfs",
+        }
+    }
+
+    fn mkfs(self) -> std::process::Command {
+        match self {
+            FreshFs::Ext4 => {
+                let mut c = std::process::Command::new("mkfs.ext4");
+                // Inode tables and journal written now: otherwise ext4lazyinit zeroes them in
+                // the background during the measurements.
+                c.args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
+                c
+            }
+            FreshFs::Xfs => {
+                let mut c = std::process::Command::new("mkfs.xfs");
+                c.args(["-q", "-f"]);
+                c
+            }
+        }
+    }
+}
+
 impl BenchFs {
     /// Makes the bench directory and says on stderr what it is. `tag` names the image and
     /// mount point (with this process id), so runs side by side never share one.
     pub fn new(tag: &str) -> BenchFs {
+        let kind = match std::env::var("CAIRN_BENCH_FS").as_deref() {
+            Ok("xfs") => FreshFs::Xfs,
+            _ => FreshFs::Ext4,
+        };
+        Self::new_of(tag, kind)
+    }
+
+    /// [`BenchFs::new`] with a fresh file system of `kind`.
+    pub fn new_of(tag: &str, kind: FreshFs) -> BenchFs {
         let base = bench_base_dir();
         std::fs::create_dir_all(&base).expect("create the bench base directory");
-        match Self::fresh_ext4(&base, tag) {
+        match Self::fresh(&base, tag, kind) {
             Ok(fs) => {
                 eprintln!(
-                    "bench dir: {} (a fresh ext4 on a loop device, made for this run)",
-                    fs.path.display()
+                    "bench dir: {} (a fresh {} on a loop device, made for this run)",
+                    fs.path.display(),
+                    kind.name()
                 );
                 fs
             }
@@ -108,7 +152,14 @@ impl BenchFs {
         self.mounted.is_some()
     }
 
-    fn fresh_ext4(base: &Path, tag: &str) -> Result<BenchFs, String> {
+    /// The fresh file system if one can be made here, else why not.
+    pub fn try_fresh(tag: &str, kind: FreshFs) -> Result<BenchFs, String> {
+        let base = bench_base_dir();
+        std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
+        Self::fresh(&base, tag, kind)
+    }
+
+    fn fresh(base: &Path, tag: &str, kind: FreshFs) -> Result<BenchFs, String> {
         if std::env::var_os("CAIRN_BENCH_NO_LOOP").is_some() {
             return Err("CAIRN_BENCH_NO_LOOP is set".into());
         }
@@ -117,7 +168,7 @@ impl BenchFs {
             return Err("not root".into());
         }
         let id = format!("cairn-bench-{tag}-{}", std::process::id());
-        let image = base.join(format!("{id}.ext4"));
+        let image = base.join(format!("{id}.{}", kind.name()));
         let mnt = base.join(format!("{id}.mnt"));
         let file = std::fs::File::create(&image).map_err(|e| format!("create image: {e}"))?;
         file.set_len(FRESH_FS_BYTES)
@@ -128,16 +179,11 @@ impl BenchFs {
             let _ = std::fs::remove_dir(&mnt);
             why
         };
-        // Inode tables and journal written now: otherwise ext4lazyinit zeroes them in the
-        // background during the measurements.
-        let made = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-            .arg(&image)
-            .status();
-        match made {
+        let mkfs = kind.mkfs().arg(&image).status();
+        match mkfs {
             Ok(s) if s.success() => {}
-            Ok(s) => return Err(cleanup(format!("mkfs.ext4 failed: {s}"))),
-            Err(e) => return Err(cleanup(format!("mkfs.ext4 did not run: {e}"))),
+            Ok(s) => return Err(cleanup(format!("mkfs.{} failed: {s}", kind.name()))),
+            Err(e) => return Err(cleanup(format!("mkfs.{} did not run: {e}", kind.name()))),
         }
         std::fs::create_dir_all(&mnt).map_err(|e| cleanup(format!("mkdir: {e}")))?;
         // `-o loop` attaches a loop device with autoclear: umount detaches it.

@@ -69,11 +69,13 @@ impl Core {
         if lsn == self.checkpoint_lsn {
             return Ok(());
         }
-        let cp = checkpoint::Checkpoint {
+        checkpoint::store_state(
+            self.storage.as_ref(),
+            &self.root,
+            self.store_id,
             lsn,
-            state: self.state.clone(),
-        };
-        checkpoint::store(self.storage.as_ref(), &self.root, self.store_id, &cp)?;
+            &self.state,
+        )?;
         fail::fail_point!("engine::checkpoint::after_store");
         self.checkpoint_lsn = lsn;
         self.wal.truncate_before(lsn.next())?;
