@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 #[path = "../../cairn-wal/benches/support.rs"]
 mod support;
-use support::{bench_base_dir, figure, fs_type_of, BenchFs, FreshFs};
+use support::{bench_base_dir, figure, fs_type_of, BenchFs};
 
 const MEASURE: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
@@ -89,26 +89,12 @@ fn main() {
     }
     let (raw, one, sixteen) = throughput(dir.path(), "");
     if dir.is_fresh() {
-        // The same figures on a fresh xfs: its syncfs is a log force alone, where ext4's also
-        // writes every metadata block the journal committed back in place (docs/drivers.md,
-        // "Which file system").
-        // (Unless the first pass was on xfs already: `CAIRN_BENCH_FS=xfs`.)
-        let xfs = match fs_type_of(dir.path()).as_deref() {
-            Some("xfs") => Err("the figures above are xfs's".to_string()),
-            _ => BenchFs::try_fresh("engine-xfs", FreshFs::Xfs),
-        };
-        match xfs {
-            Ok(xfs) => {
-                eprintln!(
-                    "xfs dir: {} (a fresh xfs on a loop device)",
-                    xfs.path().display()
-                );
-                let (raw, one, sixteen) = throughput(xfs.path(), "xfs_");
-                figure("xfs_ratio_16_vs_1_clients", sixteen / one, 2);
-                figure("xfs_ratio_16_clients_vs_raw", sixteen / raw, 3);
-                figure("xfs_ratio_1_client_vs_raw", one / raw, 3);
-            }
-            Err(why) => eprintln!("no xfs figures: {why}"),
+        // The same figures on a fresh xfs (see `BenchFs::xfs_beside`).
+        if let Some(xfs) = dir.xfs_beside("engine-xfs") {
+            let (raw, one, sixteen) = throughput(xfs.path(), "xfs_");
+            figure("xfs_ratio_16_vs_1_clients", sixteen / one, 2);
+            figure("xfs_ratio_16_clients_vs_raw", sixteen / raw, 3);
+            figure("xfs_ratio_1_client_vs_raw", one / raw, 3);
         }
         // The same figures on the machine's own disk, in the same run: where a host's roots
         // live. Its syncs are faster and its inode allocator slower (aged), so the ratios

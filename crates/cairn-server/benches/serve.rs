@@ -180,23 +180,12 @@ fn main() {
         std::env::set_var("CAIRN_BENCH_DIR", env!("CARGO_TARGET_TMPDIR"));
     }
     let fs = support::BenchFs::new("serve");
-    // Where the first pass was not on xfs already (`CAIRN_BENCH_FS=xfs`).
-    let xfs_too = fs.is_fresh() && support::fs_type_of(fs.path()).as_deref() != Some("xfs");
     measure(&bin, &fs, "");
+    // Both sides again on a fresh xfs (see `BenchFs::xfs_beside`).
+    let xfs = fs.xfs_beside("serve-xfs");
     drop(fs);
-    if xfs_too {
-        // Both sides again on a fresh xfs: its syncfs is a log force alone, where ext4's also
-        // writes back every metadata block the journal committed (docs/drivers.md).
-        match support::BenchFs::try_fresh("serve-xfs", support::FreshFs::Xfs) {
-            Ok(xfs) => {
-                eprintln!(
-                    "xfs dir: {} (a fresh xfs on a loop device)",
-                    xfs.path().display()
-                );
-                measure(&bin, &xfs, "xfs_");
-            }
-            Err(why) => eprintln!("no xfs figures: {why}"),
-        }
+    if let Some(xfs) = xfs {
+        measure(&bin, &xfs, "xfs_");
     }
 }
 

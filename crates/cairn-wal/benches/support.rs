@@ -102,11 +102,6 @@ impl BenchFs {
             Ok("xfs") => FreshFs::Xfs,
             _ => FreshFs::Ext4,
         };
-        Self::new_of(tag, kind)
-    }
-
-    /// [`BenchFs::new`] with a fresh file system of `kind`.
-    pub fn new_of(tag: &str, kind: FreshFs) -> BenchFs {
         let base = bench_base_dir();
         std::fs::create_dir_all(&base).expect("create the bench base directory");
         match Self::fresh(&base, tag, kind) {
@@ -152,11 +147,33 @@ impl BenchFs {
         self.mounted.is_some()
     }
 
-    /// The fresh file system if one can be made here, else why not.
-    pub fn try_fresh(tag: &str, kind: FreshFs) -> Result<BenchFs, String> {
+    /// A fresh xfs for a second pass of a bench whose first pass ran on this fresh file
+    /// system (its `syncfs` is a log force alone, where ext4's also writes back in place every
+    /// metadata block the journal committed: docs/drivers.md, "Which file system holds the
+    /// root"). `None` when this one is not fresh, or is xfs already (`CAIRN_BENCH_FS=xfs`), or
+    /// no xfs can be made here; stderr says which.
+    pub fn xfs_beside(&self, tag: &str) -> Option<BenchFs> {
+        if !self.is_fresh() {
+            return None;
+        }
+        if fs_type_of(&self.path).as_deref() == Some("xfs") {
+            eprintln!("no second xfs pass: the figures above are xfs's");
+            return None;
+        }
         let base = bench_base_dir();
-        std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
-        Self::fresh(&base, tag, kind)
+        match Self::fresh(&base, tag, FreshFs::Xfs) {
+            Ok(xfs) => {
+                eprintln!(
+                    "xfs dir: {} (a fresh xfs on a loop device)",
+                    xfs.path.display()
+                );
+                Some(xfs)
+            }
+            Err(why) => {
+                eprintln!("no xfs figures: {why}");
+                None
+            }
+        }
     }
 
     fn fresh(base: &Path, tag: &str, kind: FreshFs) -> Result<BenchFs, String> {
