@@ -11,11 +11,13 @@ use super::error::DriverError;
 use super::layout::{create_tree_root, exists, Layout, TREE, WORK};
 use super::marker;
 use super::remove::remove_tree;
+use super::step::Way;
 use super::sync::{collect_tree, fsync_dir, fsync_each};
 use super::walk::{fsyncable, walk_small, UsageCounter};
 use cairn_state::types::{Kind, SnapshotId, TxId, Usage};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// A creation whose tree copies nothing (an empty tree, an overlay upper, a view), made straight
 /// in `snapshots/<id>` by [`Driver::create_many`](super::Driver::create_many).
@@ -73,24 +75,18 @@ pub const INLINE_SEAL_MAX_INODES: u64 = 16;
 /// See [`INLINE_SEAL_MAX_INODES`].
 pub const INLINE_SEAL_MAX_BYTES: u64 = 64 * 1024;
 
-/// A batch's durable step is made with one fsync per file and directory when it needs at most
-/// this many, else with one syncfs for all. Each fsync costs about one device flush (a clean
-/// inode's fsync still flushes), a syncfs one journal commit and flush plus the write-back of
-/// every other process's dirty pages on the file system: a commit of one or two empty trees
-/// (one fsync each) is cheaper per file, a creation (marker, tree, directory, `snapshots/`)
-/// shares the syncfs.
-pub const PER_FILE_MAX_SYNCS: usize = 2;
-
 impl Layout {
     /// Creates each tree in `snapshots/<id>` (fs/, work/ if `work(kind)`, the marker), then
-    /// makes all of them durable with one syncfs. Nothing is journaled yet: until the caller
+    /// makes all of them durable in one step (per-file fsyncs or one syncfs, as
+    /// `durable_many`). Nothing is journaled yet: until the caller
     /// journals their completions, each is an orphan recovery removes (row R40).
     pub fn create_many(
         &self,
         items: &[NewTree],
         work: impl Fn(Kind) -> bool,
     ) -> Vec<Result<(), DriverError>> {
-        self.create_many_with(items, work, |_, tree| create_tree_root(tree))
+        let make_tree = |_: &NewTree, tree: &Path| create_tree_root(tree);
+        self.durable_many_with(items, &[], work, make_tree, false).0
     }
 
     /// `create_many` with the tree made by `make_tree(item, snapshots/<id>/fs)` (a btrfs
@@ -101,14 +97,17 @@ impl Layout {
         work: impl Fn(Kind) -> bool,
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
     ) -> Vec<Result<(), DriverError>> {
-        self.durable_many_with(items, &[], work, make_tree).0
+        // A btrfs tree is a subvolume or snapshot: only the transaction commit that syncfs
+        // makes carries it, so its creations never take per-file fsyncs.
+        self.durable_many_with(items, &[], work, make_tree, true).0
     }
 
     /// The durable step of one engine batch: each creation's tree made in `snapshots/<id>`
     /// (as `create_many`), each small commit's tree checked (at most
     /// [`INLINE_SEAL_MAX_INODES`] and [`INLINE_SEAL_MAX_BYTES`], else `None`: a worker seals
-    /// it), then everything made durable together, by per-file fsyncs when that is at most
-    /// [`PER_FILE_MAX_SYNCS`] calls, else by one syncfs; then each sealed tree is digested.
+    /// it), then everything made durable together, by per-file fsyncs or by one syncfs
+    /// (whichever the layout's [`DurableStep`](crate::DurableStep) takes for that many
+    /// fsyncs); then each sealed tree is digested.
     ///
     /// Nothing is journaled yet. A creation is an orphan until its completion is journaled
     /// (row R40). A seal here does not rewrite the marker: its commit is journaled (begin and
@@ -121,7 +120,7 @@ impl Layout {
         seals: &[(SnapshotId, TxId)],
         work: impl Fn(Kind) -> bool,
     ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
-        self.durable_many_with(items, seals, work, |_, tree| create_tree_root(tree))
+        self.durable_many_with(items, seals, work, |_, tree| create_tree_root(tree), false)
     }
 
     /// A sealed tree's outcome after a shared syncfs that moved the write-back error count
@@ -161,16 +160,16 @@ impl Layout {
         }
     }
 
-    /// `durable_many` with each creation's tree made by `make_tree` (see `create_many_with`).
-    /// A creation always counts more than [`PER_FILE_MAX_SYNCS`] files, so a batch with
-    /// creations is always made durable by the syncfs (which on btrfs also commits the
-    /// transaction a subvolume or snapshot is made in).
+    /// `durable_many` with each creation's tree made by `make_tree` (see `create_many_with`);
+    /// with `creations_need_syncfs`, a step with a creation is always made by the syncfs (on
+    /// btrfs it also commits the transaction a subvolume or snapshot is made in).
     fn durable_many_with(
         &self,
         items: &[NewTree],
         seals: &[(SnapshotId, TxId)],
         work: impl Fn(Kind) -> bool,
         make_tree: impl Fn(&NewTree, &Path) -> Result<(), DriverError>,
+        creations_need_syncfs: bool,
     ) -> (Vec<Result<(), DriverError>>, Vec<SealedInline>) {
         let start = self.watch().errors();
         // Each creation's outcome, and what a per-file sync of it fsyncs (nothing if it failed).
@@ -214,7 +213,13 @@ impl Layout {
         if sealing.iter().any(|s| matches!(s, Some(Ok(_)))) {
             fail::fail_point!("driver::seal::before_sync");
         }
-        if calls > 0 && calls <= PER_FILE_MAX_SYNCS {
+        let way = match calls {
+            0 => None,
+            _ if creations_need_syncfs && any_created => Some(Way::Syncfs),
+            _ => Some(self.step.choose(calls)),
+        };
+        let started = Instant::now();
+        if way == Some(Way::PerFile) {
             // Invariant (as the syncfs below): every tree, marker and `snapshots/<id>` entry of
             // the batch's creations, and every byte of its sealed trees, is on disk before the
             // batch journals their completions. Each directory's fsync makes its new entries
@@ -245,7 +250,7 @@ impl Layout {
                     }
                 }
             }
-        } else if calls > 0 {
+        } else if way == Some(Way::Syncfs) {
             // Invariant: every tree, its marker and its entry in snapshots/ are on disk before
             // the batch journals the creations complete, and every byte of every sealed tree
             // before its commit is (syncfs commits every metadata change of the file system,
@@ -269,6 +274,9 @@ impl Layout {
                     *slot = Some(Err(e));
                 }
             }
+        }
+        if let Some(way) = way.filter(|_| !(creations_need_syncfs && any_created)) {
+            self.step.record(way, calls, started.elapsed());
         }
         if any_created {
             fail::fail_point!("driver::create::after_sync");

@@ -61,6 +61,8 @@ pub struct Layout {
     watch: FsWatch,
     /// The watch's error count when each staged tree's work began, by transaction.
     stage_since: std::sync::Mutex<BTreeMap<TxId, u64>>,
+    /// How a batch's durable step is made (per-file fsyncs or one syncfs).
+    pub(crate) step: crate::step::StepChooser,
 }
 
 pub(crate) fn exists(path: &Path) -> Result<bool, DriverError> {
@@ -93,6 +95,7 @@ impl Layout {
             // Opened before this engine writes anything: it sees every write-back error since.
             watch: FsWatch::open(root)?,
             stage_since: std::sync::Mutex::default(),
+            step: crate::step::StepChooser::default(),
         };
         let mut created = false;
         for dir in [&layout.staging, &layout.snapshots, &layout.trash] {
@@ -116,6 +119,11 @@ impl Layout {
 
     pub(crate) fn watch(&self) -> &FsWatch {
         &self.watch
+    }
+
+    /// How this layout's batches make their durable steps from now on.
+    pub fn set_durable_step(&self, step: crate::step::DurableStep) {
+        self.step.set_mode(step);
     }
 
     fn since(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxId, u64>> {

@@ -25,6 +25,7 @@ mod overlay;
 mod probe;
 mod remove;
 pub mod scratch;
+mod step;
 mod sync;
 mod vfs;
 mod view;
@@ -39,6 +40,7 @@ pub use digest::tree_digest;
 pub use error::{DriverError, MarkerFault};
 pub use layout::{Inventory, Layout, SYNC_FAILED};
 pub use overlay::OverlayDriver;
+pub use step::DurableStep;
 #[cfg(feature = "failpoints")]
 pub use sync::hook;
 pub use sync::{create_dir_all_durable, fsync_open, sync_tree, SyncMode};
@@ -83,6 +85,9 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
             })
             .collect()
     }
+    /// How `durable_many` makes its steps durable from now on (drivers whose steps have one
+    /// way only ignore it).
+    fn set_durable_step(&self, _step: DurableStep) {}
     /// True when a commit's seal may be made on the engine thread by `durable_many`, in the
     /// batch that begins the commit (a tree too big for it is left to a worker's `seal_many`).
     fn seals_inline(&self) -> bool {

@@ -135,6 +135,10 @@ impl Driver for OverlayDriver {
         true
     }
 
+    fn set_durable_step(&self, step: super::DurableStep) {
+        self.layout.set_durable_step(step);
+    }
+
     fn durable_many(
         &self,
         items: &[super::NewTree],

@@ -88,6 +88,10 @@ impl Driver for VfsDriver {
         true
     }
 
+    fn set_durable_step(&self, step: super::DurableStep) {
+        self.layout.set_durable_step(step);
+    }
+
     fn durable_many(
         &self,
         items: &[super::NewTree],

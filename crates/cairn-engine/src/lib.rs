@@ -119,6 +119,10 @@ pub struct EngineOptions {
     /// default (ext4, 10 GiB, or `CAIRN_BLOCK_SIZE_BYTES`). For an existing block root, if
     /// set, they must be the ones its base image records.
     pub block: Option<cairn_driver::BlockOptions>,
+    /// How a batch's inline creations and small seals are made durable: per-file fsyncs or
+    /// one syncfs, by default the cheaper as measured on the root's file system
+    /// (docs/drivers.md, "Batched syncs").
+    pub durable_step: cairn_driver::DurableStep,
 }
 
 /// The engine's default WAL segment size.
@@ -129,6 +133,7 @@ impl Default for EngineOptions {
         EngineOptions {
             driver: None,
             block: None,
+            durable_step: cairn_driver::DurableStep::Auto,
             checkpoint_every_records: 10_000,
             max_batch: 256,
             workers: 8,
@@ -249,6 +254,7 @@ impl Engine {
             &root,
             options.block,
         )?);
+        driver.set_durable_step(options.durable_step);
         let index = index::Index::open(&root.join("index"))?;
         // Leftovers of an atomic replace interrupted before its rename.
         let mut temporaries = false;

@@ -6,7 +6,7 @@
 #![cfg(feature = "failpoints")]
 
 use cairn_driver::hook::{self, SyncCall};
-use cairn_driver::DriverError;
+use cairn_driver::{DriverError, DurableStep};
 use cairn_engine::{Engine, EngineError, EngineHandle, EngineOptions};
 use cairn_state::types::Kind;
 use std::path::{Path, PathBuf};
@@ -19,10 +19,17 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A root whose durable steps take one syncfs (above two fsyncs), as the counts below expect;
+/// [`open_with`] chooses.
 fn open(root: &Path) -> EngineHandle {
+    open_with(root, DurableStep::Syncfs)
+}
+
+fn open_with(root: &Path, durable_step: DurableStep) -> EngineHandle {
     let options = EngineOptions {
         workers: 2,
         lock_timeout_ms: 0,
+        durable_step,
         ..EngineOptions::default()
     };
     Engine::open(root, options).expect("open").0
@@ -92,6 +99,69 @@ fn an_empty_prepare_and_commit_cost_one_driver_sync_each() {
         "an inline seal keeps the creation's marker"
     );
     assert_eq!(h.stat("A").expect("stat").kind, Kind::Committed);
+    assert!(h.fsck(false).expect("fsck").findings.is_empty());
+    h.close().expect("close");
+}
+
+/// What one empty prepare's durable step fsyncs per file: the tree, the snapshot's directory
+/// (its inode holds the marker), then `snapshots/`, which names it.
+fn per_file_prepare(root: &Path, id: u64) -> Vec<(char, PathBuf)> {
+    let dir = root.join("snapshots").join(id.to_string());
+    vec![
+        ('d', dir.join("fs")),
+        ('d', dir),
+        ('d', root.join("snapshots")),
+    ]
+}
+
+#[test]
+fn an_empty_prepare_made_durable_per_file_fsyncs_its_tree_its_directory_and_snapshots() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let h = open_with(&root, DurableStep::PerFile);
+    let rec = Recorder::default();
+    let _hook = rec.install();
+    h.prepare("a", None, Default::default()).expect("prepare");
+    let tree = tree_of(&h, "a");
+    let id: u64 = tree
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .expect("id");
+    assert_eq!(rec.take(), per_file_prepare(&root, id));
+    h.commit("A", "a", Default::default()).expect("commit");
+    assert_eq!(
+        rec.take(),
+        vec![('d', tree)],
+        "an empty commit is one fsync of its tree"
+    );
+    assert!(h.fsck(false).expect("fsck").findings.is_empty());
+    h.close().expect("close");
+}
+
+#[test]
+fn the_measured_choice_tries_both_ways_before_it_chooses() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let h = open_with(&root, DurableStep::Auto);
+    let rec = Recorder::default();
+    let _hook = rec.install();
+    let mut steps = Vec::new();
+    for i in 0..8 {
+        h.prepare(&format!("k{i}"), None, Default::default())
+            .expect("prepare");
+        steps.push(rec.take().iter().map(|(k, _)| *k).collect::<String>());
+    }
+    // Neither way measured: per-file first, then the syncfs; after that the cheaper.
+    assert_eq!(steps[0], "ddd", "{steps:?}");
+    assert_eq!(steps[1], "s", "{steps:?}");
+    assert!(
+        steps[2..].iter().all(|s| s == "ddd" || s == "s"),
+        "every later step is one way or the other, whole: {steps:?}"
+    );
     assert!(h.fsck(false).expect("fsck").findings.is_empty());
     h.close().expect("close");
 }

@@ -9,7 +9,7 @@
 #![cfg(feature = "failpoints")]
 
 use cairn_driver::hook::{self, SyncCall};
-use cairn_driver::{Driver, DriverError, VfsDriver};
+use cairn_driver::{Driver, DriverError, DurableStep, VfsDriver};
 use cairn_engine::{Engine, EngineError, EngineHandle, EngineOptions, ImportOptions};
 use cairn_state::types::{Kind, TxId};
 use std::path::{Path, PathBuf};
@@ -27,12 +27,22 @@ fn eio() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EIO)
 }
 
+/// The shared syncfs these tests fail is the batch's way whenever it needs more than two
+/// fsyncs: pinned, so the measured choice never takes per-file fsyncs instead.
 fn options() -> EngineOptions {
     EngineOptions {
         workers: 2,
         lock_timeout_ms: 0,
+        durable_step: DurableStep::Syncfs,
         ..EngineOptions::default()
     }
+}
+
+/// A driver whose batches take the syncfs, as [`options`].
+fn vfs_driver(root: &Path) -> VfsDriver {
+    let driver = VfsDriver::open(root).expect("driver");
+    driver.set_durable_step(DurableStep::Syncfs);
+    driver
 }
 
 fn open(root: &Path) -> EngineHandle {
@@ -171,6 +181,43 @@ fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
     h.close().expect("close");
 }
 
+/// The same with the prepare made durable per file: its tree's fsync fails, so the prepare
+/// fails and leaves nothing, and the next one succeeds.
+#[test]
+fn a_prepare_whose_per_file_fsync_failed_fails_and_leaves_nothing() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let options = EngineOptions {
+        durable_step: DurableStep::PerFile,
+        ..options()
+    };
+    let h = Engine::open(&root, options).expect("open").0;
+    let fired = Arc::new(AtomicBool::new(false));
+    let guard = {
+        let fired = Arc::clone(&fired);
+        hook::install(move |call| {
+            let tree = matches!(call, SyncCall::Dir(p) if p.ends_with("fs"));
+            (tree && !fired.swap(true, Ordering::SeqCst)).then(eio)
+        })
+    };
+    let err = h
+        .prepare("p", None, Default::default())
+        .expect_err("the tree's fsync failed");
+    assert!(fired.load(Ordering::SeqCst), "the tree was fsynced");
+    assert!(is_failed_sync(&err), "{err}");
+    drop(guard);
+    assert!(h.stat("p").is_err(), "the key does not exist");
+    let snapshots: Vec<_> = std::fs::read_dir(root.join("snapshots"))
+        .expect("readdir")
+        .collect();
+    assert!(snapshots.is_empty(), "the failed tree was removed");
+    h.prepare("p", None, Default::default())
+        .expect("prepare again");
+    assert!(h.fsck(false).expect("fsck").findings.is_empty());
+    h.close().expect("close");
+}
+
 /// fsyncgate, batched: one shared syncfs covers several seals; its failure fails and taints
 /// every snapshot it covered, with no per-file retry over the same pages. An error reported
 /// earlier in the driver's life makes a later batch check each tree file by file: a tree whose
@@ -181,7 +228,7 @@ fn a_failed_shared_sync_fails_every_snapshot_it_covered() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("root");
     std::fs::create_dir_all(&root).expect("mkdir");
-    let driver = VfsDriver::open(&root).expect("driver");
+    let driver = vfs_driver(&root);
     use cairn_state::types::SnapshotId;
     let trees: Vec<cairn_driver::NewTree> = (1..=4)
         .map(|n| cairn_driver::NewTree {
@@ -269,7 +316,7 @@ fn a_writeback_error_seen_by_another_syncfs_still_fails_its_tree() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("root");
     std::fs::create_dir_all(&root).expect("mkdir");
-    let driver = VfsDriver::open(&root).expect("driver");
+    let driver = vfs_driver(&root);
     let (one, two) = (TxId(1), TxId(2));
     for txid in [one, two] {
         driver.stage(txid, Kind::Active, None).expect("stage");

@@ -805,6 +805,13 @@ pub fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 pub fn options(driver: DriverKind) -> EngineOptions {
     EngineOptions {
         driver: Some(driver),
+        // Each way of a batch's durable step pinned, one per driver, so that a seed replays
+        // the same sync calls (the measured choice depends on timing) and every suite that
+        // runs both drivers cuts power under both ways.
+        durable_step: match driver {
+            DriverKind::Vfs => cairn_driver::DurableStep::PerFile,
+            _ => cairn_driver::DurableStep::Syncfs,
+        },
         workers: 2,
         wal: cairn_wal::WalOptions {
             segment_size_bytes: 16 << 10,
