@@ -150,24 +150,30 @@ fn a_commit_whose_tree_sync_failed_is_never_acknowledged_later() {
     h.close().expect("close");
 }
 
-/// A prepare whose inline tree's shared syncfs reports an error fails, leaves nothing behind
-/// (no key, no tree), and the next prepare of the same key succeeds.
-#[test]
-fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
+/// A prepare made durable the `durable_step` way, whose first sync call that `fails` picks
+/// reports an error, fails, leaves nothing behind (no key, no tree), and the next prepare of
+/// the same key succeeds.
+fn a_failed_prepare_leaves_nothing(
+    durable_step: DurableStep,
+    fails: impl Fn(&SyncCall) -> bool + Send + Sync + 'static,
+) {
     let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("root");
-    let h = open(&root);
+    let options = EngineOptions {
+        durable_step,
+        ..options()
+    };
+    let h = Engine::open(&root, options).expect("open").0;
     let fired = Arc::new(AtomicBool::new(false));
     let guard = {
         let fired = Arc::clone(&fired);
-        hook::install(move |call| {
-            (matches!(call, SyncCall::Fs(_)) && !fired.swap(true, Ordering::SeqCst)).then(eio)
-        })
+        hook::install(move |call| (fails(&call) && !fired.swap(true, Ordering::SeqCst)).then(eio))
     };
     let err = h
         .prepare("p", None, Default::default())
         .expect_err("the tree's sync failed");
+    assert!(fired.load(Ordering::SeqCst), "the failing call was made");
     assert!(is_failed_sync(&err), "{err}");
     drop(guard);
     assert!(h.stat("p").is_err(), "the key does not exist");
@@ -181,41 +187,19 @@ fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
     h.close().expect("close");
 }
 
-/// The same with the prepare made durable per file: its tree's fsync fails, so the prepare
-/// fails and leaves nothing, and the next one succeeds.
+/// The batch's shared syncfs fails.
+#[test]
+fn a_prepare_whose_shared_sync_failed_fails_and_leaves_nothing() {
+    a_failed_prepare_leaves_nothing(DurableStep::Syncfs, |call| matches!(call, SyncCall::Fs(_)));
+}
+
+/// Made durable per file: the tree's own fsync fails.
 #[test]
 fn a_prepare_whose_per_file_fsync_failed_fails_and_leaves_nothing() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("root");
-    let options = EngineOptions {
-        durable_step: DurableStep::PerFile,
-        ..options()
-    };
-    let h = Engine::open(&root, options).expect("open").0;
-    let fired = Arc::new(AtomicBool::new(false));
-    let guard = {
-        let fired = Arc::clone(&fired);
-        hook::install(move |call| {
-            let tree = matches!(call, SyncCall::Dir(p) if p.ends_with("fs"));
-            (tree && !fired.swap(true, Ordering::SeqCst)).then(eio)
-        })
-    };
-    let err = h
-        .prepare("p", None, Default::default())
-        .expect_err("the tree's fsync failed");
-    assert!(fired.load(Ordering::SeqCst), "the tree was fsynced");
-    assert!(is_failed_sync(&err), "{err}");
-    drop(guard);
-    assert!(h.stat("p").is_err(), "the key does not exist");
-    let snapshots: Vec<_> = std::fs::read_dir(root.join("snapshots"))
-        .expect("readdir")
-        .collect();
-    assert!(snapshots.is_empty(), "the failed tree was removed");
-    h.prepare("p", None, Default::default())
-        .expect("prepare again");
-    assert!(h.fsck(false).expect("fsck").findings.is_empty());
-    h.close().expect("close");
+    a_failed_prepare_leaves_nothing(
+        DurableStep::PerFile,
+        |call| matches!(call, SyncCall::Dir(p) if p.ends_with("fs")),
+    );
 }
 
 /// fsyncgate, batched: one shared syncfs covers several seals; its failure fails and taints
