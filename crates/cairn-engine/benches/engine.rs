@@ -25,12 +25,13 @@
 //!   (this binary, re-run with `CAIRN_ENGINE_BENCH_CHILD`) that exits without `close`, as a crash
 //!   would, so nothing is checkpointed at shutdown.
 //! - `open_ms_10k_snapshots`: `Engine::open` of a root with 10,000 snapshots, all in the
-//!   checkpoint (the root was closed cleanly).
+//!   checkpoint (the root was closed cleanly); `fsck_ms_10k_snapshots`: `fsck` of it (no
+//!   content checks), which holds the engine thread while it runs.
 //! - The cost curve, at 1,000 / 10,000 / 100,000 snapshots (see [`cost_curve`]):
 //!   `open_ms_<n>_snapshots`, `open_cpu_ms_<n>_snapshots` (the CPU time of the process during
 //!   the open: the figure a busy machine does not move), `recovery_ms_<n>_snapshots`
-//!   (checkpoint plus a WAL tail) and `prepare_commit_ops_per_s_<n>_present`, with ratios to
-//!   the smallest root. Building the
+//!   (checkpoint plus a WAL tail), `fsck_ms_<n>_snapshots` and
+//!   `prepare_commit_ops_per_s_<n>_present`, with ratios to the smallest root. Building the
 //!   100,000-snapshot root takes minutes; `CAIRN_ENGINE_BENCH_NO_CURVE=1` skips the curve,
 //!   `CAIRN_ENGINE_BENCH_CURVE_ONLY=1` runs only the curve.
 //! - `CAIRN_ENGINE_BENCH_PROFILE=<clients>[:<seconds>]` runs only prepare+commit with that many
@@ -118,6 +119,7 @@ fn main() {
     let open_root = dir.path().join("open");
     run_child(&format!("snapshots:{}", open_root.display()));
     figure("open_ms_10k_snapshots", time_open(&open_root), 1);
+    figure("fsck_ms_10k_snapshots", time_fsck(&open_root), 1);
 
     figure("ratio_16_vs_1_clients", sixteen / one, 2);
     figure("ratio_16_clients_vs_raw", sixteen / raw, 3);
@@ -252,7 +254,7 @@ const CURVE_MEASURE: Duration = Duration::from_secs(2);
 /// The ratios to the first count show the curve: linear growth keeps
 /// `ratio_open_<n>_vs_<first>` at or under `<n>/<first>`.
 fn cost_curve(dir: &Path) {
-    let mut first: Option<(u64, f64, f64)> = None;
+    let mut first: Option<(u64, f64, f64, f64)> = None;
     for n in CURVE {
         let root = dir.join(format!("curve-{n}"));
         let t = Instant::now();
@@ -265,6 +267,7 @@ fn cost_curve(dir: &Path) {
         let open_cpu = (0..3).map(|_| open_cpu_ms(&root)).fold(f64::MAX, f64::min);
         run_child(&format!("tail:{CURVE_TAIL_OPS}:{}", root.display()));
         let recovery = time_open(&root);
+        let fsck = time_fsck(&root);
         let (engine, _) = Engine::open(&root, options()).expect("open the curve root");
         let ops =
             prepare_commit_ops_per_s_for(&engine, CLIENTS, "present", CURVE_MEASURE).ops_per_s;
@@ -272,10 +275,12 @@ fn cost_curve(dir: &Path) {
         figure(&format!("open_ms_{n}_snapshots"), open, 1);
         figure(&format!("open_cpu_ms_{n}_snapshots"), open_cpu, 1);
         figure(&format!("recovery_ms_{n}_snapshots"), recovery, 1);
+        figure(&format!("fsck_ms_{n}_snapshots"), fsck, 1);
         figure(&format!("prepare_commit_ops_per_s_{n}_present"), ops, 0);
         match first {
-            None => first = Some((n, open, recovery)),
-            Some((n0, open0, recovery0)) => {
+            None => first = Some((n, open, recovery, fsck)),
+            Some((n0, open0, recovery0, fsck0)) => {
+                figure(&format!("ratio_fsck_{n}_vs_{n0}"), fsck / fsck0, 2);
                 figure(&format!("ratio_open_{n}_vs_{n0}"), open / open0, 2);
                 figure(
                     &format!("ratio_recovery_{n}_vs_{n0}"),
@@ -363,6 +368,18 @@ fn time_open(root: &Path) -> f64 {
         report.dropped.len(),
         report.index_rebuilt
     );
+    engine.close().expect("close the prepared root");
+    ms
+}
+
+/// `fsck` (no content checks) of `root`, timed on an open engine: it runs on the engine thread,
+/// so every client waits for it. The root must be clean.
+fn time_fsck(root: &Path) -> f64 {
+    let (engine, _) = Engine::open(root, options()).expect("open the prepared root");
+    let start = Instant::now();
+    let report = engine.fsck(false).expect("fsck");
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    assert!(report.is_clean(), "fsck of {}: {report:?}", root.display());
     engine.close().expect("close the prepared root");
     ms
 }
