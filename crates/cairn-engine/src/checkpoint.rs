@@ -151,7 +151,7 @@ mod v3 {
             cairn_state::State {
                 last_txid: s.last_txid,
                 next_id: s.next_id,
-                snapshots: s.snapshots,
+                snapshots: s.snapshots.into(),
                 pending: s.pending,
                 layers: s.layers,
                 images: s

@@ -4,7 +4,8 @@
 //! accepted; [`State::commit`](super::State::commit) writes it into the state and cannot fail.
 
 use super::{
-    Container, Effect, Image, Layer, Pending, Snapshot, State, StateError, MAX_CHAIN_DEPTH,
+    Container, Effect, Image, Layer, Pending, Snapshot, Snapshots, State, StateError,
+    MAX_CHAIN_DEPTH,
 };
 use super::{MountRef, Precondition, MAX_LAYER_DEPTH};
 use crate::types::{SnapshotId, TxId};
@@ -116,7 +117,6 @@ impl<'a, K: Ord + Clone, V: Clone> Overlay<'a, K, V> {
 /// cascade that removed a child no longer counts it).
 pub(super) trait Read {
     fn snapshot_entry(&self, key: &str) -> Option<&Snapshot>;
-    fn snapshot_values(&self) -> Box<dyn Iterator<Item = &Snapshot> + '_>;
     fn pending_values(&self) -> Box<dyn Iterator<Item = &Pending> + '_>;
     fn layer_entry(&self, chain_id: &str) -> Option<&Layer>;
     fn container_entries(&self) -> Box<dyn Iterator<Item = (&String, &Container)> + '_>;
@@ -158,10 +158,12 @@ pub(super) trait Read {
         Ok(ids)
     }
 
+    /// Whether a snapshot names `key` as its parent (not counting those being created).
+    fn snapshot_has_children(&self, key: &str) -> bool;
+
     /// Keys whose parent is `key`, including snapshots still being created.
     fn has_children(&self, key: &str) -> bool {
-        self.snapshot_values()
-            .any(|s| s.parent.as_deref() == Some(key))
+        self.snapshot_has_children(key)
             || self.pending_values().any(|p| match p {
                 Pending::Create { snapshot, .. } | Pending::Import { snapshot, .. } => {
                     snapshot.parent.as_deref() == Some(key)
@@ -246,8 +248,8 @@ impl Read for State {
     fn snapshot_entry(&self, key: &str) -> Option<&Snapshot> {
         self.snapshots.get(key)
     }
-    fn snapshot_values(&self) -> Box<dyn Iterator<Item = &Snapshot> + '_> {
-        Box::new(self.snapshots.values())
+    fn snapshot_has_children(&self, key: &str) -> bool {
+        self.snapshots.children_of(key) > 0
     }
     fn pending_values(&self) -> Box<dyn Iterator<Item = &Pending> + '_> {
         Box::new(self.pending.values())
@@ -268,6 +270,8 @@ impl Read for State {
 pub(super) struct Draft<'a> {
     pub next_id: u64,
     pub snapshots: Overlay<'a, String, Snapshot>,
+    /// The state's snapshots under `snapshots`, with their children counts.
+    base_snapshots: &'a Snapshots,
     pub pending: Overlay<'a, TxId, Pending>,
     pub layers: Overlay<'a, String, Layer>,
     pub images: Overlay<'a, String, Image>,
@@ -279,8 +283,25 @@ impl Read for Draft<'_> {
     fn snapshot_entry(&self, key: &str) -> Option<&Snapshot> {
         self.snapshots.get(key)
     }
-    fn snapshot_values(&self) -> Box<dyn Iterator<Item = &Snapshot> + '_> {
-        Box::new(self.snapshots.values())
+    fn snapshot_has_children(&self, key: &str) -> bool {
+        // The state's count, corrected by this check's own writes (few: the entries one
+        // record touches).
+        let names = |s: &Snapshot| s.parent.as_deref() == Some(key);
+        let mut count = self.base_snapshots.children_of(key);
+        for (k, change) in &self.snapshots.changes {
+            if self.base_snapshots.get(k).is_some_and(names) {
+                count -= 1;
+            }
+            if change.as_ref().is_some_and(names) {
+                count += 1;
+            }
+        }
+        debug_assert_eq!(
+            count > 0,
+            self.snapshots.values().any(names),
+            "the draft's children of {key}"
+        );
+        count > 0
     }
     fn pending_values(&self) -> Box<dyn Iterator<Item = &Pending> + '_> {
         Box::new(self.pending.values())
@@ -301,6 +322,7 @@ impl<'a> Draft<'a> {
         Draft {
             next_id: state.next_id,
             snapshots: Overlay::new(&state.snapshots),
+            base_snapshots: &state.snapshots,
             pending: Overlay::new(&state.pending),
             layers: Overlay::new(&state.layers),
             images: Overlay::new(&state.images),
@@ -389,7 +411,12 @@ impl State {
         let refcounted =
             !(plan.layers.is_empty() && plan.images.is_empty() && plan.containers.is_empty());
         let changed: Vec<String> = plan.snapshots.keys().cloned().collect();
-        write(&mut self.snapshots, plan.snapshots);
+        for (key, snapshot) in plan.snapshots {
+            match snapshot {
+                Some(snapshot) => self.snapshots.insert(key, snapshot),
+                None => self.snapshots.remove(&key),
+            };
+        }
         write(&mut self.pending, plan.pending);
         write(&mut self.layers, plan.layers);
         write(&mut self.images, plan.images);

@@ -19,6 +19,7 @@ mod layers;
 pub mod limits;
 mod mounts;
 mod record;
+mod snapshots;
 pub mod types;
 
 pub use containers::{init_key, Container, INIT_SUFFIX};
@@ -34,6 +35,7 @@ pub use limits::{
 };
 pub use mounts::{validate_target, MountRef, MAX_MOUNTS, MAX_TARGET_BYTES};
 pub use record::{Labels, Op, Record};
+pub use snapshots::Snapshots;
 
 use draft::{Draft, Read};
 
@@ -106,7 +108,7 @@ pub struct State {
     pub last_txid: TxId,
     /// The id the next created snapshot gets.
     pub next_id: u64,
-    pub snapshots: BTreeMap<String, Snapshot>,
+    pub snapshots: Snapshots,
     pub pending: BTreeMap<TxId, Pending>,
     /// Layers by ChainID; each has a committed snapshot under the same key.
     pub layers: BTreeMap<String, Layer>,
