@@ -19,6 +19,11 @@
 //! - `engine_thread_cpu_us_per_op_{1,16}_clients`: the engine thread's time on a CPU (from its
 //!   `schedstat`) per prepare+commit, over each measurement's whole run; the median of the
 //!   rounds.
+//! - `device_flushes_per_op_{1,16}_clients` and `ratio_device_flushes_per_op_1_vs_16_clients`:
+//!   the cache flushes the disk under the root completed (`/sys/dev/block/<dev>/stat`) per
+//!   prepare+commit, over each measurement's whole run; the median of the rounds. They count
+//!   every sync's cost at the disk (the journal's, the file system's commits, the checkpoints'),
+//!   so they show how much of it group commit shares whatever the disk's speed.
 //! - `remove_ops_per_s`: removing the committed snapshots just made, one client.
 //! - `recovery_ms_10k_records`: `Engine::open` of a root whose log holds exactly 10,000 records
 //!   after the last checkpoint (2,500 prepare+commits). The root is built by a child process
@@ -142,12 +147,18 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
     let (engine, _) = Engine::open(&root, options()).expect("open the throughput root");
     let (mut raws, mut ones, mut sixteens) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_ones, mut cpu_sixteens) = (Vec::new(), Vec::new());
+    let (mut flushes_ones, mut flushes_sixteens) = (Vec::new(), Vec::new());
+    let flushes = FlushCounter::of(dir);
     for round in 0..ROUNDS {
         raws.push(raw_fdatasync_ops_per_s(&dir.join(format!("raw{round}"))));
+        let before = flushes.count();
         let t = prepare_commit_ops_per_s(&engine, 1, &format!("one{round}"));
+        flushes_ones.extend(flushes.per_op(before, t.all_ops));
         ones.push(t.ops_per_s);
         cpu_ones.push(t.cpu_us_per_op);
+        let before = flushes.count();
         let t = prepare_commit_ops_per_s(&engine, CLIENTS, &format!("many{round}"));
+        flushes_sixteens.extend(flushes.per_op(before, t.all_ops));
         sixteens.push(t.ops_per_s);
         cpu_sixteens.push(t.cpu_us_per_op);
     }
@@ -176,6 +187,23 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
         median(cpu_sixteens),
         1,
     );
+    // The disk's cache flushes per op (the journal's, the file system's commits, sled's and
+    // the checkpoints', whatever issued them): what group commit shares, and a figure that
+    // does not move with the disk's speed. Absent where the device counts no flushes.
+    if !flushes_ones.is_empty() && !flushes_sixteens.is_empty() {
+        let (one, sixteen) = (median(flushes_ones), median(flushes_sixteens));
+        figure(&format!("{prefix}device_flushes_per_op_1_client"), one, 2);
+        figure(
+            &format!("{prefix}device_flushes_per_op_16_clients"),
+            sixteen,
+            3,
+        );
+        figure(
+            &format!("{prefix}ratio_device_flushes_per_op_1_vs_16_clients"),
+            one / sixteen.max(1e-9),
+            1,
+        );
+    }
     let removed = remove_ops_per_s(&engine);
     figure(&format!("{prefix}remove_ops_per_s"), removed, 0);
     // Whatever the figures cost, the root must be consistent after them.
@@ -199,7 +227,16 @@ fn profile(dir: &Path, spec: &str) {
         .expect("CAIRN_ENGINE_BENCH_PROFILE: <clients>[:<s>]");
     let (engine, _) = Engine::open(&dir.join("profile"), options()).expect("open the root");
     eprintln!("profiling pid {}", std::process::id());
+    let flushes = FlushCounter::of(dir);
+    let before = flushes.count();
     let t = prepare_commit_ops_per_s_for(&engine, clients, "profile", Duration::from_secs(seconds));
+    if let Some(per_op) = flushes.per_op(before, t.all_ops) {
+        figure(
+            &format!("device_flushes_per_op_{clients}_clients"),
+            per_op,
+            3,
+        );
+    }
     figure(
         &format!("prepare_commit_ops_per_s_{clients}_clients"),
         t.ops_per_s,
@@ -514,6 +551,45 @@ fn prepare_commit_ops_per_s(engine: &EngineHandle, clients: usize, tag: &str) ->
 struct Throughput {
     ops_per_s: f64,
     cpu_us_per_op: f64,
+    /// Every op of the run, warm-up included.
+    all_ops: u64,
+}
+
+/// The cache flushes the block device under a directory has completed (`/sys/dev/block`'s
+/// `stat`, field 16): the loop device of a fresh bench file system, or the host disk.
+struct FlushCounter(Option<PathBuf>);
+
+impl FlushCounter {
+    fn of(dir: &Path) -> FlushCounter {
+        use std::os::unix::fs::MetadataExt;
+        let stat = std::fs::metadata(dir).ok().map(|m| {
+            let dev = m.dev();
+            PathBuf::from(format!(
+                "/sys/dev/block/{}:{}/stat",
+                libc::major(dev),
+                libc::minor(dev)
+            ))
+        });
+        let counter = FlushCounter(stat);
+        if counter.count().is_none() {
+            eprintln!(
+                "{}: the device counts no flushes; no flush figures",
+                dir.display()
+            );
+        }
+        counter
+    }
+
+    fn count(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.0.as_ref()?).ok()?;
+        stat.split_whitespace().nth(15)?.parse().ok()
+    }
+
+    /// Flushes per op since `before`, over `ops` ops.
+    fn per_op(&self, before: Option<u64>, ops: u64) -> Option<f64> {
+        let flushes = self.count()?.checked_sub(before?)?;
+        Some(flushes as f64 / ops.max(1) as f64)
+    }
 }
 
 fn prepare_commit_ops_per_s_for(
@@ -557,6 +633,7 @@ fn prepare_commit_ops_per_s_for(
     Throughput {
         ops_per_s: ops as f64 / measure.as_secs_f64(),
         cpu_us_per_op: cpu_ns as f64 / 1e3 / all_ops as f64,
+        all_ops,
     }
 }
 
