@@ -307,8 +307,10 @@ impl Spool {
                     .header("content-range")
                     .is_some_and(|c| c.starts_with(&format!("bytes {offset}-")));
             if offset > 0 && !honoured {
-                // The registry sent the whole blob: start the file and the digest over.
+                // The registry sent the whole blob: start the file and the digest over. The
+                // kept bytes were not used after all.
                 offset = 0;
+                fetched.resumed_bytes = 0;
                 hasher = Sha256::new();
                 stream.restart();
                 file.set_len(0)

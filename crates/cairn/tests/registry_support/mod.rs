@@ -261,7 +261,10 @@ pub fn random_layer(path: &Path, name: &str, size: u64) -> String {
 /// How the hostile registry misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// A registry as it should be: a `Range: bytes=N-` request of the layer gets the rest.
     Good,
+    /// As `Good`, but a `Range` request gets the whole layer (200), as some registries do.
+    NoRange,
     /// The layer's bytes differ (same length) from its digest.
     WrongDigest,
     /// The layer response claims the full length and closes after half.
@@ -397,6 +400,7 @@ fn serve_one(
         return false;
     }
     let mut authorization = String::new();
+    let mut range_from: Option<usize> = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
@@ -405,6 +409,13 @@ fn serve_one(
         if let Some((k, v)) = line.split_once(':') {
             if k.eq_ignore_ascii_case("authorization") {
                 authorization = v.trim().to_owned();
+            }
+            if k.eq_ignore_ascii_case("range") {
+                range_from = v
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse().ok());
             }
         }
     }
@@ -479,6 +490,14 @@ fn serve_one(
                 respond(&mut conn, "200 OK", &h, &layer[..half]);
                 let _ = conn.shutdown(Shutdown::Both);
                 return mode == Mode::StopMidBlob;
+            }
+            Mode::Good if range_from.is_some_and(|from| from < layer.len()) => {
+                let from = range_from.unwrap_or(0);
+                let h = [(
+                    "Content-Range",
+                    format!("bytes {from}-{}/{}", layer.len() - 1, layer.len()),
+                )];
+                respond(&mut conn, "206 Partial Content", &h, &layer[from..]);
             }
             _ => respond(&mut conn, "200 OK", &[], layer),
         }
