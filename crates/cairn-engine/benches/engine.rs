@@ -23,7 +23,7 @@
 //!   the cache flushes the disk under the root completed (`/sys/dev/block/<dev>/stat`) per
 //!   prepare+commit, over each measurement's whole run; the median of the rounds. They count
 //!   every sync's cost at the disk (the journal's, the file system's commits, the checkpoints'),
-//!   so they show how much of it group commit shares whatever the disk's speed.
+//!   so they show how much of it group commit shares, in flushes rather than in time.
 //! - `remove_ops_per_s`: removing the committed snapshots just made, one client.
 //! - `recovery_ms_10k_records`: `Engine::open` of a root whose log holds exactly 10,000 records
 //!   after the last checkpoint (2,500 prepare+commits). The root is built by a child process
@@ -188,8 +188,8 @@ fn throughput(dir: &Path, prefix: &str) -> (f64, f64, f64) {
         1,
     );
     // The disk's cache flushes per op (the journal's, the file system's commits, sled's and
-    // the checkpoints', whatever issued them): what group commit shares, and a figure that
-    // does not move with the disk's speed. Absent where the device counts no flushes.
+    // the checkpoints', whatever issued them): what group commit shares, counted in flushes
+    // rather than in the disk's time for them. Absent where the device counts no flushes.
     if !flushes_ones.is_empty() && !flushes_sixteens.is_empty() {
         let (one, sixteen) = (median(flushes_ones), median(flushes_sixteens));
         figure(&format!("{prefix}device_flushes_per_op_1_client"), one, 2);
